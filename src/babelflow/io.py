@@ -1,0 +1,97 @@
+"""Small I/O helpers shared by all steps: atomic writes and Kaldi table text files.
+
+Every artifact is written under a temporary name in the same directory and renamed
+into place, so an interrupted job never leaves a half-written file behind that a
+later step (or Snakemake) could mistake for a finished one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import IO, Iterator, Iterable
+
+from .errors import BabelflowError, where
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
+    """Open ``path`` for writing through a temp file that is renamed on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Build a directory under a temp name, then swap it into place on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Atomically write a small text file (e.g. an ``info/`` entry)."""
+    with atomic_open(path, "w") as f:
+        f.write(text)
+
+
+def write_table(path: str | os.PathLike, rows: Iterable[tuple[str, ...] | list[str]]) -> None:
+    """Atomically write a Kaldi table text file: one ``key value...`` line per row."""
+    with atomic_open(path, "w") as f:
+        for row in rows:
+            f.write(" ".join(str(x) for x in row) + "\n")
+
+
+def read_table(path: str | os.PathLike, min_fields: int = 2, max_fields: int | None = None) -> list[tuple[int, str, list[str]]]:
+    """Read a Kaldi ``key value...`` text file as (line number, key, fields) triples.
+
+    Blank lines and wrong field counts are errors naming the file and line.
+    """
+    path = Path(path)
+    out = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise BabelflowError(f"{path}: file not found") from None
+    except UnicodeDecodeError as e:
+        raise BabelflowError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    for n, line in enumerate(lines, 1):
+        fields = line.split()
+        if not fields:
+            raise BabelflowError(f"{where(path, n)}: empty line")
+        if len(fields) < min_fields:
+            raise BabelflowError(f"{where(path, n, fields[0])}: expected at least {min_fields} fields, got {len(fields)}")
+        if max_fields is not None and len(fields) > max_fields:
+            raise BabelflowError(f"{where(path, n, fields[0])}: expected at most {max_fields} fields, got {len(fields)}")
+        out.append((n, fields[0], fields[1:]))
+    return out
+
+
+def read_scalar(path: str | os.PathLike) -> str:
+    """Read a one-value file such as ``num_jobs`` or ``info/feat_dim``."""
+    path = Path(path)
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        raise BabelflowError(f"{path}: file not found") from None
