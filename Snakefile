@@ -1,0 +1,35 @@
+# babelflow: Kaldi's multilingual nnet3 recipe as a Snakemake workflow.
+# params.yaml is both this workflow's config and DVC's params file.
+from snakemake.utils import min_version, validate
+
+from babelflow.config import resolve_config
+from babelflow.errors import BabelflowError
+
+min_version("9.0")
+
+
+configfile: "params.yaml"
+
+
+validate(config, "workflow/schemas/params.schema.yaml")
+try:
+    PIPELINE = resolve_config(config)
+except BabelflowError as e:
+    raise ValueError(str(e)) from None
+
+W = PIPELINE.workdir
+NJ = config["data"]["nj"]
+FEAT_TYPE = config["features"]["type"]
+DATASETS = PIPELINE.datasets
+
+
+include: "rules/common.smk"
+include: "rules/demo.smk"
+include: "rules/data.smk"
+include: "rules/features.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        expand(f"{W}/feats/{{name}}/feats.scp", name=DATASETS),

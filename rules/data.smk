@@ -1,0 +1,15 @@
+# Data step (utils/validate_data_dir.sh + utils/split_data.sh):
+# a Kaldi data dir -> a validated copy with split<nj>/ and info/.
+
+
+rule data:
+    input:
+        data_source,
+    output:
+        directory(f"{W}/data/{{name}}"),
+    params:
+        nj=NJ,
+    log:
+        "logs/data/{name}.log",
+    shell:
+        "{BABELFLOW} data --nj {params.nj} {input} {output} > {log} 2>&1"

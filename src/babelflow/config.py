@@ -1,0 +1,175 @@
+"""params.yaml -> a resolved, checked pipeline description.
+
+The JSON schema (``workflow/schemas/params.schema.yaml``) catches types and unknown
+keys; this module adds what a schema cannot: task references to data sets, paths that
+must exist, weights for tasks that exist, feature options Kaldi knows. Every error
+names the offending key, so a bad config fails before the first job runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .demo.corpus import SIZES
+from .errors import BabelflowError
+from .features import FeatureConfig, parse_cmvn_opts
+
+SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "params.schema.yaml"
+DEMO_ROOT = "corpus"
+
+
+@dataclass
+class Task:
+    name: str
+    kind: str  # frame | utterance
+    data: list[str]  # data set names
+    ali: str | None = None
+    labels: str | None = None
+    weight: float = 1.0
+
+
+@dataclass
+class Pipeline:
+    """What the Snakefile needs: data sets, tasks and the validated raw config."""
+
+    config: dict[str, Any]
+    datasets: dict[str, str]  # name -> source Kaldi data dir
+    tasks: dict[str, Task]
+    demo: bool
+    demo_langs: list[str] = field(default_factory=list)
+
+    @property
+    def workdir(self) -> str:
+        return self.config["workdir"]
+
+    @property
+    def features(self) -> FeatureConfig:
+        f = self.config["features"]
+        return FeatureConfig.build(f["type"], f.get("config"), f.get("options"), origin="params: features.options")
+
+    def feature_args(self) -> str:
+        """The Kaldi-style flags of the features step, as the rule passes them to the CLI."""
+        f = self.config["features"]
+        args = [f"--type={f['type']}"]
+        if f.get("config"):
+            args.append(f"--config={f['config']}")
+        for k, v in sorted((f.get("options") or {}).items()):
+            v = str(v).lower() if isinstance(v, bool) else v
+            args.append(f"--{k.replace('_', '-')}={v}")
+        return " ".join(args)
+
+
+def load_params(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise BabelflowError(f"{path}: not found") from None
+    except yaml.YAMLError as e:
+        raise BabelflowError(f"{path}: invalid YAML: {e}") from None
+    return cfg or {}
+
+
+def validate_schema(config: dict[str, Any]) -> dict[str, Any]:
+    """Validate against the schema and fill defaults (as Snakemake's ``validate`` does)."""
+    import jsonschema
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    config = copy.deepcopy(config)
+    validator_cls = jsonschema.validators.validator_for(schema)
+
+    def set_defaults(validator, properties, instance, schema):
+        for prop, sub in properties.items():
+            if isinstance(instance, dict) and "default" in sub:
+                instance.setdefault(prop, copy.deepcopy(sub["default"]))
+        yield from validator_cls.VALIDATORS["properties"](validator, properties, instance, schema)
+
+    extended = jsonschema.validators.extend(validator_cls, {"properties": set_defaults})
+    errors = sorted(extended(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        e = errors[0]
+        key = ".".join(str(p) for p in e.absolute_path) or "(top level)"
+        raise BabelflowError(f"params: {key}: {e.message}")
+    return config
+
+
+def resolve_config(config: dict[str, Any], check_paths: bool = True) -> Pipeline:
+    """Fill the demo defaults and check everything the schema cannot."""
+    config = copy.deepcopy(config)
+    dirs: dict[str, str] = dict(config["data"]["dirs"])
+    tasks_cfg: dict[str, dict] = dict(config["tasks"])
+    demo = not dirs and not tasks_cfg
+    langs: list[str] = []
+    if demo:
+        d = config["demo"]
+        if d.get("utts_per_lang") is None:
+            d["utts_per_lang"] = SIZES[d["size"]]
+        langs = list(d["langs"])
+        dirs = {lang: f"{DEMO_ROOT}/{lang}/data" for lang in langs}
+        tasks_cfg = {lang: {"kind": "frame", "data": lang, "ali": f"{DEMO_ROOT}/{lang}/ali"} for lang in langs}
+        for label in d["utterance_tasks"]:
+            tasks_cfg[label] = {"kind": "utterance", "data": langs, "labels": f"utt2{label}"}
+        config["data"]["dirs"], config["tasks"] = dirs, tasks_cfg
+    elif not dirs:
+        raise BabelflowError("params: data.dirs: empty, but tasks are configured (name each Kaldi data dir there)")
+    elif not tasks_cfg:
+        raise BabelflowError("params: tasks: empty, but data.dirs is set (declare at least one task)")
+
+    if check_paths and not demo:
+        for name, path in dirs.items():
+            if not Path(path).is_dir():
+                raise BabelflowError(f"params: data.dirs.{name}: directory '{path}' not found")
+    tasks = {}
+    for name, t in tasks_cfg.items():
+        data = [t["data"]] if isinstance(t["data"], str) else list(t["data"])
+        for d in data:
+            if d not in dirs:
+                raise BabelflowError(f"params: tasks.{name}.data: unknown data set '{d}' "
+                                     f"(data.dirs has: {', '.join(dirs)})")
+        if t["kind"] == "frame":
+            if not t.get("ali"):
+                raise BabelflowError(f"params: tasks.{name}.ali: required for a frame task "
+                                     "(a Kaldi alignment dir or a pdf-id rspecifier)")
+            if len(data) != 1:
+                raise BabelflowError(f"params: tasks.{name}.data: a frame task takes one data set")
+            ali = t["ali"]
+            if check_paths and not demo and ":" not in ali and not Path(ali).is_dir():
+                raise BabelflowError(f"params: tasks.{name}.ali: alignment dir '{ali}' not found")
+        elif not t.get("labels"):
+            raise BabelflowError(f"params: tasks.{name}.labels: required for an utterance task (e.g. utt2lang)")
+        tasks[name] = Task(name, t["kind"], data, t.get("ali"), t.get("labels"))
+
+    weights = config["merge"]["weights"]
+    for name, w in weights.items():
+        if name not in tasks:
+            raise BabelflowError(f"params: merge.weights.{name}: no such task (tasks: {', '.join(tasks)})")
+        if not (isinstance(w, (int, float)) and math.isfinite(w) and w > 0):
+            raise BabelflowError(f"params: merge.weights.{name}: weight must be a finite number > 0, got {w}")
+    if weights:
+        missing = [t for t in tasks if t not in weights]
+        if missing:
+            raise BabelflowError(f"params: merge.weights: no weight for task(s) {', '.join(missing)} "
+                                 "(give every task a weight, or none for 1.0 each)")
+        for name, w in weights.items():
+            tasks[name].weight = float(w)
+
+    f = config["features"]
+    if check_paths and f.get("config") and not Path(f["config"]).is_file():
+        raise BabelflowError(f"params: features.config: file '{f['config']}' not found")
+    pipeline = Pipeline(config, dirs, tasks, demo, langs)
+    pipeline.features  # noqa: B018 - builds and checks every feature option now
+    try:
+        parse_cmvn_opts(f["cmvn_opts"])
+    except BabelflowError as e:
+        raise BabelflowError(f"params: features.{e}") from None
+    return pipeline
+
+
+def load_pipeline(path: str | Path = "params.yaml", check_paths: bool = True) -> Pipeline:
+    return resolve_config(validate_schema(load_params(path)), check_paths)

@@ -1,0 +1,1 @@
+"""The built-in demo corpus: multilingual speech synthesised by espeak-ng, with true phone timings."""

@@ -1,0 +1,96 @@
+"""The features step (Kaldi ``make_fbank.sh``/``make_mfcc.sh`` + ``compute_cmvn_stats.sh``).
+
+Contract: a validated data dir (with ``split<nj>/``) -> a features dir::
+
+    raw_<type>.<job>.{ark,scp}   one archive per job (one Snakemake job each)
+    feats.scp  utt2num_frames    merged over jobs, sorted
+    cmvn.{ark,scp}               per-speaker stats, Kaldi's 2 x (dim+1) layout
+    cmvn_opts                    how egs will apply them
+    conf/<type>.conf             the full option set, Kaldi conf format
+    info/{feat_type,feat_dim,sample_frequency,frame_shift,num_utts,num_frames}
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .errors import BabelflowError
+from .features import FeatureConfig, FeatureExtractor, cmvn_stats, iter_audio, parse_cmvn_opts
+from .io import read_table, write_table, write_text
+from .tables import AtomicArkScpWriter, open_matrix_writer
+
+
+def compute_feats(config: FeatureConfig, wav_rspecifier: str, feats_wspecifier: str,
+                  segments: str | None = None, utt2num_frames: str | os.PathLike | None = None,
+                  progress: bool = True) -> int:
+    """compute-{fbank,mfcc}-feats: audio rspecifier -> feature wspecifier. Returns #utterances."""
+    extract = FeatureExtractor(config)
+    frames: list[tuple[str, int]] = []
+    with open_matrix_writer(feats_wspecifier) as writer:
+        for key, rate, samples in tqdm(iter_audio(wav_rspecifier, segments), desc=f"{config.feat_type}",
+                                       unit="utt", disable=not progress, mininterval=2.0):
+            feats = extract(samples, rate, key)
+            writer[key] = feats
+            frames.append((key, feats.shape[0]))
+    if not frames:
+        raise BabelflowError(f"'{wav_rspecifier}': no utterances")
+    if utt2num_frames is not None:
+        write_table(utt2num_frames, frames)
+    return len(frames)
+
+
+def feats_job(config: FeatureConfig, split_dir: str | os.PathLike, out_dir: str | os.PathLike, job: int,
+              progress: bool = True) -> int:
+    """One job of the features step: ``split_dir`` is ``<data>/split<nj>/<job>``."""
+    split_dir, out_dir = Path(split_dir), Path(out_dir)
+    segments = split_dir / "segments"
+    ark = out_dir / f"raw_{config.feat_type}.{job}.ark"
+    return compute_feats(config, f"scp:{split_dir / 'wav.scp'}", f"ark,scp:{ark},{ark.with_suffix('.scp')}",
+                         segments=str(segments) if segments.exists() else None,
+                         utt2num_frames=out_dir / f"utt2num_frames.{job}", progress=progress)
+
+
+def finalize_feats_dir(config: FeatureConfig, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                       nj: int, cmvn_opts: str) -> dict:
+    """Merge the per-job scps, check every utterance got features, write CMVN stats and ``info/``."""
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    parse_cmvn_opts(cmvn_opts)  # fail now, not when egs are made
+    scp: dict[str, str] = {}
+    nframes: dict[str, str] = {}
+    for job in range(1, nj + 1):
+        part = out_dir / f"raw_{config.feat_type}.{job}.scp"
+        for _, key, rest in read_table(part):
+            scp[key] = rest[0]
+        for _, key, rest in read_table(out_dir / f"utt2num_frames.{job}", 2, 2):
+            nframes[key] = rest[0]
+    utt2spk = {k: v[0] for _, k, v in read_table(data_dir / "utt2spk", 2, 2)}
+    missing = sorted(set(utt2spk) - set(scp))
+    if missing:
+        raise BabelflowError(f"{out_dir}: no features for {len(missing)} utterance(s) of {data_dir}, "
+                             f"e.g. '{missing[0]}'")
+    keys = sorted(scp)  # C-locale order, as Kaldi's sort
+    write_table(out_dir / "feats.scp", [(k, scp[k]) for k in keys])
+    write_table(out_dir / "utt2num_frames", [(k, nframes[k]) for k in keys])
+    spk2utt = {k: v for _, k, v in read_table(data_dir / "spk2utt")}
+    with AtomicArkScpWriter(out_dir / "cmvn.ark", out_dir / "cmvn.scp") as w:
+        for spk in sorted(spk2utt):
+            w[spk] = cmvn_stats(_load_feats(scp, spk2utt[spk]))
+    write_text(out_dir / "cmvn_opts", cmvn_opts.strip() + "\n")
+    write_text(out_dir / "conf" / f"{config.feat_type}.conf", config.to_conf())
+    total = sum(int(nframes[k]) for k in keys)
+    info = {"feat_type": config.feat_type, "feat_dim": config.dim, "sample_frequency": config.sample_frequency,
+            "frame_shift": config.options["frame_shift"], "num_utts": len(keys), "num_frames": total}
+    for name, value in info.items():
+        write_text(out_dir / "info" / name, f"{value}\n")
+    return info
+
+
+def _load_feats(scp: dict[str, str], utts: list[str]):
+    import kaldiio
+
+    for u in utts:
+        yield np.asarray(kaldiio.load_mat(scp[u]))

@@ -1,0 +1,97 @@
+"""Kaldi rspecifiers / wspecifiers on top of kaldiio, plus an atomic ``ark,scp:`` writer.
+
+kaldiio already reads and writes Kaldi tables (pipes, ``ark,t:``, ``scp:``, stdout);
+the one thing added here is atomicity for file outputs: the archive is written under a
+temporary name while the scp already carries the final name, and both are renamed
+only when every entry is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator
+
+import kaldiio
+import numpy as np
+
+from .errors import BabelflowError
+
+
+class AtomicArkScpWriter:
+    """Write a binary ark (+ optional scp) whose files appear only when complete."""
+
+    def __init__(self, ark: str | os.PathLike, scp: str | os.PathLike | None = None, compression_method: int | None = None):
+        self.ark, self.scp = Path(ark), Path(scp) if scp else None
+        self.ark.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp_ark = self.ark.with_name(f".{self.ark.name}.{os.getpid()}.tmp")
+        self._f = open(self._tmp_ark, "wb")
+        self._scp_lines: list[str] = []
+        self._compression = compression_method
+
+    def __setitem__(self, key: str, value: np.ndarray) -> None:
+        if not key or any(c.isspace() for c in key):
+            raise BabelflowError(f"{self.ark}: invalid key {key!r} (Kaldi keys are non-empty, without spaces)")
+        offset = self._f.tell() + len(key.encode()) + 1  # scp points at the "\0B" after "key "
+        kaldiio.save_ark(self._f, {key: value}, compression_method=self._compression)
+        self._scp_lines.append(f"{key} {self.ark}:{offset}\n")
+
+    def close(self) -> None:
+        self._f.close()
+        if self.scp is not None:
+            tmp_scp = self.scp.with_name(f".{self.scp.name}.{os.getpid()}.tmp")
+            tmp_scp.write_text("".join(self._scp_lines))
+            os.replace(self._tmp_ark, self.ark)
+            os.replace(tmp_scp, self.scp)
+        else:
+            os.replace(self._tmp_ark, self.ark)
+
+    def abort(self) -> None:
+        self._f.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._tmp_ark)
+
+    def __enter__(self) -> "AtomicArkScpWriter":
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def parse_wspecifier(wspecifier: str) -> tuple[set[str], list[str]]:
+    """Split ``ark,scp,t:a.ark,a.scp`` into ({'ark','scp','t'}, ['a.ark', 'a.scp'])."""
+    if ":" not in wspecifier:
+        raise BabelflowError(f"invalid wspecifier '{wspecifier}' (expected e.g. ark:out.ark or ark,scp:out.ark,out.scp)")
+    kinds, _, paths = wspecifier.partition(":")
+    flags = set(kinds.split(","))
+    if not flags & {"ark", "scp"}:
+        raise BabelflowError(f"invalid wspecifier '{wspecifier}': must start with ark: or ark,scp:")
+    return flags, paths.split(",") if {"ark", "scp"} <= flags else [paths]
+
+
+@contextlib.contextmanager
+def open_matrix_writer(wspecifier: str, compression_method: int | None = None) -> Iterator:
+    """A ``writer[key] = matrix`` object for a wspecifier; file outputs are atomic."""
+    flags, paths = parse_wspecifier(wspecifier)
+    is_file = not (paths[0] == "-" or paths[0].endswith("|"))
+    if "t" not in flags and is_file and "f" not in flags:
+        with AtomicArkScpWriter(paths[0], paths[1] if "scp" in flags else None, compression_method) as w:
+            yield w
+        return
+    with kaldiio.WriteHelper(wspecifier, compression_method=compression_method) as w:
+        yield w
+
+
+def read_matrices(rspecifier: str, segments: str | None = None) -> Iterator[tuple[str, np.ndarray]]:
+    """Iterate a Kaldi table; errors name the rspecifier."""
+    try:
+        with kaldiio.ReadHelper(rspecifier, segments=segments) as reader:
+            yield from reader
+    except BabelflowError:
+        raise
+    except (OSError, ValueError, EOFError, RuntimeError, KeyError) as e:
+        raise BabelflowError(f"cannot read '{rspecifier}': {e}") from None
