@@ -12,5 +12,3 @@ def data_source(wildcards):
     """The Kaldi data dir behind a data set (the demo rule makes the demo's)."""
     return DATASETS[wildcards.name]
 
-
-BABELFLOW = "babelflow"

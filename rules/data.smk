@@ -9,7 +9,9 @@ rule data:
         directory(f"{W}/data/{{name}}"),
     params:
         nj=NJ,
+    conda:
+        "../workflow/envs/babelflow.yaml"
     log:
         "logs/data/{name}.log",
     shell:
-        "{BABELFLOW} data --nj {params.nj} {input} {output} > {log} 2>&1"
+        "babelflow data --nj {params.nj} {input} {output} > {log} 2>&1"

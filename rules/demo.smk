@@ -12,9 +12,11 @@ rule demo_corpus:
         utts=PIPELINE.config["demo"].get("utts_per_lang") or 120,
         seed=config["demo"]["seed"],
         ali_jobs=config["demo"]["ali_jobs"],
+    conda:
+        "../workflow/envs/babelflow.yaml"
     log:
         "logs/demo/{lang}.log",
     shell:
-        "{BABELFLOW} demo-corpus --out corpus --lang {wildcards.lang} --langs {params.langs}"
+        "babelflow demo-corpus --out corpus --lang {wildcards.lang} --langs {params.langs}"
         " --voices {params.voices} --utts-per-lang {params.utts} --seed {params.seed}"
         " --ali-jobs {params.ali_jobs} > {log} 2>&1"

@@ -12,11 +12,14 @@ rule features_job:
     params:
         opts=PIPELINE.feature_args(),
         nj=NJ,
+        out=lambda wc: f"{W}/feats/{wc.name}",
+    conda:
+        "../workflow/envs/babelflow.yaml"
     log:
         "logs/features/{name}.{job}.log",
     shell:
-        "{BABELFLOW} features {params.opts} --nj {params.nj} --job {wildcards.job}"
-        " {input} {W}/feats/{wildcards.name} > {log} 2>&1"
+        "babelflow features {params.opts} --nj {params.nj} --job {wildcards.job}"
+        " {input} {params.out} > {log} 2>&1"
 
 
 rule features:
@@ -36,8 +39,11 @@ rule features:
         opts=PIPELINE.feature_args(),
         cmvn_opts=config["features"]["cmvn_opts"],
         nj=NJ,
+        out=lambda wc: f"{W}/feats/{wc.name}",
+    conda:
+        "../workflow/envs/babelflow.yaml"
     log:
         "logs/features/{name}.log",
     shell:
-        "{BABELFLOW} features {params.opts} --nj {params.nj} --cmvn-opts='{params.cmvn_opts}'"
-        " {input.data} {W}/feats/{wildcards.name} > {log} 2>&1"
+        "babelflow features {params.opts} --nj {params.nj} --cmvn-opts='{params.cmvn_opts}'"
+        " {input.data} {params.out} > {log} 2>&1"

@@ -219,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # e.g. `babelflow ali-to-pdf ... ark,t:- | head`
+        sys.stderr.close()
+        return 141
     return 0
 
 

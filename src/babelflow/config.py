@@ -20,7 +20,7 @@ from .demo.corpus import SIZES
 from .errors import BabelflowError
 from .features import FeatureConfig, parse_cmvn_opts
 
-SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "params.schema.yaml"
+SCHEMA = Path(__file__).resolve().parent / "schemas" / "params.schema.yaml"
 DEMO_ROOT = "corpus"
 
 

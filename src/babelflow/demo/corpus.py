@@ -179,7 +179,8 @@ def generate_language(lang: str, out_dir: str | os.PathLike, cfg: DemoConfig, pr
             items = [(utts[k].utt, transition_ids(tm, enforce_min_duration(utts[k].frame_phones), phone_id)) for k in idx]
             raw = ali_dir / f"ali.{job}.raw"
             write_int_vectors(f"ark:{raw}", items)
-            with open(raw, "rb") as src, gzip.open(ali_dir / f"ali.{job}.gz", "wb", mtime=0) as dst:
+            with open(raw, "rb") as src, open(ali_dir / f"ali.{job}.gz", "wb") as out, \
+                    gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0) as dst:  # byte-reproducible
                 dst.write(src.read())
             raw.unlink()
     return {"lang": lang, "num_utts": len(utts), "num_phones": len(phones), "num_pdfs": tm.num_pdfs,
@@ -221,8 +222,8 @@ def generate_corpus(out_root: str | os.PathLike, cfg: DemoConfig, langs: list[st
     """Generate ``out_root/<lang>`` for each language, one fresh process per language."""
     langs = langs or list(cfg.langs)
     work = [(lang, Path(out_root) / lang, cfg, jobs == 1) for lang in langs]
-    if jobs == 1 and len(langs) == 1:
-        return [generate_language(*work[0])]
+    if jobs == 1 and len(langs) == 1 and Espeak._instance is None:
+        return [generate_language(*work[0])]  # this process has a fresh espeak state
     ctx = multiprocessing.get_context("spawn")  # a fresh espeak state per language
     with ctx.Pool(min(jobs, len(langs)), maxtasksperchild=1) as pool:
         return pool.map(_generate_star, work, chunksize=1)

@@ -1,0 +1,70 @@
+"""Real Snakemake runs of the chain so far (demo corpus -> data -> features) on a tiny corpus."""
+
+from __future__ import annotations
+
+import kaldiio
+import pytest
+
+from babelflow.kaldi.alignments import AlignmentDir
+
+from .conftest import REPO, planned_jobs, project_copy, run
+
+pytestmark = pytest.mark.slow
+
+TINY = dict(demo__utts_per_lang=16, demo__langs={"en": "en-us", "de": "de"}, demo__utterance_tasks=["lang", "gender"])
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    proj = project_copy(tmp_path_factory.mktemp("proj"), **TINY)
+    proc = run(["snakemake", "--cores", "2"], proj)
+    return proj, proc
+
+
+def test_chain_outputs(built, monkeypatch):
+    proj, _ = built
+    monkeypatch.chdir(proj)  # scp files hold paths relative to the project, as Kaldi's do
+    for lang in ("en", "de"):
+        feats = proj / "exp" / "feats" / lang
+        assert (feats / "info" / "feat_dim").read_text().strip() == "40"
+        mats = dict(kaldiio.load_scp(str(feats / "feats.scp")))
+        assert len(mats) == 16 and all(m.shape[1] == 40 for m in mats.values())
+        # features cover exactly the alignment frames of every utterance
+        ali = dict(AlignmentDir(proj / "corpus" / lang / "ali").pdf_alignments())
+        assert {k: len(v) for k, v in ali.items()} == {k: m.shape[0] for k, m in mats.items()}
+        stats = dict(kaldiio.load_scp(str(feats / "cmvn.scp")))
+        assert sorted(stats) == ["f1", "f2", "f3", "f4", "m1", "m2", "m3", "m5"]
+        assert sum(s[0, -1] for s in stats.values()) == sum(m.shape[0] for m in mats.values())
+        assert (feats / "cmvn_opts").read_text().strip() == "--norm-means=false --norm-vars=false"
+        assert (proj / "exp" / "data" / lang / "split2" / "2" / "wav.scp").is_file()
+        assert not list(proj.rglob(".*.tmp")), "temporary files left behind"
+
+
+def test_rerun_is_a_noop(built):
+    proj, _ = built
+    assert planned_jobs(proj) == {}
+
+
+def test_feature_option_change_reruns_features_only(built):
+    proj, _ = built
+    edited = (proj / "params.yaml").read_text().replace("num_mel_bins: 40", "num_mel_bins: 30")
+    assert edited != (proj / "params.yaml").read_text()
+    (proj / "params.yaml").write_text(edited)
+    try:
+        jobs = planned_jobs(proj)
+    finally:
+        (proj / "params.yaml").write_text(edited.replace("num_mel_bins: 30", "num_mel_bins: 40"))
+    assert jobs == {"features_job": 4, "features": 2, "all": 1}  # 2 languages x 2 jobs; no corpus, no data
+
+
+def test_bad_params_fail_before_any_job(tmp_path):
+    proj = project_copy(tmp_path, merge__weights={"en": 1.0, "klingon": 0.5}, **TINY)
+    proc = run(["snakemake", "--cores", "1"], proj, check=False)
+    assert proc.returncode != 0
+    assert "merge.weights.klingon: no such task" in proc.stdout + proc.stderr
+    assert not (proj / "corpus").exists()
+
+
+def test_lint_clean():
+    proc = run(["snakemake", "--lint"], REPO)
+    assert "Congratulations" in proc.stdout + proc.stderr
