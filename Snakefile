@@ -2,7 +2,7 @@
 # params.yaml is both this workflow's config and DVC's params file.
 from snakemake.utils import min_version, validate
 
-from babelflow.config import resolve_config
+from babelflow.config import SCHEMA, resolve_config
 from babelflow.errors import BabelflowError
 
 min_version("9.0")
@@ -11,7 +11,8 @@ min_version("9.0")
 configfile: "params.yaml"
 
 
-validate(config, "workflow/schemas/params.schema.yaml")
+# the schema ships inside the package (workflow/schemas/ links to it)
+validate(config, str(SCHEMA))
 try:
     PIPELINE = resolve_config(config)
 except BabelflowError as e:

@@ -17,8 +17,6 @@ from typing import Any, Iterable, Iterator
 
 import kaldi_native_fbank as knf
 import numpy as np
-from scipy.signal import resample_poly
-
 from .errors import BabelflowError, where
 
 # Kaldi option -> (default, kaldi-native-fbank attribute path or None when handled here)
@@ -213,6 +211,8 @@ class FeatureExtractor:
             raise BabelflowError(
                 f"utterance '{key}': sample rate {rate:g} Hz differs from --sample-frequency={target:g} "
                 f"(set allow_downsample/allow_upsample to resample)")
+        from scipy.signal import resample_poly  # slow import (0.7 s), rarely needed
+
         g = np.gcd(int(rate), int(target))
         return resample_poly(samples.astype(np.float32), int(target) // g, int(rate) // g)
 

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import resample_poly
 from tqdm import tqdm
 
 from ..errors import BabelflowError
@@ -117,6 +116,8 @@ def enforce_min_duration(labels: list[str], min_frames: int = MIN_PHONE_FRAMES) 
 
 
 def _synthesise_one(engine: Espeak, lang: str, voice_name: str, i: int, cfg: DemoConfig, wav_dir: Path) -> Utterance:
+    from scipy.signal import resample_poly
+
     rng = random.Random(f"{cfg.seed}-{lang}-{i}")
     voice = cfg.voices[i % len(cfg.voices)]
     rate = rng.choice(sorted(RATE_CLASSES))

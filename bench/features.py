@@ -1,0 +1,199 @@
+"""Benchmark of babelflow's features step (fbank, 40 bins, dither 0) against bare kaldi-native-fbank.
+
+What is measured, all in one run on the same synthesised demo corpus (so ratios cancel out the
+speed of the machine; absolute figures on a shared 2-core box are noisy):
+
+1. step: ``make_feats.feats_job`` on one job holding the whole corpus (nj=1), in this process:
+   read wav.scp through kaldiio, extract, write the ark+scp atomically. Seconds of audio per
+   second of wall time = per-core throughput.
+2. bare: the same audio preloaded as int16 arrays, fed to ``knf.OnlineFbank`` with the same
+   options (``FeatureConfig.knf_options()``) in a plain loop (accept_waveform, input_finished,
+   get_frame). This is the ceiling for a Python driver of kaldi-native-fbank; step/bare says how
+   much babelflow's I/O and bookkeeping cost on top (target >= 0.9).
+3. nj=1 vs nj=2: the whole step as real ``babelflow features --job J`` subprocesses (as Snakemake
+   runs it, start-up included), all jobs of one nj started together; wall-time speed-up
+   (target >= 1.8). Start-up (interpreter + the imports a job does) is timed separately so the
+   speed-up without it can be given too; the audio balance of the speaker split bounds it as well.
+4. Reference figures from Kaldi on this machine kind (from the issue, not re-measured).
+
+Every timing is the best (minimum) of ``--repeats`` runs; the median goes to ``--json``.
+Run:  .venv/bin/python bench/features.py [--utts 300] [--langs en,de] [--workdir DIR] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import kaldi_native_fbank as knf
+import numpy as np
+import soundfile as sf
+
+from babelflow.data.split import prepare_data_dir
+from babelflow.demo.corpus import DemoConfig, generate_corpus
+from babelflow.features import FeatureConfig
+from babelflow.make_feats import feats_job
+
+KALDI = {"audio_s": 300.0, "compute_fbank_feats_s": 0.23, "naive_knf_loop_s": 0.79}  # from the issue
+OPTS = {"num_mel_bins": 40, "dither": 0}
+BIN = Path(sys.executable).parent
+
+
+def timed(fn, repeats: int) -> dict:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return {"best": min(times), "median": statistics.median(times), "all": times}
+
+
+def read_scp(path: Path) -> list[tuple[str, str]]:
+    return [tuple(line.split(maxsplit=1)) for line in path.read_text().splitlines() if line.strip()]
+
+
+def ensure_corpus(root: Path, langs: list[str], utts: int) -> None:
+    """Reuse ``root/<lang>`` when it holds ``utts`` utterances, else synthesise it."""
+    def ok(lang):
+        scp = root / lang / "data" / "wav.scp"
+        return scp.is_file() and len(read_scp(scp)) == utts
+    missing = [lang for lang in langs if not ok(lang)]
+    if missing:
+        print(f"synthesising {utts} utts x {missing} under {root} ...", file=sys.stderr)
+        generate_corpus(root, DemoConfig(utts_per_lang=utts), langs=missing, jobs=min(2, len(missing)))
+
+
+def merge_data(root: Path, langs: list[str], dst: Path) -> Path:
+    """One source data dir over all languages (wav.scp, utt2spk, spk2utt), sorted as Kaldi wants."""
+    wav, u2s = {}, {}
+    for lang in langs:
+        wav.update(read_scp(root / lang / "data" / "wav.scp"))
+        u2s.update(read_scp(root / lang / "data" / "utt2spk"))
+    dst.mkdir(parents=True, exist_ok=True)
+    keys = sorted(u2s)
+    (dst / "wav.scp").write_text("".join(f"{k} {wav[k]}\n" for k in keys))
+    (dst / "utt2spk").write_text("".join(f"{k} {u2s[k]}\n" for k in keys))
+    spk2utt: dict[str, list[str]] = {}
+    for k in keys:
+        spk2utt.setdefault(u2s[k], []).append(k)
+    (dst / "spk2utt").write_text("".join(f"{s} {' '.join(us)}\n" for s, us in sorted(spk2utt.items())))
+    return dst
+
+
+def cli_step(data: Path, out: Path, nj: int, logs: Path) -> None:
+    """All ``babelflow features --job`` processes of one nj, started together; fails loudly."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    procs = []
+    for job in range(1, nj + 1):
+        log = open(logs / f"nj{nj}.{job}.log", "w")
+        cmd = ["babelflow", "features", "--type", "fbank", "--num-mel-bins=40", "--dither=0",
+               "--nj", str(nj), "--job", str(job), str(data), str(out)]
+        procs.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=log), log))
+    for p, log in procs:
+        rc = p.wait()
+        log.close()
+        if rc:
+            sys.exit(f"{' '.join(p.args)} failed ({rc}):\n{Path(log.name).read_text()}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--utts", type=int, default=300, help="utterances per language")
+    ap.add_argument("--langs", default="en")
+    ap.add_argument("--workdir", type=Path, help="default: a temp dir (corpus reused if present)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--profile", action="store_true", help="also cProfile one step run")
+    args = ap.parse_args()
+    langs = args.langs.split(",")
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="bf-bench-"))
+    (work / "logs").mkdir(parents=True, exist_ok=True)
+    ensure_corpus(work / "corpus", langs, args.utts)
+    src = merge_data(work / "corpus", langs, work / "src")
+    data = {nj: work / f"data_nj{nj}" for nj in (1, 2)}
+    for nj, d in data.items():
+        prepare_data_dir(src, d, nj)
+
+    cfg = FeatureConfig.build("fbank", None, OPTS)
+    audio = {k: sf.read(p, dtype="int16")[0] for k, p in read_scp(data[1] / "wav.scp")}
+    rate = cfg.sample_frequency
+    audio_s = sum(len(a) for a in audio.values()) / rate
+    job_s = [sum(len(audio[k]) for k, _ in read_scp(data[2] / "split2" / str(j) / "wav.scp")) / rate for j in (1, 2)]
+
+    # 1. the step, in process
+    step = timed(lambda: feats_job(cfg, data[1] / "split1" / "1", work / "feats_inproc", 1, progress=False),
+                 args.repeats)
+    # 2. the bare kaldi-native-fbank loop
+    opts = cfg.knf_options()
+
+    def bare():
+        for a in audio.values():
+            c = knf.OnlineFbank(opts)
+            c.accept_waveform(rate, a.astype(np.float32))
+            c.input_finished()
+            _ = [c.get_frame(i) for i in range(c.num_frames_ready)]
+    base = timed(bare, args.repeats)
+    # 3. real CLI subprocesses, nj=1 vs nj=2, and start-up alone
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    run = lambda cmd: subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)  # noqa: E731
+    helpt = timed(lambda: run(["babelflow", "--help"]), args.repeats)
+    start = timed(lambda: run([sys.executable, "-c", "import babelflow.cli, babelflow.make_feats"]), args.repeats)
+    cli = {nj: timed(lambda nj=nj: cli_step(data[nj], work / f"feats_nj{nj}", nj, work / "logs"), args.repeats)
+           for nj in (1, 2)}
+
+    kaldi_xrt = KALDI["audio_s"] / KALDI["compute_fbank_feats_s"]
+    s_t, b_t, t1, t2, su = step["best"], base["best"], cli[1]["best"], cli[2]["best"], start["best"]
+    fig = {
+        "audio_s": audio_s, "num_utts": len(audio), "langs": langs, "repeats": args.repeats, "timing": "best-of",
+        "step_audio_s_per_s": audio_s / s_t, "bare_audio_s_per_s": audio_s / b_t, "step_over_bare": b_t / s_t,
+        "step_x_realtime": audio_s / s_t, "bare_x_realtime": audio_s / b_t,
+        "kaldi_x_realtime": kaldi_xrt, "kaldi_naive_knf_x_realtime": KALDI["audio_s"] / KALDI["naive_knf_loop_s"],
+        "step_over_kaldi": (audio_s / s_t) / kaldi_xrt,
+        "nj1_wall_s": t1, "nj2_wall_s": t2, "speedup_nj2": t1 / t2, "startup_s": su, "help_s": helpt["best"],
+        "speedup_nj2_excl_startup": (t1 - su) / (t2 - su), "nj2_job_audio_s": job_s,
+        "nj2_balance_bound": audio_s / max(job_s),
+        "raw": {"step": step, "bare": base, "cli_nj1": cli[1], "cli_nj2": cli[2], "startup": start, "help": helpt},
+    }
+    f = fig
+    print(f"\ncorpus: {len(audio)} utts, {audio_s:.1f} s audio ({','.join(langs)}); workdir {work}; "
+          f"best of {args.repeats}")
+    print(f"1. step  (feats_job, nj=1, in-process): {s_t:.3f} s -> {f['step_audio_s_per_s']:.0f} s audio/s "
+          f"= {f['step_x_realtime']:.0f}x real time (per core)")
+    print(f"2. bare  (knf loop, audio preloaded):   {b_t:.3f} s -> {f['bare_audio_s_per_s']:.0f} s audio/s "
+          f"= {f['bare_x_realtime']:.0f}x real time")
+    print(f"   step/bare throughput ratio: {f['step_over_bare']:.3f} (target >= 0.9)")
+    print(f"3. CLI wall: nj=1 {t1:.3f} s, nj=2 {t2:.3f} s -> speed-up {f['speedup_nj2']:.2f}x (target >= 1.8)")
+    print(f"   start-up (python + babelflow.cli + make_feats imports) {su:.3f} s (`babelflow --help` "
+          f"{helpt['best']:.3f} s); speed-up excl. start-up {f['speedup_nj2_excl_startup']:.2f}x")
+    print(f"   nj=2 split audio: {job_s[0]:.1f} s / {job_s[1]:.1f} s -> balance bound {f['nj2_balance_bound']:.2f}x")
+    print(f"4. Kaldi compute-fbank-feats (issue): {KALDI['audio_s']:.0f} s audio in {KALDI['compute_fbank_feats_s']} s "
+          f"= {kaldi_xrt:.0f}x real time; naive knf loop (issue) {f['kaldi_naive_knf_x_realtime']:.0f}x")
+    print(f"   babelflow per core / Kaldi: {f['step_over_kaldi']:.2f}")
+    rows = [("babelflow step, 1 core (feats_job, nj=1)", f"{f['step_x_realtime']:.0f}x real time"),
+            ("bare kaldi-native-fbank loop, preloaded", f"{f['bare_x_realtime']:.0f}x real time"),
+            ("step / bare (target >= 0.9)", f"{f['step_over_bare']:.2f}"),
+            ("Kaldi compute-fbank-feats (issue)", f"{kaldi_xrt:.0f}x real time"),
+            ("step / Kaldi", f"{f['step_over_kaldi']:.2f}"),
+            ("CLI wall nj=1 -> nj=2 (target >= 1.8x)", f"{t1:.2f} s -> {t2:.2f} s = {f['speedup_nj2']:.2f}x"),
+            (f"same, excl. {su:.2f} s start-up", f"{f['speedup_nj2_excl_startup']:.2f}x")]
+    print(f"\n| {audio_s / 60:.1f} min audio, best of {args.repeats} | |\n|---|---|")
+    print("\n".join(f"| {a} | {b} |" for a, b in rows))
+    if args.json:
+        args.json.write_text(json.dumps(fig, indent=2) + "\n")
+    if args.profile:
+        import cProfile
+        import pstats
+        pr = cProfile.Profile()
+        pr.runcall(feats_job, cfg, data[1] / "split1" / "1", work / "feats_inproc", 1, progress=False)
+        pstats.Stats(pr).sort_stats("tottime").print_stats(12)
+
+
+if __name__ == "__main__":
+    main()
