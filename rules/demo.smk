@@ -9,7 +9,7 @@ rule demo_corpus:
     params:
         langs=",".join(f"{k}={v}" for k, v in config["demo"]["langs"].items()),
         voices=",".join(config["demo"]["voices"]),
-        utts=PIPELINE.config["demo"].get("utts_per_lang") or 120,
+        utts=PIPELINE.config["demo"]["utts_per_lang"],
         seed=config["demo"]["seed"],
         ali_jobs=config["demo"]["ali_jobs"],
     conda:

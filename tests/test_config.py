@@ -41,7 +41,7 @@ def test_default_params_give_demo_tasks(params):
     assert pipe.demo
     assert list(pipe.tasks) == ["en", "de", "es", "fr", "lang", "voice", "gender", "rate"]
     assert pipe.tasks["en"].ali == "corpus/en/ali" and pipe.tasks["lang"].data == ["en", "de", "es", "fr"]
-    assert pipe.config["demo"]["utts_per_lang"] == 120
+    assert pipe.config["demo"]["utts_per_lang"] == 200
     assert "--num-mel-bins=40" in pipe.feature_args() and "--dither=0" in pipe.feature_args()
 
 

@@ -31,7 +31,7 @@ MIN_PHONE_FRAMES = 3  # one frame per state of the 3-state topology
 RATE_CLASSES = {"slow": (110, 140), "normal": (160, 190), "fast": (220, 260)}
 DEFAULT_LANGS = {"en": "en-us", "de": "de", "es": "es", "fr": "fr"}
 DEFAULT_VOICES = ["m1", "m2", "m3", "m5", "f1", "f2", "f3", "f4"]
-SIZES = {"default": 120, "large": 2000}
+SIZES = {"default": 200, "large": 2000}
 
 
 @dataclass
