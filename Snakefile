@@ -28,9 +28,10 @@ include: "rules/common.smk"
 include: "rules/demo.smk"
 include: "rules/data.smk"
 include: "rules/features.smk"
+include: "rules/egs.smk"
 
 
 rule all:
     default_target: True
     input:
-        expand(f"{W}/feats/{{name}}/feats.scp", name=DATASETS),
+        expand(f"{W}/egs/{{task}}/info/num_archives", task=PIPELINE.tasks),

@@ -16,7 +16,8 @@ speed of the machine; absolute figures on a shared 2-core box are noisy):
    speed-up without it can be given too; the audio balance of the speaker split bounds it as well.
 4. Reference figures from Kaldi on this machine kind (from the issue, not re-measured).
 
-Every timing is the best (minimum) of ``--repeats`` runs; the median goes to ``--json``.
+Every timing is the best (minimum) of ``--repeats`` runs, the things compared run interleaved
+(A B, B A, ...) so the machine's drift hits both; medians and all runs go to ``--json``.
 Run:  .venv/bin/python bench/features.py [--utts 300] [--langs en,de] [--workdir DIR] [--json PATH]
 """
 
@@ -44,15 +45,18 @@ from babelflow.make_feats import feats_job
 KALDI = {"audio_s": 300.0, "compute_fbank_feats_s": 0.23, "naive_knf_loop_s": 0.79}  # from the issue
 OPTS = {"num_mel_bins": 40, "dither": 0}
 BIN = Path(sys.executable).parent
+ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
-def timed(fn, repeats: int) -> dict:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return {"best": min(times), "median": statistics.median(times), "all": times}
+def timed(fns: dict, repeats: int) -> dict:
+    """Time each fn ``repeats`` times, interleaved (ABC, CBA, ...) so drift in machine speed hits all alike."""
+    times: dict = {name: [] for name in fns}
+    for r in range(repeats):
+        for name in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
+            t = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - t)
+    return {name: {"best": min(ts), "median": statistics.median(ts), "all": ts} for name, ts in times.items()}
 
 
 def read_scp(path: Path) -> list[tuple[str, str]]:
@@ -89,13 +93,12 @@ def merge_data(root: Path, langs: list[str], dst: Path) -> Path:
 
 def cli_step(data: Path, out: Path, nj: int, logs: Path) -> None:
     """All ``babelflow features --job`` processes of one nj, started together; fails loudly."""
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     procs = []
     for job in range(1, nj + 1):
         log = open(logs / f"nj{nj}.{job}.log", "w")
         cmd = ["babelflow", "features", "--type", "fbank", "--num-mel-bins=40", "--dither=0",
                "--nj", str(nj), "--job", str(job), str(data), str(out)]
-        procs.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=log), log))
+        procs.append((subprocess.Popen(cmd, env=ENV, stdout=log, stderr=log), log))
     for p, log in procs:
         rc = p.wait()
         log.close()
@@ -127,26 +130,28 @@ def main() -> None:
     audio_s = sum(len(a) for a in audio.values()) / rate
     job_s = [sum(len(audio[k]) for k, _ in read_scp(data[2] / "split2" / str(j) / "wav.scp")) / rate for j in (1, 2)]
 
-    # 1. the step, in process
-    step = timed(lambda: feats_job(cfg, data[1] / "split1" / "1", work / "feats_inproc", 1, progress=False),
-                 args.repeats)
-    # 2. the bare kaldi-native-fbank loop
     opts = cfg.knf_options()
 
-    def bare():
+    def run_step():  # 1. the step, in process
+        feats_job(cfg, data[1] / "split1" / "1", work / "feats_inproc", 1, progress=False)
+
+    def run_bare():  # 2. the bare kaldi-native-fbank loop
         for a in audio.values():
             c = knf.OnlineFbank(opts)
             c.accept_waveform(rate, a.astype(np.float32))
             c.input_finished()
             _ = [c.get_frame(i) for i in range(c.num_frames_ready)]
-    base = timed(bare, args.repeats)
-    # 3. real CLI subprocesses, nj=1 vs nj=2, and start-up alone
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    run = lambda cmd: subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)  # noqa: E731
-    helpt = timed(lambda: run(["babelflow", "--help"]), args.repeats)
-    start = timed(lambda: run([sys.executable, "-c", "import babelflow.cli, babelflow.make_feats"]), args.repeats)
-    cli = {nj: timed(lambda nj=nj: cli_step(data[nj], work / f"feats_nj{nj}", nj, work / "logs"), args.repeats)
-           for nj in (1, 2)}
+
+    def run(cmd):
+        subprocess.run(cmd, env=ENV, check=True, stdout=subprocess.DEVNULL)
+    r = timed({"step": run_step, "bare": run_bare}, args.repeats)
+    # 3. real CLI subprocesses: start-up alone, then nj=1 vs nj=2
+    r.update(timed({"help": lambda: run(["babelflow", "--help"]),
+                    "startup": lambda: run([sys.executable, "-c", "import babelflow.cli, babelflow.make_feats"])},
+                   args.repeats))
+    r.update(timed({f"cli_nj{nj}": (lambda nj=nj: cli_step(data[nj], work / f"feats_nj{nj}", nj, work / "logs"))
+                    for nj in (1, 2)}, args.repeats))
+    step, base, helpt, start, cli = r["step"], r["bare"], r["help"], r["startup"], {1: r["cli_nj1"], 2: r["cli_nj2"]}
 
     kaldi_xrt = KALDI["audio_s"] / KALDI["compute_fbank_feats_s"]
     s_t, b_t, t1, t2, su = step["best"], base["best"], cli[1]["best"], cli[2]["best"], start["best"]
@@ -159,7 +164,7 @@ def main() -> None:
         "nj1_wall_s": t1, "nj2_wall_s": t2, "speedup_nj2": t1 / t2, "startup_s": su, "help_s": helpt["best"],
         "speedup_nj2_excl_startup": (t1 - su) / (t2 - su), "nj2_job_audio_s": job_s,
         "nj2_balance_bound": audio_s / max(job_s),
-        "raw": {"step": step, "bare": base, "cli_nj1": cli[1], "cli_nj2": cli[2], "startup": start, "help": helpt},
+        "raw": r,
     }
     f = fig
     print(f"\ncorpus: {len(audio)} utts, {audio_s:.1f} s audio ({','.join(langs)}); workdir {work}; "

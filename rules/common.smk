@@ -6,6 +6,7 @@ import os
 wildcard_constraints:
     name="[A-Za-z0-9][A-Za-z0-9_.+-]*",
     job="[0-9]+",
+    archive="[0-9]+",
 
 
 def data_source(wildcards):

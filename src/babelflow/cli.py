@@ -201,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("pdf_wspecifier")
     s.set_defaults(func=cmd_ali_to_pdf)
 
+    from .egs.cli import register as register_egs
+
+    register_egs(sub)
+
     s = sub.add_parser("check-config", help="validate params.yaml (schema + references + paths)")
     s.add_argument("params", nargs="?", default="params.yaml")
     s.add_argument("--no-paths", action="store_true", help="skip checks that paths exist")

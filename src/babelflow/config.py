@@ -32,6 +32,8 @@ class Task:
     ali: str | None = None
     labels: str | None = None
     weight: float = 1.0
+    classes: list[str] | None = None
+    num_pdfs: int | None = None
 
 
 @dataclass
@@ -62,6 +64,23 @@ class Pipeline:
         for k, v in sorted((f.get("options") or {}).items()):
             v = str(v).lower() if isinstance(v, bool) else v
             args.append(f"--{k.replace('_', '-')}={v}")
+        return " ".join(args)
+
+    def egs_args(self, task: str) -> str:
+        """The flags of `babelflow egs job/finalize` for a task, as the rules pass them."""
+        t, e, w = self.tasks[task], self.config["egs"], self.workdir
+        args = [f"--task={task}", f"--kind={t.kind}", f"--nj={self.config['data']['nj']}",
+                f"--feat-type={self.config['features']['type']}"]
+        args += [f"--set={s}:{w}/data/{s}:{w}/feats/{s}" for s in t.data]
+        if t.kind == "utterance":
+            args.append(f"--labels={t.labels}")
+            if t.classes:
+                args.append(f"--classes={','.join(t.classes)}")
+        for key in ("frames_per_eg", "left_context", "right_context", "num_valid_utts", "num_train_subset_utts",
+                    "valid_fraction", "length_tolerance", "dtype", "seed"):
+            args.append(f"--{key.replace('_', '-')}={e[key]}")
+        u = e["utterance"]
+        args += [f"--chunking={u['chunking']}", f"--min-chunk={u['min_chunk']}", f"--max-chunk={u['max_chunk']}"]
         return " ".join(args)
 
 
@@ -143,7 +162,8 @@ def resolve_config(config: dict[str, Any], check_paths: bool = True) -> Pipeline
                 raise BabelflowError(f"params: tasks.{name}.ali: alignment dir '{ali}' not found")
         elif not t.get("labels"):
             raise BabelflowError(f"params: tasks.{name}.labels: required for an utterance task (e.g. utt2lang)")
-        tasks[name] = Task(name, t["kind"], data, t.get("ali"), t.get("labels"))
+        tasks[name] = Task(name, t["kind"], data, t.get("ali"), t.get("labels"), classes=t.get("classes"),
+                           num_pdfs=t.get("num_pdfs"))
 
     weights = config["merge"]["weights"]
     for name, w in weights.items():
@@ -159,6 +179,9 @@ def resolve_config(config: dict[str, Any], check_paths: bool = True) -> Pipeline
         for name, w in weights.items():
             tasks[name].weight = float(w)
 
+    e = config["egs"]
+    if e["utterance"]["min_chunk"] > e["utterance"]["max_chunk"]:
+        raise BabelflowError("params: egs.utterance.min_chunk: larger than egs.utterance.max_chunk")
     f = config["features"]
     if check_paths and f.get("config") and not Path(f["config"]).is_file():
         raise BabelflowError(f"params: features.config: file '{f['config']}' not found")

@@ -1,0 +1,1 @@
+"""Per-task training examples (Kaldi ``get_egs.sh`` semantics) in a memory-mappable layout."""

@@ -1,0 +1,84 @@
+"""``babelflow egs ...`` subcommands: ali, job, finalize (the step), show, import/export."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from .make import EgsOptions, TaskSource
+
+log = logging.getLogger("babelflow")
+
+
+def _source(args: argparse.Namespace) -> TaskSource:
+    sets = []
+    for item in args.set:
+        try:
+            name, data, feats = item.split(":")
+        except ValueError:
+            raise SystemExit(f"--set expects NAME:DATA_DIR:FEATS_DIR, got '{item}'") from None
+        sets.append((name, Path(data), Path(feats)))
+    classes = args.classes.split(",") if getattr(args, "classes", None) else None
+    return TaskSource(args.task, args.kind, sets, args.nj, args.labels, classes)
+
+
+def _options(args: argparse.Namespace) -> EgsOptions:
+    return EgsOptions(**{k: getattr(args, k) for k in EgsOptions.__dataclass_fields__})
+
+
+def cmd_ali(args: argparse.Namespace) -> None:
+    from .alignments import prepare_pdf_alignments
+
+    n = prepare_pdf_alignments(args.source, args.out, args.num_pdfs)
+    log.info("egs ali %s -> %s: %d pdfs", args.source, args.out, n)
+
+
+def cmd_job(args: argparse.Namespace) -> None:
+    from .make import egs_job
+
+    r = egs_job(_source(args), args.archive, args.out, _options(args), args.feat_type)
+    log.info("egs %s archive %d: %s", args.task, args.archive, r)
+
+
+def cmd_finalize(args: argparse.Namespace) -> None:
+    from .make import finalize_egs_dir
+
+    info = finalize_egs_dir(_source(args), args.out, _options(args))
+    log.info("egs %s: %s", args.task, info)
+
+
+def _add_step_args(p: argparse.ArgumentParser) -> None:
+    d = EgsOptions()
+    p.add_argument("--task", required=True)
+    p.add_argument("--kind", choices=["frame", "utterance"], required=True)
+    p.add_argument("--set", action="append", required=True, metavar="NAME:DATA:FEATS",
+                   help="a data set of the task: name, data dir (babelflow data), features dir; repeatable")
+    p.add_argument("--nj", type=int, required=True, help="features jobs per data set")
+    p.add_argument("--labels", help="utterance tasks: the utt2<label> file name")
+    p.add_argument("--classes", help="utterance tasks: fixed label map, comma-separated")
+    p.add_argument("--feat-type", default="fbank")
+    for name in EgsOptions.__dataclass_fields__:
+        default = getattr(d, name)
+        p.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
+    p.add_argument("out", help="the task's egs dir")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    egs = sub.add_parser("egs", help="per-task examples (get_egs.sh), and Kaldi egs tools")
+    esub = egs.add_subparsers(dest="egs_command", required=True, metavar="EGS_COMMAND")
+
+    p = esub.add_parser("ali", help="alignment dir or pdf rspecifier -> OUT/ali_pdf.{ark,scp} + num_pdfs")
+    p.add_argument("--num-pdfs", type=int, help="for a pdf rspecifier source (default: max pdf + 1)")
+    p.add_argument("source")
+    p.add_argument("out")
+    p.set_defaults(func=cmd_ali)
+
+    p = esub.add_parser("job", help="write archive J of a task's egs (one Snakemake job)")
+    p.add_argument("--archive", type=int, required=True)
+    _add_step_args(p)
+    p.set_defaults(func=cmd_job)
+
+    p = esub.add_parser("finalize", help="merge job reports, write info/ and check the archives")
+    _add_step_args(p)
+    p.set_defaults(func=cmd_finalize)

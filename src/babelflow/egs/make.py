@@ -1,0 +1,261 @@
+"""The egs step (Kaldi ``steps/nnet3/get_egs.sh``), one task at a time.
+
+Contract: features dirs (+ data dirs, + pdf alignments for frame tasks) -> an egs dir::
+
+    ali_pdf.{ark,scp}  num_pdfs          frame tasks: pdf ids per frame (ali-to-pdf, once)
+    egs.J.*  valid.J.*  train_diagnostic.J.*   archive J = (data set, features job) J
+    report.J.json                        per-job counts, skips per reason
+    info/  cmvn_opts  valid_uttlist  train_subset_uttlist  report.tsv   (finalize)
+
+Valid utterances are held out of training; the train-diagnostic utterances stay in
+training and are also written apart, as Kaldi's ``train_diagnostic.egs``. Every job
+derives both lists from the same seeded draw over all of the task's utterances, so jobs
+need no coordination.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import kaldiio
+import numpy as np
+from tqdm import tqdm
+
+from ..errors import BabelflowError
+from ..features import apply_cmvn, parse_cmvn_opts
+from ..io import read_scalar, read_table, write_table, write_text
+from .chunking import kaldi_chunks, utterance_chunks
+from .format import FORMAT_VERSION, LABEL_DTYPE, ArchiveWriter
+
+
+@dataclass
+class EgsOptions:
+    frames_per_eg: int = 8
+    left_context: int = 16
+    right_context: int = 12
+    num_valid_utts: int = 300
+    num_train_subset_utts: int = 300
+    valid_fraction: float = 0.1
+    length_tolerance: int = 2
+    dtype: str = "float16"
+    chunking: str = "whole"
+    min_chunk: int = 100
+    max_chunk: int = 300
+    seed: int = 0
+
+
+@dataclass
+class TaskSource:
+    """Where one task's examples come from: (data set name, data dir, feats dir) per set."""
+
+    task: str
+    kind: str
+    sets: list[tuple[str, Path, Path]]
+    nj: int
+    labels: str | None = None  # utt2<label> file name, utterance tasks
+    classes: list[str] | None = None  # fixed label map (optional)
+
+    def archives(self) -> list[tuple[str, Path, Path, int]]:
+        """Archive J (1-based) = the J-th (set, features job) pair."""
+        return [(name, d, f, job) for name, d, f in self.sets for job in range(1, self.nj + 1)]
+
+
+def held_out_lists(utts: list[str], opts: EgsOptions, task: str) -> tuple[set[str], set[str]]:
+    """(valid, train_subset) utterance sets, as get_egs.sh draws them (seeded here)."""
+    n = len(utts)
+    rng = np.random.default_rng([opts.seed, zlib.crc32(task.encode())])
+    order = [utts[i] for i in rng.permutation(n)]
+
+    def size(wanted: int) -> int:
+        return wanted if n >= 4 * wanted else max(1, int(round(opts.valid_fraction * n)))
+
+    nv = min(size(opts.num_valid_utts), n - 1)
+    valid = set(order[:nv])
+    nt = min(size(opts.num_train_subset_utts), n - nv)
+    return valid, set(order[nv:nv + nt])
+
+
+def task_utterances(src: TaskSource) -> list[str]:
+    """All utterances of a task (sorted); utterance ids must be unique across its data sets."""
+    owner: dict[str, str] = {}
+    for name, _, feats in src.sets:
+        for _, utt, _ in read_table(feats / "utt2num_frames", 2, 2):
+            if utt in owner:
+                raise BabelflowError(f"task '{src.task}': utterance '{utt}' is in data sets '{owner[utt]}' and "
+                                     f"'{name}'; prefix utterance ids with the data set (as Kaldi's chain2 does)")
+            owner[utt] = name
+    return sorted(owner)
+
+
+def class_map(src: TaskSource) -> list[str]:
+    if src.classes:
+        return list(src.classes)
+    labels = set()
+    for _, data, _ in src.sets:
+        labels |= {v[0] for _, _, v in read_table(data / src.labels, 2, 2)}
+    return sorted(labels)
+
+
+@dataclass
+class _Counts:
+    utts: int = 0
+    frames: int = 0
+    examples: dict[str, int] = field(default_factory=lambda: {"train": 0, "valid": 0, "train_diagnostic": 0})
+    skipped: dict[str, int] = field(default_factory=dict)
+    classes: dict[str, int] = field(default_factory=dict)
+
+    def skip(self, reason: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+
+def egs_job(src: TaskSource, archive: int, out_dir: str | os.PathLike, opts: EgsOptions,
+            feat_type: str, progress: bool = True) -> dict:
+    """Write archive ``archive`` (train, valid and train-diagnostic parts) of a task."""
+    out_dir = Path(out_dir)
+    name, data_dir, feats_dir, job = src.archives()[archive - 1]
+    means, variances = parse_cmvn_opts(read_scalar(feats_dir / "cmvn_opts"))
+    cmvn = dict(kaldiio.load_scp(str(feats_dir / "cmvn.scp"))) if means else {}
+    utt2spk = {k: v[0] for _, k, v in read_table(data_dir / "utt2spk", 2, 2)}
+    valid, subset = held_out_lists(task_utterances(src), opts, src.task)
+    feat_dim = int(read_scalar(feats_dir / "info" / "feat_dim"))
+    frame = src.kind == "frame"
+    if frame:
+        pdfs = kaldiio.load_scp(str(out_dir / "ali_pdf.scp"))
+        num_pdfs = int(read_scalar(out_dir / "num_pdfs"))
+    else:
+        classes = {c: i for i, c in enumerate(class_map(src))}
+        utt2label = {k: v[0] for _, k, v in read_table(data_dir / src.labels, 2, 2)}
+    rng = np.random.default_rng([opts.seed, zlib.crc32(src.task.encode()), archive])
+    counts = _Counts()
+    writers = {part: ArchiveWriter(out_dir / f"{prefix}.{archive}", feat_dim, opts.dtype, frame)
+               for part, prefix in (("train", "egs"), ("valid", "valid"), ("train_diagnostic", "train_diagnostic"))}
+    try:
+        scp = feats_dir / f"raw_{feat_type}.{job}.scp"
+        for utt, feats in tqdm(kaldiio.load_scp_sequential(str(scp)), desc=f"egs {src.task}.{archive}",
+                               unit="utt", disable=not progress, mininterval=2.0):
+            if frame:
+                got = _frame_examples(utt, feats, pdfs, num_pdfs, opts, rng, counts)
+            else:
+                got = _utterance_examples(utt, feats, utt2label, classes, opts, rng, counts, data_dir / src.labels)
+            if got is None:
+                continue
+            if means:
+                feats = apply_cmvn(np.asarray(feats), cmvn[utt2spk[utt]], means, variances)
+            counts.utts += 1
+            counts.frames += feats.shape[0]
+            parts = ["valid"] if utt in valid else ["train"] + (["train_diagnostic"] if utt in subset else [])
+            for part in parts:
+                seg = writers[part].add_segment(f"{src.task}-{utt}", feats)
+                starts, sizes, labels = got
+                writers[part].add_examples(seg, starts, sizes, labels=labels if frame else None,
+                                           classes=None if frame else labels)
+                counts.examples[part] += len(starts)
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
+    for w in writers.values():
+        w.close()
+    report = {"archive": archive, "data_set": name, "job": job, "utts": counts.utts, "frames": counts.frames,
+              "examples": counts.examples, "skipped": counts.skipped, "classes": counts.classes}
+    write_text(out_dir / f"report.{archive}.json", json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def _frame_examples(utt, feats, pdfs, num_pdfs, opts, rng, counts):
+    if utt not in pdfs:
+        counts.skip("no_alignment")
+        return None
+    ali = np.asarray(pdfs[utt], np.int32)
+    num_frames = feats.shape[0]
+    if abs(len(ali) - num_frames) > opts.length_tolerance:
+        counts.skip("length_mismatch")
+        return None
+    if len(ali) and (ali.min() < 0 or ali.max() >= num_pdfs):
+        raise BabelflowError(f"utterance '{utt}': pdf id {int(ali.max())} outside [0, {num_pdfs}) of the "
+                             "alignment's model")
+    starts, weights = kaldi_chunks(num_frames, opts.frames_per_eg, rng)
+    if len(starts) == 0:
+        counts.skip("too_short")
+        return None
+    frames = (starts[:, None] + np.arange(opts.frames_per_eg)[None, :]).ravel()
+    labels = np.zeros(len(frames), LABEL_DTYPE)
+    inside = frames < len(ali)  # beyond the alignment (within tolerance): no supervision, as Kaldi
+    labels["pdf"] = np.where(inside, ali[np.minimum(frames, len(ali) - 1)], -1)
+    labels["weight"] = np.where(inside, weights.ravel(), 0.0)
+    return starts, np.full(len(starts), opts.frames_per_eg, np.int32), labels
+
+
+def _utterance_examples(utt, feats, utt2label, classes, opts, rng, counts, label_file):
+    if utt not in utt2label:
+        counts.skip("no_label")
+        return None
+    label = utt2label[utt]
+    if label not in classes:
+        raise BabelflowError(f"{label_file}: utterance '{utt}': label '{label}' is not in the label map "
+                             f"({', '.join(classes)})")
+    starts, sizes = utterance_chunks(feats.shape[0], opts.chunking, opts.min_chunk, opts.max_chunk, rng)
+    counts.classes[label] = counts.classes.get(label, 0) + len(starts)
+    return starts, sizes, np.full(len(starts), classes[label], np.int64)
+
+
+def finalize_egs_dir(src: TaskSource, out_dir: str | os.PathLike, opts: EgsOptions) -> dict:
+    """Merge job reports, write ``info/`` (Kaldi's names), the utterance lists and report.tsv."""
+    import pandas as pd
+
+    from .reader import EgsDir
+
+    out_dir = Path(out_dir)
+    reports = [json.loads((out_dir / f"report.{a}.json").read_text()) for a in range(1, len(src.archives()) + 1)]
+    rows = []
+    for r in reports:
+        row = {"archive": r["archive"], "data_set": r["data_set"], "job": r["job"], "utts": r["utts"],
+               "frames": r["frames"], **{f"egs_{k}": v for k, v in r["examples"].items()},
+               **{f"skipped_{k}": v for k, v in r["skipped"].items()},
+               **{f"class_{k}": v for k, v in r["classes"].items()}}
+        rows.append(row)
+    table = pd.DataFrame(rows).fillna(0)
+    num = table.columns.difference(["data_set"])
+    table[num] = table[num].astype("int64")
+    total = table.drop(columns=["archive", "data_set", "job"]).sum()
+    if total["egs_train"] == 0:
+        skipped = {k[8:]: int(v) for k, v in total.items() if k.startswith("skipped_")}
+        raise BabelflowError(f"task '{src.task}': no training examples (skipped utterances: {skipped or 'none'})")
+    table.to_csv(out_dir / "report.tsv.tmp", sep="\t", index=False)
+    os.replace(out_dir / "report.tsv.tmp", out_dir / "report.tsv")
+    utts = task_utterances(src)
+    valid, subset = held_out_lists(utts, opts, src.task)
+    write_table(out_dir / "valid_uttlist", [(u,) for u in sorted(valid)])
+    write_table(out_dir / "train_subset_uttlist", [(u,) for u in sorted(subset)])
+    feats_dir = src.sets[0][2]
+    cmvn_opts = read_scalar(feats_dir / "cmvn_opts")
+    for name, _, f in src.sets[1:]:
+        if read_scalar(f / "cmvn_opts") != cmvn_opts or read_scalar(f / "info" / "feat_dim") != read_scalar(feats_dir / "info" / "feat_dim"):
+            raise BabelflowError(f"task '{src.task}': data set '{name}' has other features/CMVN than '{src.sets[0][0]}'")
+    write_text(out_dir / "cmvn_opts", cmvn_opts + "\n")
+    info = {
+        "format_version": FORMAT_VERSION, "task": src.task, "kind": src.kind,
+        "feat_dim": read_scalar(feats_dir / "info" / "feat_dim"), "feats_dtype": opts.dtype,
+        "feat_type": read_scalar(feats_dir / "info" / "feat_type"),
+        "left_context": opts.left_context, "right_context": opts.right_context,
+        "left_context_initial": -1, "right_context_final": -1,
+        "frames_per_eg": opts.frames_per_eg if src.kind == "frame" else 0,
+        "num_archives": len(src.archives()), "num_frames": int(total["frames"]),
+        "num_utts": int(total["utts"]), "num_egs": int(total["egs_train"]), "ivector_dim": 0,
+        "key_format": "segment-frame", "cmvn_opts": cmvn_opts,
+    }
+    if src.kind == "frame":
+        info["num_pdfs"] = read_scalar(out_dir / "num_pdfs")
+        info["egs_per_archive"] = int(total["egs_train"]) // len(src.archives())
+    else:
+        classes = class_map(src)
+        info["num_classes"] = len(classes)
+        write_table(out_dir / "info" / "classes.txt", [(c, i) for i, c in enumerate(classes)])
+    for key, value in info.items():
+        write_text(out_dir / "info" / key, f"{value}\n")
+    EgsDir(out_dir).check()  # every archive opens and agrees with info/
+    return info

@@ -1,0 +1,95 @@
+"""Reading an egs dir: ``info/`` plus its archives, checked against each other."""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from ..errors import BabelflowError
+from ..io import read_scalar
+from .format import Archive
+
+PARTS = {"train": "egs", "valid": "valid", "train_diagnostic": "train_diagnostic"}
+
+
+class EgsDir:
+    """An egs dir written by ``babelflow egs`` (or imported from Kaldi egs)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not (self.path / "info").is_dir():
+            raise BabelflowError(f"{self.path}: not an egs dir (no info/)")
+
+    @cached_property
+    def info(self) -> dict[str, str]:
+        return {p.name: p.read_text().strip() for p in sorted((self.path / "info").iterdir()) if p.is_file()}
+
+    def _int(self, name: str) -> int:
+        try:
+            return int(self.info[name])
+        except (KeyError, ValueError):
+            raise BabelflowError(f"{self.path}/info/{name}: missing or not an integer") from None
+
+    @property
+    def kind(self) -> str:
+        return self.info.get("kind", "frame")
+
+    @property
+    def feat_dim(self) -> int:
+        return self._int("feat_dim")
+
+    @property
+    def left_context(self) -> int:
+        return self._int("left_context")
+
+    @property
+    def right_context(self) -> int:
+        return self._int("right_context")
+
+    @property
+    def num_archives(self) -> int:
+        return self._int("num_archives")
+
+    @property
+    def num_outputs(self) -> int:
+        return self._int("num_pdfs") if self.kind == "frame" else self._int("num_classes")
+
+    @property
+    def ivector_dim(self) -> int:
+        return int(self.info.get("ivector_dim", "0"))
+
+    @property
+    def key_format(self) -> str:
+        return self.info.get("key_format", "segment-frame")
+
+    def classes(self) -> list[str]:
+        path = self.path / "info" / "classes.txt"
+        return [line.split()[0] for line in path.read_text().splitlines()] if path.exists() else []
+
+    def archive(self, part: str, number: int) -> Archive:
+        prefix = self.path / f"{PARTS[part]}.{number}"
+        return Archive.open(prefix, self.feat_dim, self.info.get("feats_dtype", "float32"),
+                            self.kind == "frame", self.ivector_dim)
+
+    def archives(self, part: str = "train") -> Iterator[Archive]:
+        for j in range(1, self.num_archives + 1):
+            if part == "train" or Path(f"{self.path / PARTS[part]}.{j}.index").exists():
+                yield self.archive(part, j)
+
+    def check(self) -> None:
+        """Open every archive (which checks sizes) and compare totals with info/."""
+        n = sum(len(a) for a in self.archives("train"))
+        if "num_egs" in self.info and n != self._int("num_egs"):
+            raise BabelflowError(f"{self.path}: info/num_egs says {self.info['num_egs']}, archives hold {n}")
+        for part in ("valid", "train_diagnostic"):
+            for a in self.archives(part):
+                pass
+        if self.kind == "frame":
+            for a in self.archives("train"):
+                if a.labels is not None and len(a.labels) and a.labels["pdf"].max() >= self.num_outputs:
+                    raise BabelflowError(f"{a.prefix}.labels: pdf {a.labels['pdf'].max()} >= info/num_pdfs "
+                                         f"{self.num_outputs}")
