@@ -17,7 +17,8 @@ speed of the machine; absolute figures on a shared 2-core box are noisy):
 4. Reference figures from Kaldi on this machine kind (from the issue, not re-measured).
 
 Every timing is the best (minimum) of ``--repeats`` runs, the things compared run interleaved
-(A B, B A, ...) so the machine's drift hits both; medians and all runs go to ``--json``.
+(A B, B A, ...) so the machine's drift hits both; medians and all runs go to ``--json``. CPU stall
+(Linux PSI) during each best run is printed: on a shared 2-core box, other load ruins nj=2 figures.
 Run:  .venv/bin/python bench/features.py [--utts 300] [--langs en,de] [--workdir DIR] [--json PATH]
 """
 
@@ -48,15 +49,24 @@ BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
+def cpu_stall_s() -> float:
+    """Seconds some task waited for a CPU (Linux PSI); shows other load on the machine during a run."""
+    try:
+        return int(Path("/proc/pressure/cpu").read_text().split("total=")[1].split()[0]) / 1e6
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def timed(fns: dict, repeats: int) -> dict:
-    """Time each fn ``repeats`` times, interleaved (ABC, CBA, ...) so drift in machine speed hits all alike."""
-    times: dict = {name: [] for name in fns}
+    """Time each fn ``repeats`` times, interleaved (AB, BA, ...) so drift in machine speed hits all alike."""
+    runs: dict = {name: [] for name in fns}
     for r in range(repeats):
         for name in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
-            t = time.perf_counter()
+            t, st = time.perf_counter(), cpu_stall_s()
             fns[name]()
-            times[name].append(time.perf_counter() - t)
-    return {name: {"best": min(ts), "median": statistics.median(ts), "all": ts} for name, ts in times.items()}
+            runs[name].append((time.perf_counter() - t, cpu_stall_s() - st))
+    return {name: {"best": min(ts)[0], "median": statistics.median(t for t, _ in ts), "all": [t for t, _ in ts],
+                   "stall_of_best": min(ts)[1] / min(ts)[0]} for name, ts in runs.items()}
 
 
 def read_scp(path: Path) -> list[tuple[str, str]]:
@@ -129,7 +139,6 @@ def main() -> None:
     rate = cfg.sample_frequency
     audio_s = sum(len(a) for a in audio.values()) / rate
     job_s = [sum(len(audio[k]) for k, _ in read_scp(data[2] / "split2" / str(j) / "wav.scp")) / rate for j in (1, 2)]
-
     opts = cfg.knf_options()
 
     def run_step():  # 1. the step, in process
@@ -151,36 +160,32 @@ def main() -> None:
                    args.repeats))
     r.update(timed({f"cli_nj{nj}": (lambda nj=nj: cli_step(data[nj], work / f"feats_nj{nj}", nj, work / "logs"))
                     for nj in (1, 2)}, args.repeats))
-    step, base, helpt, start, cli = r["step"], r["bare"], r["help"], r["startup"], {1: r["cli_nj1"], 2: r["cli_nj2"]}
 
+    s_t, b_t, t1, t2, su = (r[k]["best"] for k in ("step", "bare", "cli_nj1", "cli_nj2", "startup"))
     kaldi_xrt = KALDI["audio_s"] / KALDI["compute_fbank_feats_s"]
-    s_t, b_t, t1, t2, su = step["best"], base["best"], cli[1]["best"], cli[2]["best"], start["best"]
-    fig = {
-        "audio_s": audio_s, "num_utts": len(audio), "langs": langs, "repeats": args.repeats, "timing": "best-of",
-        "step_audio_s_per_s": audio_s / s_t, "bare_audio_s_per_s": audio_s / b_t, "step_over_bare": b_t / s_t,
-        "step_x_realtime": audio_s / s_t, "bare_x_realtime": audio_s / b_t,
-        "kaldi_x_realtime": kaldi_xrt, "kaldi_naive_knf_x_realtime": KALDI["audio_s"] / KALDI["naive_knf_loop_s"],
-        "step_over_kaldi": (audio_s / s_t) / kaldi_xrt,
-        "nj1_wall_s": t1, "nj2_wall_s": t2, "speedup_nj2": t1 / t2, "startup_s": su, "help_s": helpt["best"],
-        "speedup_nj2_excl_startup": (t1 - su) / (t2 - su), "nj2_job_audio_s": job_s,
-        "nj2_balance_bound": audio_s / max(job_s),
-        "raw": r,
-    }
-    f = fig
+    f = {"audio_s": audio_s, "num_utts": len(audio), "langs": langs, "repeats": args.repeats, "timing": "best-of",
+         "step_x_realtime": audio_s / s_t, "bare_x_realtime": audio_s / b_t, "step_over_bare": b_t / s_t,
+         "kaldi_x_realtime": kaldi_xrt, "kaldi_naive_knf_x_realtime": KALDI["audio_s"] / KALDI["naive_knf_loop_s"],
+         "step_over_kaldi": audio_s / s_t / kaldi_xrt, "nj1_wall_s": t1, "nj2_wall_s": t2, "speedup_nj2": t1 / t2,
+         "startup_s": su, "help_s": r["help"]["best"], "speedup_nj2_excl_startup": (t1 - su) / (t2 - su),
+         "nj2_job_audio_s": job_s, "nj2_balance_bound": audio_s / max(job_s), "raw": r}
     print(f"\ncorpus: {len(audio)} utts, {audio_s:.1f} s audio ({','.join(langs)}); workdir {work}; "
           f"best of {args.repeats}")
-    print(f"1. step  (feats_job, nj=1, in-process): {s_t:.3f} s -> {f['step_audio_s_per_s']:.0f} s audio/s "
-          f"= {f['step_x_realtime']:.0f}x real time (per core)")
-    print(f"2. bare  (knf loop, audio preloaded):   {b_t:.3f} s -> {f['bare_audio_s_per_s']:.0f} s audio/s "
-          f"= {f['bare_x_realtime']:.0f}x real time")
+    print(f"1. step (feats_job, nj=1, in-process): {s_t:.3f} s -> {f['step_x_realtime']:.0f} s audio/s "
+          f"(x real time), per core")
+    print(f"2. bare (knf loop, audio preloaded):   {b_t:.3f} s -> {f['bare_x_realtime']:.0f} s audio/s (x real time)")
     print(f"   step/bare throughput ratio: {f['step_over_bare']:.3f} (target >= 0.9)")
     print(f"3. CLI wall: nj=1 {t1:.3f} s, nj=2 {t2:.3f} s -> speed-up {f['speedup_nj2']:.2f}x (target >= 1.8)")
     print(f"   start-up (python + babelflow.cli + make_feats imports) {su:.3f} s (`babelflow --help` "
-          f"{helpt['best']:.3f} s); speed-up excl. start-up {f['speedup_nj2_excl_startup']:.2f}x")
+          f"{f['help_s']:.3f} s); speed-up excl. start-up {f['speedup_nj2_excl_startup']:.2f}x")
     print(f"   nj=2 split audio: {job_s[0]:.1f} s / {job_s[1]:.1f} s -> balance bound {f['nj2_balance_bound']:.2f}x")
     print(f"4. Kaldi compute-fbank-feats (issue): {KALDI['audio_s']:.0f} s audio in {KALDI['compute_fbank_feats_s']} s "
           f"= {kaldi_xrt:.0f}x real time; naive knf loop (issue) {f['kaldi_naive_knf_x_realtime']:.0f}x")
     print(f"   babelflow per core / Kaldi: {f['step_over_kaldi']:.2f}")
+    stall = {k: v["stall_of_best"] for k, v in r.items()}
+    print("CPU stall (PSI) during the best runs: " + ", ".join(f"{k} {v:.0%}" for k, v in stall.items()))
+    if max(stall.values()) > 0.05:
+        print("WARNING: other load competed for the CPUs during these runs; figures are unreliable")
     rows = [("babelflow step, 1 core (feats_job, nj=1)", f"{f['step_x_realtime']:.0f}x real time"),
             ("bare kaldi-native-fbank loop, preloaded", f"{f['bare_x_realtime']:.0f}x real time"),
             ("step / bare (target >= 0.9)", f"{f['step_over_bare']:.2f}"),
@@ -191,14 +196,13 @@ def main() -> None:
     print(f"\n| {audio_s / 60:.1f} min audio, best of {args.repeats} | |\n|---|---|")
     print("\n".join(f"| {a} | {b} |" for a, b in rows))
     if args.json:
-        args.json.write_text(json.dumps(fig, indent=2) + "\n")
+        args.json.write_text(json.dumps(f, indent=2) + "\n")
     if args.profile:
         import cProfile
         import pstats
         pr = cProfile.Profile()
         pr.runcall(feats_job, cfg, data[1] / "split1" / "1", work / "feats_inproc", 1, progress=False)
         pstats.Stats(pr).sort_stats("tottime").print_stats(12)
-
 
 if __name__ == "__main__":
     main()

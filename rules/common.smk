@@ -13,3 +13,26 @@ def data_source(wildcards):
     """The Kaldi data dir behind a data set (the demo rule makes the demo's)."""
     return DATASETS[wildcards.name]
 
+
+# --- egs step
+
+
+def egs_job_inputs(wildcards):
+    task = PIPELINE.tasks[wildcards.task]
+    ins = {
+        "feats": [f"{W}/feats/{s}/feats.scp" for s in task.data],
+        "data": [f"{W}/data/{s}" for s in task.data],
+    }
+    if task.kind == "frame":
+        ins["ali"] = f"{W}/egs/{wildcards.task}/ali_pdf.scp"
+    return ins
+
+
+def egs_archives(wildcards):
+    n = len(PIPELINE.tasks[wildcards.task].data) * NJ
+    return expand(f"{W}/egs/{wildcards.task}/egs.{{a}}.index", a=range(1, n + 1))
+
+
+def frame_task_ali(wildcards):
+    ali = PIPELINE.tasks[wildcards.task].ali
+    return [ali] if ":" not in ali else []

@@ -2,31 +2,6 @@
 # one job per archive = (data set, features job), then a finalize that writes info/.
 
 
-def egs_sets(wildcards):
-    return PIPELINE.tasks[wildcards.task].data
-
-
-def egs_job_inputs(wildcards):
-    task = PIPELINE.tasks[wildcards.task]
-    ins = {
-        "feats": [f"{W}/feats/{s}/feats.scp" for s in task.data],
-        "data": [f"{W}/data/{s}" for s in task.data],
-    }
-    if task.kind == "frame":
-        ins["ali"] = f"{W}/egs/{wildcards.task}/ali_pdf.scp"
-    return ins
-
-
-def egs_archives(wildcards):
-    n = len(PIPELINE.tasks[wildcards.task].data) * NJ
-    return expand(f"{W}/egs/{wildcards.task}/egs.{{a}}.index", a=range(1, n + 1))
-
-
-def frame_task_ali(wildcards):
-    ali = PIPELINE.tasks[wildcards.task].ali
-    return [ali] if ":" not in ali else []
-
-
 rule egs_ali:
     input:
         frame_task_ali,

@@ -77,3 +77,20 @@ def planned_jobs(proj: Path) -> dict[str, int]:
             break
         jobs[fields[0]] = int(fields[1])
     return jobs
+
+
+@pytest.fixture(scope="session")
+def tiny_features(tiny_corpus, tmp_path_factory) -> Path:
+    """The tiny corpus through the data and features steps (nj=2): WORK/{data,feats}/<lang>."""
+    from babelflow.data.split import prepare_data_dir
+    from babelflow.features import FeatureConfig
+    from babelflow.make_feats import feats_job, finalize_feats_dir
+
+    work = tmp_path_factory.mktemp("work")
+    cfg = FeatureConfig.build("fbank", None, {"num_mel_bins": 40, "dither": 0})
+    for lang in ("en", "de"):
+        prepare_data_dir(tiny_corpus / lang / "data", work / "data" / lang, 2)
+        for job in (1, 2):
+            feats_job(cfg, work / "data" / lang / "split2" / str(job), work / "feats" / lang, job, progress=False)
+        finalize_feats_dir(cfg, work / "data" / lang, work / "feats" / lang, 2, "--norm-means=false --norm-vars=false")
+    return work

@@ -1,0 +1,302 @@
+"""Kaldi nnet3 training examples (``NnetExample``, "egs"): objects and archives, binary and text.
+
+Byte-compatible with ``nnet3-get-egs``/``nnet3-copy-egs`` so babelflow can train on Kaldi egs
+and hand its own egs to Kaldi tools. Layout (nnet3/nnet-example.cc, nnet-common.cc)::
+
+    <Nnet3Eg> <NumIo> n  [<NnetIo> name <I1V> size [Index x size] GeneralMatrix </NnetIo>] x n  </Nnet3Eg>
+
+Indexes (n, t, x) are ``<I1> n t x`` in text; in binary each is one signed byte when it only
+moves t by less than 125 from the previous index (t itself for the first, if n = x = 0), else
+the escape byte 127 and three int32s, so merged minibatches escape at every change of n.
+
+A compressed input is decoded on reading, but its original bytes are kept (``NnetIo.compressed``)
+and written back unchanged while the features still equal them, as ``nnet3-copy-egs`` copies a
+CompressedMatrix verbatim instead of re-quantising it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import struct
+from dataclasses import dataclass, field
+from typing import BinaryIO, Iterable, Iterator
+
+import numpy as np
+
+from ..errors import BabelflowError, where
+from .alignments import _open_rx, _open_wx, _parse_rspecifier, _read_key
+from .basic_io import (KaldiFormatError, _read_exact, _where, expect_token, peek, read_binary_header,
+                       read_int32, read_token, write_int32, write_token)
+from .general_matrix import (COMPRESSED_TOKENS, SparseMatrix, decompress_matrix, read_general_matrix_raw,
+                             write_general_matrix)
+
+__all__ = ["NnetIo", "NnetExample", "read_egs", "write_egs", "egs_to_text"]
+
+_ESCAPE = 127
+_CORRUPT = (struct.error, ValueError, IndexError, OverflowError, UnicodeDecodeError, MemoryError)
+
+
+# ----------------------------------------------------------------------------- index vectors
+def _read_indexes(f: BinaryIO, binary: bool) -> np.ndarray:
+    expect_token(f, binary, "<I1V>")
+    size = read_int32(f, binary)
+    if size < 0:
+        raise KaldiFormatError(f"negative index-vector size {size}{_where(f)}")
+    out = np.zeros((size, 3), dtype=np.int64)
+    if not binary:
+        for i in range(size):
+            expect_token(f, binary, "<I1>")
+            out[i] = read_int32(f, binary), read_int32(f, binary), read_int32(f, binary)
+        return out.astype(np.int32)
+    head = np.frombuffer(peek(f, size), dtype=np.int8)
+    if len(head) == size and np.all(np.abs(head.astype(np.int32)) < 125):  # all compact: n = x = 0
+        f.read(size)
+        out[:, 1] = np.cumsum(head, dtype=np.int64)
+        return out.astype(np.int32)
+    for i in range(size):
+        c = struct.unpack("b", _read_exact(f, 1, "an index"))[0]
+        if abs(c) < 125:
+            out[i] = (0, c, 0) if i == 0 else (out[i - 1, 0], out[i - 1, 1] + c, out[i - 1, 2])
+        elif c == _ESCAPE:
+            out[i] = read_int32(f, True), read_int32(f, True), read_int32(f, True)
+        else:
+            raise KaldiFormatError(f"unexpected byte {c} in an index vector{_where(f)}")
+        out[i, 1] = (out[i, 1] + 2**31) % 2**32 - 2**31  # C++ int32 arithmetic wraps
+    return out.astype(np.int32)
+
+
+def _write_indexes(f: BinaryIO, binary: bool, idx: np.ndarray) -> None:
+    write_token(f, binary, "<I1V>")
+    write_int32(f, binary, len(idx))
+    if not binary:
+        f.write("".join(f"<I1> {n} {t} {x} " for n, t, x in idx.tolist()).encode())
+        return
+    v = idx.astype(np.int64)
+    step = np.diff(v[:, 1], prepend=0)
+    prev_nx = np.vstack([[0, 0], v[:-1, [0, 2]]]) if len(v) else np.zeros((0, 2), np.int64)
+    compact = np.all(v[:, [0, 2]] == prev_nx, axis=1) & (np.abs(step) < 125)
+    if compact.all():
+        f.write(step.astype(np.int8).tobytes())
+        return
+    for (n, t, x), d, ok in zip(v.tolist(), step.tolist(), compact.tolist()):
+        f.write(struct.pack("b", d) if ok else b"\x7f" + struct.pack("<bibibi", 4, n, 4, t, 4, x))
+
+
+# ----------------------------------------------------------------------------- objects
+@dataclass(eq=False)
+class NnetIo:
+    """One named input or output of an eg: indexes (size, 3) int32 columns n, t, x, and one
+    feature row per index (full float32 matrix or SparseMatrix)."""
+
+    name: str
+    indexes: np.ndarray
+    features: np.ndarray | SparseMatrix
+    compressed: bytes | None = field(default=None, repr=False)  # original CM/CM2/CM3 bytes, if any
+
+    def __post_init__(self) -> None:
+        idx = np.asarray(self.indexes, dtype=np.int64).reshape(-1, 3)
+        if idx.size and (idx.min() < -(2**31) or idx.max() >= 2**31):
+            raise ValueError(f"io '{self.name}': index out of int32 range")
+        self.indexes = idx.astype(np.int32)
+        if not isinstance(self.features, SparseMatrix):
+            self.features = np.asarray(self.features, dtype=np.float32)
+            if self.features.ndim != 2:
+                raise ValueError(f"io '{self.name}': features must be 2-D, got shape {self.features.shape}")
+
+    @classmethod
+    def frames(cls, name: str, t_begin: int, features: np.ndarray | SparseMatrix, t_stride: int = 1) -> "NnetIo":
+        """Kaldi's NnetIo constructor: one row per frame, indexes (0, t_begin + i*t_stride, 0)."""
+        rows = features.shape[0]
+        idx = np.zeros((rows, 3), dtype=np.int64)
+        idx[:, 1] = t_begin + t_stride * np.arange(rows)
+        return cls(name, idx, features)
+
+    @property
+    def num_rows(self) -> int:
+        return self.features.shape[0]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, NnetIo):
+            return NotImplemented
+        a, b = self.features, other.features
+        same = (a == b) if isinstance(a, SparseMatrix) or isinstance(b, SparseMatrix) else np.array_equal(a, b)
+        return self.name == other.name and np.array_equal(self.indexes, other.indexes) and bool(same)
+
+    def _kept_compressed(self, compress: str | None) -> bytes | None:
+        """The original compressed bytes, if still valid and compatible with ``compress``."""
+        raw = self.compressed
+        if raw is None or isinstance(self.features, SparseMatrix):
+            return None
+        if compress not in (None, "auto", raw.split(b" ", 1)[0].decode()):
+            return None
+        dec = decompress_matrix(raw)
+        return raw if dec.shape == self.features.shape and np.array_equal(dec, self.features) else None
+
+    @classmethod
+    def read(cls, f: BinaryIO, binary: bool) -> "NnetIo":
+        expect_token(f, binary, "<NnetIo>")
+        name = read_token(f, binary)
+        indexes = _read_indexes(f, binary)
+        features, raw = read_general_matrix_raw(f, binary)
+        if features.shape[0] != len(indexes):
+            raise KaldiFormatError(f"io '{name}' has {len(indexes)} indexes but its matrix has "
+                                   f"{features.shape[0]} rows{_where(f)}")
+        expect_token(f, binary, "</NnetIo>")
+        return cls(name, indexes, features, raw)
+
+    def write(self, f: BinaryIO, binary: bool, compress: str | None = None) -> None:
+        if self.num_rows != len(self.indexes):
+            raise BabelflowError(f"io '{self.name}' has {len(self.indexes)} indexes but {self.num_rows} feature rows")
+        write_token(f, binary, "<NnetIo>")
+        write_token(f, binary, self.name)
+        _write_indexes(f, binary, self.indexes)
+        kept = self._kept_compressed(compress) if binary else None
+        if kept is not None:
+            f.write(kept)
+        else:
+            write_general_matrix(f, binary, self.features, compress)
+        write_token(f, binary, "</NnetIo>")
+
+
+@dataclass
+class NnetExample:
+    """Kaldi nnet3 ``NnetExample``: a list of NnetIo (e.g. ``input``, ``ivector``, ``output``)."""
+
+    io: list[NnetIo]
+
+    @classmethod
+    def read(cls, f: BinaryIO, binary: bool) -> "NnetExample":
+        expect_token(f, binary, "<Nnet3Eg>")
+        expect_token(f, binary, "<NumIo>")
+        size = read_int32(f, binary)
+        if not 0 < size <= 1_000_000:
+            raise KaldiFormatError(f"invalid <NumIo> {size}{_where(f)}")
+        ios = [NnetIo.read(f, binary) for _ in range(size)]
+        expect_token(f, binary, "</Nnet3Eg>")
+        return cls(ios)
+
+    def write(self, f: BinaryIO, binary: bool, compress: str | None = None) -> None:
+        """Kaldi NnetExample::Write; ``compress`` (auto/CM/CM2/CM3) as ``nnet3-get-egs --compress``."""
+        if not self.io:
+            raise BabelflowError("cannot write an NnetExample without any NnetIo")
+        write_token(f, binary, "<Nnet3Eg>")
+        write_token(f, binary, "<NumIo>")
+        write_int32(f, binary, len(self.io))
+        for nio in self.io:
+            nio.write(f, binary, compress)
+        write_token(f, binary, "</Nnet3Eg>")
+
+    def to_text(self, compress: str | None = None) -> str:
+        """Kaldi's text form of this eg (what follows ``key `` in an ``ark,t`` archive)."""
+        buf = io.BytesIO()
+        self.write(buf, False, compress)
+        return buf.getvalue().decode()
+
+
+def egs_to_text(key: str, eg: NnetExample) -> str:
+    """One ``ark,t`` entry as ``nnet3-copy-egs ... ark,t:-`` prints it: ``key <Nnet3Eg> ... </Nnet3Eg> ``
+    (no newline after the object: the next key follows on the same line)."""
+    return f"{key} {eg.to_text()}"
+
+
+# ----------------------------------------------------------------------------- tables
+def _read_object(f: BinaryIO, loc: str) -> NnetExample:
+    """One eg at the current position, binary (``\\0B``) or text, errors prefixed with ``loc``."""
+    try:
+        return NnetExample.read(f, read_binary_header(f))
+    except KaldiFormatError as e:
+        raise BabelflowError(f"{loc}: {e}") from None
+    except _CORRUPT as e:
+        raise BabelflowError(f"{loc}: corrupt eg data ({type(e).__name__}: {e}){_where(f)}") from None
+
+
+def _iter_archive(f: BinaryIO, rspec: str) -> Iterator[tuple[str, NnetExample]]:
+    while (kc := _read_key(f)) is not None:
+        key, sep = kc
+        loc = where(rspec, key=key)
+        if not sep:
+            raise BabelflowError(f"{loc}: archive ends right after the key (truncated?)")
+        yield key, _read_object(f, loc)
+
+
+def _iter_scp(rspec: str, scp: str) -> Iterator[tuple[str, NnetExample]]:
+    with _open_rx(scp, rspec) as lines:
+        text = lines.read().decode("utf-8", "replace")
+    entries = [(n, line.split(None, 1)) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    with contextlib.ExitStack() as stack:
+        cur_path, cur = None, None
+        for n, fields in entries:
+            if len(fields) != 2:
+                raise BabelflowError(f"{rspec}: {where(scp, n, fields[0])}: expected 'key rxfilename'")
+            key, rx = fields[0], fields[1].strip()
+            loc = f"{where(rspec, key=key)} ({rx})"
+            m = re.match(r"^(.*):(\d+)$", rx)
+            if rx.endswith("|") or not m:
+                with _open_rx(rx, loc) as f:
+                    yield key, _read_object(f, loc)
+                continue
+            if m.group(1) != cur_path:  # consecutive entries usually share one archive: keep it open
+                stack.close()
+                cur, cur_path = stack.enter_context(_open_rx(m.group(1), loc)), m.group(1)
+            cur.seek(int(m.group(2)))
+            yield key, _read_object(cur, loc)
+
+
+def read_egs(rspecifier: str) -> Iterator[tuple[str, NnetExample]]:
+    """Iterate a Kaldi egs table: ``ark:``/``scp:`` (binary or text, files, ``-``, ``cmd|`` pipes,
+    ``file:offset`` scp entries). Corrupt or truncated input is a BabelflowError naming the key."""
+    kind, rx = _parse_rspecifier(rspecifier)
+    if kind == "scp":
+        yield from _iter_scp(rspecifier, rx)
+        return
+    with _open_rx(rx, rspecifier) as f:
+        yield from _iter_archive(f, rspecifier)
+
+
+def _parse_wspecifier(wspec: str) -> tuple[str, str | None, bool]:
+    m = re.match(r"^([a-z,]+):(.*)$", wspec, re.S)
+    opts = m.group(1).split(",") if m else []
+    kinds = [o for o in opts if o in ("ark", "scp")]
+    if not m or not m.group(2) or kinds not in (["ark"], ["ark", "scp"]) or \
+            not set(opts) - {"ark", "scp"} <= {"b", "t", "f", "nf", "p"}:
+        raise BabelflowError(f"{wspec!r}: unsupported wspecifier (expected ark[,t]:<wxfilename> "
+                             "or ark,scp[,t]:<archive>,<scp>)")
+    binary = True
+    for o in opts:  # the last of b/t wins, binary by default, as in Kaldi
+        binary = {"b": True, "t": False}.get(o, binary)
+    ark, scp = m.group(2), None
+    if kinds == ["ark", "scp"]:
+        ark, _, scp = ark.partition(",")
+        if not scp or ark == "-" or ark.lstrip().startswith("|"):
+            raise BabelflowError(f"{wspec!r}: ark,scp needs a real archive file and a script file")
+    return ark, scp, binary
+
+
+def write_egs(wspecifier: str, items: Iterable[tuple[str, NnetExample]], compress: str | None = None) -> int:
+    """Write a Kaldi egs table (``ark[,t]:x``, ``ark,scp[,t]:a,b``, ``-``, ``| cmd``); files are
+    written atomically. ``compress`` as in :meth:`NnetExample.write`. Returns the number written."""
+    if compress not in (None, "auto", *COMPRESSED_TOKENS):
+        raise ValueError(f"unknown compression method {compress!r}")
+    ark, scp, binary = _parse_wspecifier(wspecifier)
+    count = pos = 0
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(_open_wx(ark, wspecifier))
+        scp_out = stack.enter_context(_open_wx(scp, wspecifier)) if scp else None
+        for key, eg in items:
+            if not key or any(ch.isspace() for ch in key):
+                raise BabelflowError(f"{wspecifier}: invalid key {key!r} (must be non-empty, without whitespace)")
+            buf = io.BytesIO()
+            buf.write(key.encode() + (b" \0B" if binary else b" "))
+            try:
+                eg.write(buf, binary, compress)
+            except (BabelflowError, ValueError) as e:
+                raise BabelflowError(f"{where(wspecifier, key=key)}: {e}") from None
+            if scp_out is not None:  # the offset points just past "key ", at the object itself
+                scp_out.write(f"{key} {ark}:{pos + len(key.encode()) + 1}\n".encode())
+            data = buf.getvalue()
+            out.write(data)
+            pos += len(data)
+            count += 1
+    return count
