@@ -48,6 +48,26 @@ def cmd_finalize(args: argparse.Namespace) -> None:
     log.info("egs %s: %s", args.task, info)
 
 
+def cmd_show(args: argparse.Namespace) -> None:
+    from .kaldi_bridge import show
+
+    show(args.egs, limit=args.n, key=args.key)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from .kaldi_bridge import export_kaldi
+
+    n = export_kaldi(args.egs_dir, args.wspecifier, compress=args.compress)
+    log.info("exported %d egs to %s", n, args.wspecifier)
+
+
+def cmd_import(args: argparse.Namespace) -> None:
+    from .kaldi_bridge import import_kaldi
+
+    info = import_kaldi(args.rspecifier, args.egs_dir, dtype=args.dtype, task=args.task)
+    log.info("imported %s egs from %s: %s", info["num_egs"], args.rspecifier, info)
+
+
 def _add_step_args(p: argparse.ArgumentParser) -> None:
     d = EgsOptions()
     p.add_argument("--task", required=True)
@@ -78,6 +98,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--archive", type=int, required=True)
     _add_step_args(p)
     p.set_defaults(func=cmd_job)
+
+    p = esub.add_parser("show", help="print egs as `nnet3-copy-egs <in> ark,t:-` does")
+    p.add_argument("-n", type=int, help="print at most N examples")
+    p.add_argument("--key", help="print only this example")
+    p.add_argument("egs", help="a babelflow egs dir, or a Kaldi rspecifier (ark:egs.1.ark, scp:egs.scp)")
+    p.set_defaults(func=cmd_show)
+
+    p = esub.add_parser("export-kaldi", help="write the training egs as Kaldi NnetExample archives")
+    p.add_argument("--compress", nargs="?", const="auto", choices=["auto", "CM", "CM2", "CM3"],
+                   help="compress inputs as nnet3-get-egs --compress=true (CM for >8 rows, else CM2)")
+    p.add_argument("egs_dir")
+    p.add_argument("wspecifier", help="e.g. ark,scp:egs.1.ark,egs.scp")
+    p.set_defaults(func=cmd_export)
+
+    p = esub.add_parser("import-kaldi", help="read Kaldi egs (rspecifier or Kaldi egs dir) into a babelflow egs dir")
+    p.add_argument("--dtype", choices=["float32", "float16"], default="float32")
+    p.add_argument("--task", default="kaldi", help="task name recorded in info/task")
+    p.add_argument("rspecifier", help="ark:egs.1.ark, scp:egs.scp, or a Kaldi egs dir")
+    p.add_argument("egs_dir")
+    p.set_defaults(func=cmd_import)
 
     p = esub.add_parser("finalize", help="merge job reports, write info/ and check the archives")
     _add_step_args(p)

@@ -1,0 +1,166 @@
+"""Kaldi nnet3 egs <-> babelflow egs: ``egs show``, ``egs export-kaldi``, ``egs import-kaldi``.
+
+An example of ours becomes the NnetExample that ``nnet3-get-egs`` would have written: an
+``input`` NnetIo with t = -left_context .. frames_per_eg + right_context - 1 (edge rows
+repeated), an ``ivector`` row when present, and a sparse ``output`` with one
+``[ pdf weight ]`` per frame (empty where unsupervised). Importing goes the other way;
+each Kaldi eg becomes one segment holding its input rows, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Iterable, Iterator, TextIO
+
+import numpy as np
+
+from ..errors import BabelflowError
+from ..io import atomic_dir, write_text
+from ..kaldi.general_matrix import SparseMatrix
+from ..kaldi.nnet_example import NnetExample, NnetIo, egs_to_text, read_egs, write_egs
+from .format import FORMAT_VERSION, LABEL_DTYPE, ArchiveWriter
+from .reader import PARTS, EgsDir
+
+
+def nnet_examples(egs: EgsDir, part: str = "train") -> Iterator[tuple[str, NnetExample]]:
+    """Every example of ``part`` in archive order, as Kaldi NnetExamples."""
+    lc, rc, num_out = egs.left_context, egs.right_context, egs.num_outputs
+    for arch in egs.archives(part):
+        for i in range(len(arch)):
+            ids = np.array([i])
+            rec = arch.index[i]
+            n = int(rec["n"])
+            ios = [NnetIo.frames("input", -lc, arch.inputs(ids, lc, rc)[0])]
+            if arch.ivector is not None:
+                ios.append(NnetIo.frames("ivector", 0, arch.ivector[i:i + 1]))
+            if egs.kind == "frame":
+                pdf, weight = arch.frame_targets(ids)
+                rows = [(num_out, [(int(p), float(w))] if p >= 0 else []) for p, w in zip(pdf[0], weight[0])]
+            else:
+                rows = [(num_out, [(int(rec["label"]), 1.0)])]
+            ios.append(NnetIo.frames("output", 0, SparseMatrix.from_rows(rows)))
+            yield arch.key(i, egs.key_format), NnetExample(ios)
+
+
+def _is_kaldi_source(source: str) -> bool:
+    return ":" in source and not Path(source).is_dir()
+
+
+def show(source: str, out: TextIO = sys.stdout, limit: int | None = None, key: str | None = None) -> int:
+    """Print egs as ``nnet3-copy-egs <in> ark,t:-`` does. Returns the number printed."""
+    items: Iterable[tuple[str, NnetExample]]
+    items = read_egs(source) if _is_kaldi_source(source) else nnet_examples(EgsDir(source))
+    shown = 0
+    for k, eg in items:
+        if key is not None and k != key:
+            continue
+        out.write(egs_to_text(k, eg))
+        shown += 1
+        if limit is not None and shown >= limit:
+            break
+    if key is not None and shown == 0:
+        raise BabelflowError(f"{source}: no example with key '{key}'")
+    return shown
+
+
+def export_kaldi(egs_dir: str | os.PathLike, wspecifier: str, compress: str | None = None) -> int:
+    """Write the training examples as Kaldi binary egs (``ark,scp:egs.1.ark,egs.scp`` ...)."""
+    return write_egs(wspecifier, nnet_examples(EgsDir(egs_dir)), compress=compress)
+
+
+class _Importer:
+    """Collects the shape of imported egs and checks every eg agrees with the first."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.lc = self.rc = self.n = self.dim = self.num_pdfs = self.ivector_dim = None
+
+    def split(self, key: str, eg: NnetExample) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        ios = {io.name: io for io in eg.io}
+        unknown = set(ios) - {"input", "output", "ivector"}
+        if "input" not in ios or "output" not in ios or unknown:
+            raise BabelflowError(f"{self.source}: eg '{key}': expected NnetIos input, output[, ivector], "
+                                 f"got {', '.join(ios)}")
+        inp, outp = ios["input"], ios["output"]
+        t_in, t_out = inp.indexes[:, 1], outp.indexes[:, 1]
+        n = len(t_out)
+        if (inp.indexes[:, [0, 2]] != 0).any() or (outp.indexes[:, [0, 2]] != 0).any() \
+                or not np.array_equal(t_in, np.arange(t_in[0], t_in[0] + len(t_in))) \
+                or not np.array_equal(t_out, np.arange(n)):
+            raise BabelflowError(f"{self.source}: eg '{key}': not a single-utterance eg with consecutive frames "
+                                 "(merged or frame-subsampled egs cannot be imported)")
+        shape = (-int(t_in[0]), int(t_in[-1]) - (n - 1), n, inp.features.shape[1], outp.features.shape[1],
+                 ios["ivector"].features.shape[1] if "ivector" in ios else 0)
+        if self.lc is None:
+            self.lc, self.rc, self.n, self.dim, self.num_pdfs, self.ivector_dim = shape
+        elif shape != (self.lc, self.rc, self.n, self.dim, self.num_pdfs, self.ivector_dim):
+            raise BabelflowError(f"{self.source}: eg '{key}' has (left_context, right_context, frames, feat_dim, "
+                                 f"num_pdfs, ivector_dim) = {shape}, the first eg had "
+                                 f"{(self.lc, self.rc, self.n, self.dim, self.num_pdfs, self.ivector_dim)}")
+        targets = outp.features if isinstance(outp.features, SparseMatrix) else SparseMatrix.from_dense(outp.features)
+        labels = np.zeros(n, LABEL_DTYPE)
+        labels["pdf"] = -1
+        for r, (_, pairs) in enumerate(targets.rows):
+            if len(pairs) > 1:
+                raise BabelflowError(f"{self.source}: eg '{key}': frame {r} has {len(pairs)} target pdfs "
+                                     "(soft targets are not supported)")
+            if pairs:
+                labels[r] = pairs[0]
+        ivec = ios["ivector"].features[0] if "ivector" in ios else None
+        return np.asarray(inp.features, np.float32), labels, ivec
+
+
+def import_kaldi(source: str, out_dir: str | os.PathLike, dtype: str = "float32", task: str = "kaldi") -> dict:
+    """Import Kaldi egs (an rspecifier, or a Kaldi egs dir) as a babelflow egs dir."""
+    src_dir = Path(source) if Path(source).is_dir() else None
+    parts = {"train": source}
+    if src_dir is not None:
+        parts = {}
+        for part, names in (("train", ("egs.scp",)), ("valid", ("valid_diagnostic.scp", "valid_diagnostic.egs")),
+                            ("train_diagnostic", ("train_diagnostic.scp", "train_diagnostic.egs"))):
+            found = [src_dir / n for n in names if (src_dir / n).exists()]
+            if found:
+                parts[part] = f"{'scp' if found[0].suffix == '.scp' else 'ark'}:{found[0]}"
+        if "train" not in parts:
+            arks = sorted(src_dir.glob("egs.*.ark"), key=lambda p: int(p.name.split(".")[1]))
+            if not arks:
+                raise BabelflowError(f"{src_dir}: no egs.scp or egs.N.ark")
+            parts["train"] = "ark:cat " + " ".join(str(a) for a in arks) + " |"
+    imp = _Importer(source)
+    counts = {}
+    with atomic_dir(out_dir) as tmp:
+        for part, rspec in parts.items():
+            writer = None
+            try:
+                for key, eg in read_egs(rspec):
+                    feats, labels, ivec = imp.split(key, eg)
+                    if writer is None:
+                        writer = ArchiveWriter(tmp / f"{PARTS[part]}.1", imp.dim, dtype, True, imp.ivector_dim)
+                    seg = writer.add_segment(key, feats)
+                    writer.add_examples(seg, [imp.lc], [imp.n], labels=labels,
+                                        ivectors=None if ivec is None else ivec[None, :])
+                counts[part] = writer.num_examples if writer else 0
+            except BaseException:
+                if writer is not None:
+                    writer.abort()
+                raise
+            if writer is not None:
+                writer.close()
+        if not counts.get("train"):
+            raise BabelflowError(f"{source}: no egs")
+        info = {"format_version": FORMAT_VERSION, "task": task, "kind": "frame", "feat_dim": imp.dim,
+                "feats_dtype": dtype, "left_context": imp.lc, "right_context": imp.rc,
+                "left_context_initial": -1, "right_context_final": -1, "frames_per_eg": imp.n,
+                "num_archives": 1, "num_egs": counts["train"], "num_frames": counts["train"] * imp.n,
+                "num_pdfs": imp.num_pdfs, "ivector_dim": imp.ivector_dim, "key_format": "segment",
+                "source": source}
+        cmvn = src_dir / "cmvn_opts" if src_dir else None
+        if cmvn is not None and cmvn.exists():
+            info["cmvn_opts"] = cmvn.read_text().strip()
+            write_text(tmp / "cmvn_opts", cmvn.read_text())
+        for k, v in info.items():
+            write_text(tmp / "info" / k, f"{v}\n")
+        EgsDir(tmp).check()
+    return info
