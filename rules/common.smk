@@ -25,6 +25,8 @@ def egs_job_inputs(wildcards):
     }
     if task.kind == "frame":
         ins["ali"] = f"{W}/egs/{wildcards.task}/ali_pdf.scp"
+    if task.ivectors:
+        ins["ivectors"] = list(task.ivectors.values())
     return ins
 
 

@@ -190,3 +190,60 @@ def test_duplicate_utterance_across_sets(tiny_features, tmp_path):
                                            for s in ("a", "b")], nj=2, labels="utt2lang")
     with pytest.raises(BabelflowError, match="is in data sets 'a' and 'b'"):
         egs_job(src, 1, tmp_path, OPTS, "fbank", progress=False)
+
+
+def _ivector_dir(path, feats_dir, dim=5, period=10, drop=()):
+    """A Kaldi-style online i-vector dir with random i-vectors for each utterance."""
+    rng = np.random.default_rng(1)
+    path.mkdir(parents=True)
+    with kaldiio.WriteHelper(f"ark,scp:{path / 'ivector_online.ark'},{path / 'ivector_online.scp'}") as w:
+        for utt, m in kaldiio.load_scp_sequential(str(feats_dir / "feats.scp")):
+            if utt not in drop:
+                w[utt] = rng.standard_normal(((m.shape[0] + period - 1) // period, dim)).astype(np.float32)
+    (path / "ivector_period").write_text(f"{period}\n")
+    return path
+
+
+def test_ivectors_travel_with_examples(tiny_corpus, tiny_features, tmp_path):
+    from babelflow.egs.kaldi_bridge import nnet_examples
+
+    feats_dir = tiny_features / "feats" / "en"
+    skip = sorted(kaldiio.load_scp(str(feats_dir / "feats.scp")))[0]
+    ivdir = _ivector_dir(tmp_path / "iv", feats_dir, drop=(skip,))
+    src = TaskSource("en", "frame", [("en", tiny_features / "data" / "en", feats_dir)], nj=2,
+                     ivectors={"en": ivdir})
+    out = tmp_path / "egs"
+    prepare_pdf_alignments(str(tiny_corpus / "en" / "ali"), out)
+    reports = [egs_job(src, a, out, OPTS, "fbank", progress=False) for a in (1, 2)]
+    info = finalize_egs_dir(src, out, OPTS)
+    assert info["ivector_dim"] == 5
+    assert sum(r["skipped"].get("no_ivector", 0) for r in reports) == 1
+    ivecs = dict(kaldiio.load_scp(str(ivdir / "ivector_online.scp")))
+    egs = EgsDir(out)
+    for key, eg in nnet_examples(egs):
+        names = [io.name for io in eg.io]
+        assert names == ["input", "ivector", "output"]
+        utt = key.split("-", 1)[1].rsplit("-", 1)[0]
+        row = eg.io[1].features[0]
+        assert any(np.array_equal(row, r) for r in ivecs[utt])  # one of the utterance's i-vectors
+        assert eg.io[1].indexes.tolist() == [[0, 0, 0]]
+
+
+def test_ivector_dims_must_agree_at_config_time(tiny_features, tmp_path):
+    import copy
+
+    from babelflow.config import load_params, resolve_config, validate_schema
+
+    from .conftest import REPO
+
+    p = load_params(REPO / "params.yaml")
+    p["data"]["dirs"] = {s: str(tiny_features / "data" / s) for s in ("en", "de")}
+    p["tasks"] = {s: {"kind": "frame", "data": s, "ali": "ark:/dev/null",
+                      "ivectors": str(_ivector_dir(tmp_path / s, tiny_features / "feats" / s, dim=5 if s == "en" else 4))}
+                  for s in ("en", "de")}
+    with pytest.raises(BabelflowError, match=r"tasks\.de\.ivectors: dim 4 \(de\) differs from 5"):
+        resolve_config(validate_schema(p))
+    q = copy.deepcopy(p)
+    del q["tasks"]["de"]["ivectors"]
+    with pytest.raises(BabelflowError, match=r"tasks\.de\.ivectors: missing, but tasks\.en has i-vectors"):
+        resolve_config(validate_schema(q))

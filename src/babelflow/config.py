@@ -34,6 +34,7 @@ class Task:
     weight: float = 1.0
     classes: list[str] | None = None
     num_pdfs: int | None = None
+    ivectors: dict[str, str] | None = None  # data set -> online i-vector dir
 
 
 @dataclass
@@ -72,6 +73,8 @@ class Pipeline:
         args = [f"--task={task}", f"--kind={t.kind}", f"--nj={self.config['data']['nj']}",
                 f"--feat-type={self.config['features']['type']}"]
         args += [f"--set={s}:{w}/data/{s}:{w}/feats/{s}" for s in t.data]
+        for s, d in (t.ivectors or {}).items():
+            args.append(f"--ivectors={s}:{d}")
         if t.kind == "utterance":
             args.append(f"--labels={t.labels}")
             if t.classes:
@@ -82,6 +85,43 @@ class Pipeline:
         u = e["utterance"]
         args += [f"--chunking={u['chunking']}", f"--min-chunk={u['min_chunk']}", f"--max-chunk={u['max_chunk']}"]
         return " ".join(args)
+
+
+def _task_ivectors(name: str, t: dict, data: list[str]) -> dict[str, str] | None:
+    iv = t.get("ivectors")
+    if iv is None:
+        return None
+    if isinstance(iv, str):
+        if len(data) != 1:
+            raise BabelflowError(f"params: tasks.{name}.ivectors: give one dir per data set ({', '.join(data)})")
+        return {data[0]: iv}
+    if set(iv) != set(data):
+        raise BabelflowError(f"params: tasks.{name}.ivectors: keys {sorted(iv)} must be the task's data sets {data}")
+    return dict(iv)
+
+
+def _check_ivectors(tasks: dict[str, Task], check_paths: bool) -> None:
+    """Kaldi's combine_egs.sh requires one i-vector dim for all tasks (0 = none)."""
+    with_iv = [t for t in tasks.values() if t.ivectors]
+    if not with_iv:
+        return
+    without = [t.name for t in tasks.values() if not t.ivectors]
+    if without:
+        raise BabelflowError(f"params: tasks.{without[0]}.ivectors: missing, but tasks.{with_iv[0].name} has "
+                             "i-vectors (the shared network takes one i-vector input: give every task one)")
+    if not check_paths:
+        return
+    from .egs.make import IvectorSource
+
+    dims = {}
+    for t in with_iv:
+        for s, d in t.ivectors.items():
+            dims[(t.name, s)] = IvectorSource.open(d).dim
+    (t0, s0), d0 = next(iter(dims.items()))
+    for (t, s), d in dims.items():
+        if d != d0:
+            raise BabelflowError(f"params: tasks.{t}.ivectors: dim {d} ({s}) differs from {d0} "
+                                 f"(tasks.{t0}, {s0}); all tasks must share the i-vector dim")
 
 
 def load_params(path: str | Path) -> dict[str, Any]:
@@ -163,7 +203,8 @@ def resolve_config(config: dict[str, Any], check_paths: bool = True) -> Pipeline
         elif not t.get("labels"):
             raise BabelflowError(f"params: tasks.{name}.labels: required for an utterance task (e.g. utt2lang)")
         tasks[name] = Task(name, t["kind"], data, t.get("ali"), t.get("labels"), classes=t.get("classes"),
-                           num_pdfs=t.get("num_pdfs"))
+                           num_pdfs=t.get("num_pdfs"), ivectors=_task_ivectors(name, t, data))
+    _check_ivectors(tasks, check_paths)
 
     weights = config["merge"]["weights"]
     for name, w in weights.items():

@@ -20,7 +20,11 @@ def _source(args: argparse.Namespace) -> TaskSource:
             raise SystemExit(f"--set expects NAME:DATA_DIR:FEATS_DIR, got '{item}'") from None
         sets.append((name, Path(data), Path(feats)))
     classes = args.classes.split(",") if getattr(args, "classes", None) else None
-    return TaskSource(args.task, args.kind, sets, args.nj, args.labels, classes)
+    ivectors = dict(item.split(":", 1) for item in args.ivectors) if args.ivectors else None
+    if ivectors and set(ivectors) != {name for name, _, _ in sets}:
+        raise SystemExit("--ivectors must name every data set of the task (NAME:IVECTOR_DIR)")
+    return TaskSource(args.task, args.kind, sets, args.nj, args.labels, classes,
+                      {k: Path(v) for k, v in ivectors.items()} if ivectors else None)
 
 
 def _options(args: argparse.Namespace) -> EgsOptions:
@@ -77,6 +81,8 @@ def _add_step_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nj", type=int, required=True, help="features jobs per data set")
     p.add_argument("--labels", help="utterance tasks: the utt2<label> file name")
     p.add_argument("--classes", help="utterance tasks: fixed label map, comma-separated")
+    p.add_argument("--ivectors", action="append", metavar="NAME:DIR",
+                   help="online i-vector dir (ivector_online.scp + ivector_period) of a data set; repeatable")
     p.add_argument("--feat-type", default="fbank")
     for name in EgsOptions.__dataclass_fields__:
         default = getattr(d, name)

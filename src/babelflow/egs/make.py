@@ -58,6 +58,7 @@ class TaskSource:
     nj: int
     labels: str | None = None  # utt2<label> file name, utterance tasks
     classes: list[str] | None = None  # fixed label map (optional)
+    ivectors: dict[str, Path] | None = None  # data set -> Kaldi online i-vector dir (optional)
 
     def archives(self) -> list[tuple[str, Path, Path, int]]:
         """Archive J (1-based) = the J-th (set, features job) pair."""
@@ -89,6 +90,48 @@ def task_utterances(src: TaskSource) -> list[str]:
                                      f"'{name}'; prefix utterance ids with the data set (as Kaldi's chain2 does)")
             owner[utt] = name
     return sorted(owner)
+
+
+IVECTOR_LENGTH_TOLERANCE = 100  # frames, as nnet3-get-egs --length-tolerance
+
+
+@dataclass
+class IvectorSource:
+    """A Kaldi online i-vector dir: ``ivector_online.scp`` (one row per ``ivector_period`` frames)."""
+
+    path: Path
+    table: object
+    period: int
+    dim: int
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "IvectorSource":
+        path = Path(path)
+        scp = path / "ivector_online.scp"
+        if not scp.is_file():
+            raise BabelflowError(f"{path}: not an online i-vector dir (no ivector_online.scp)")
+        try:
+            period = int(read_scalar(path / "ivector_period"))
+        except ValueError:
+            raise BabelflowError(f"{path}/ivector_period: not an integer") from None
+        table = kaldiio.load_scp(str(scp))
+        first = next(iter(table), None)
+        if first is None:
+            raise BabelflowError(f"{scp}: empty")
+        return cls(path, table, period, int(np.asarray(table[first]).shape[1]))
+
+    def rows_for(self, utt: str, num_frames: int, starts: np.ndarray, left_context: int,
+                 rng: np.random.Generator) -> np.ndarray | None:
+        """One i-vector per chunk as nnet3-get-egs picks it: the row of a random frame in
+        [chunk start - left context, that + utterance length - 1] (Kaldi's own range), clamped."""
+        if utt not in self.table:
+            return None
+        m = np.asarray(self.table[utt], np.float32)
+        if abs(m.shape[0] * self.period - num_frames) > IVECTOR_LENGTH_TOLERANCE:
+            return None
+        first = starts.astype(np.int64) - left_context
+        frames = first + rng.integers(0, num_frames, size=len(starts))
+        return m[np.clip(frames // self.period, 0, m.shape[0] - 1)]
 
 
 def class_map(src: TaskSource) -> list[str]:
@@ -130,8 +173,10 @@ def egs_job(src: TaskSource, archive: int, out_dir: str | os.PathLike, opts: Egs
         classes = {c: i for i, c in enumerate(class_map(src))}
         utt2label = {k: v[0] for _, k, v in read_table(data_dir / src.labels, 2, 2)}
     rng = np.random.default_rng([opts.seed, zlib.crc32(src.task.encode()), archive])
+    ivec = IvectorSource.open(src.ivectors[name]) if src.ivectors else None
     counts = _Counts()
-    writers = {part: ArchiveWriter(out_dir / f"{prefix}.{archive}", feat_dim, opts.dtype, frame)
+    writers = {part: ArchiveWriter(out_dir / f"{prefix}.{archive}", feat_dim, opts.dtype, frame,
+                                   ivec.dim if ivec else 0)
                for part, prefix in (("train", "egs"), ("valid", "valid"), ("train_diagnostic", "train_diagnostic"))}
     try:
         scp = feats_dir / f"raw_{feat_type}.{job}.scp"
@@ -143,6 +188,12 @@ def egs_job(src: TaskSource, archive: int, out_dir: str | os.PathLike, opts: Egs
                 got = _utterance_examples(utt, feats, utt2label, classes, opts, rng, counts, data_dir / src.labels)
             if got is None:
                 continue
+            ivectors = None
+            if ivec is not None:
+                ivectors = ivec.rows_for(utt, feats.shape[0], got[0], opts.left_context, rng)
+                if ivectors is None:
+                    counts.skip("no_ivector" if utt not in ivec.table else "ivector_length_mismatch")
+                    continue
             if means:
                 feats = apply_cmvn(np.asarray(feats), cmvn[utt2spk[utt]], means, variances)
             counts.utts += 1
@@ -152,7 +203,7 @@ def egs_job(src: TaskSource, archive: int, out_dir: str | os.PathLike, opts: Egs
                 seg = writers[part].add_segment(f"{src.task}-{utt}", feats)
                 starts, sizes, labels = got
                 writers[part].add_examples(seg, starts, sizes, labels=labels if frame else None,
-                                           classes=None if frame else labels)
+                                           classes=None if frame else labels, ivectors=ivectors)
                 counts.examples[part] += len(starts)
     except BaseException:
         for w in writers.values():
@@ -237,6 +288,12 @@ def finalize_egs_dir(src: TaskSource, out_dir: str | os.PathLike, opts: EgsOptio
         if read_scalar(f / "cmvn_opts") != cmvn_opts or read_scalar(f / "info" / "feat_dim") != read_scalar(feats_dir / "info" / "feat_dim"):
             raise BabelflowError(f"task '{src.task}': data set '{name}' has other features/CMVN than '{src.sets[0][0]}'")
     write_text(out_dir / "cmvn_opts", cmvn_opts + "\n")
+    ivector_dim = 0
+    if src.ivectors:
+        dims = {name: IvectorSource.open(d).dim for name, d in src.ivectors.items()}
+        if len(set(dims.values())) > 1:
+            raise BabelflowError(f"task '{src.task}': i-vector dims differ across data sets: {dims}")
+        ivector_dim = next(iter(dims.values()))
     info = {
         "format_version": FORMAT_VERSION, "task": src.task, "kind": src.kind,
         "feat_dim": read_scalar(feats_dir / "info" / "feat_dim"), "feats_dtype": opts.dtype,
@@ -245,7 +302,7 @@ def finalize_egs_dir(src: TaskSource, out_dir: str | os.PathLike, opts: EgsOptio
         "left_context_initial": -1, "right_context_final": -1,
         "frames_per_eg": opts.frames_per_eg if src.kind == "frame" else 0,
         "num_archives": len(src.archives()), "num_frames": int(total["frames"]),
-        "num_utts": int(total["utts"]), "num_egs": int(total["egs_train"]), "ivector_dim": 0,
+        "num_utts": int(total["utts"]), "num_egs": int(total["egs_train"]), "ivector_dim": ivector_dim,
         "key_format": "segment-frame", "cmvn_opts": cmvn_opts,
     }
     if src.kind == "frame":

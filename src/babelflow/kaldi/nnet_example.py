@@ -44,27 +44,29 @@ def _read_indexes(f: BinaryIO, binary: bool) -> np.ndarray:
     size = read_int32(f, binary)
     if size < 0:
         raise KaldiFormatError(f"negative index-vector size {size}{_where(f)}")
-    out = np.zeros((size, 3), dtype=np.int64)
     if not binary:
-        for i in range(size):
+        rows = []
+        for _ in range(size):
             expect_token(f, binary, "<I1>")
-            out[i] = read_int32(f, binary), read_int32(f, binary), read_int32(f, binary)
-        return out.astype(np.int32)
+            rows.append((read_int32(f, binary), read_int32(f, binary), read_int32(f, binary)))
+        return np.array(rows, dtype=np.int32).reshape(size, 3)
     head = np.frombuffer(peek(f, size), dtype=np.int8)
     if len(head) == size and np.all(np.abs(head.astype(np.int32)) < 125):  # all compact: n = x = 0
         f.read(size)
+        out = np.zeros((size, 3), dtype=np.int64)
         out[:, 1] = np.cumsum(head, dtype=np.int64)
         return out.astype(np.int32)
+    rows, n, t, x = [], 0, 0, 0  # (size is not trusted for an allocation: it may be corrupt)
     for i in range(size):
         c = struct.unpack("b", _read_exact(f, 1, "an index"))[0]
         if abs(c) < 125:
-            out[i] = (0, c, 0) if i == 0 else (out[i - 1, 0], out[i - 1, 1] + c, out[i - 1, 2])
+            n, t, x = (0, c, 0) if i == 0 else (n, (t + c + 2**31) % 2**32 - 2**31, x)  # int32 wraps
         elif c == _ESCAPE:
-            out[i] = read_int32(f, True), read_int32(f, True), read_int32(f, True)
+            n, t, x = read_int32(f, True), read_int32(f, True), read_int32(f, True)
         else:
             raise KaldiFormatError(f"unexpected byte {c} in an index vector{_where(f)}")
-        out[i, 1] = (out[i, 1] + 2**31) % 2**32 - 2**31  # C++ int32 arithmetic wraps
-    return out.astype(np.int32)
+        rows.append((n, t, x))
+    return np.array(rows, dtype=np.int32).reshape(size, 3)
 
 
 def _write_indexes(f: BinaryIO, binary: bool, idx: np.ndarray) -> None:
@@ -121,8 +123,10 @@ class NnetIo:
         if not isinstance(other, NnetIo):
             return NotImplemented
         a, b = self.features, other.features
-        same = (a == b) if isinstance(a, SparseMatrix) or isinstance(b, SparseMatrix) else np.array_equal(a, b)
-        return self.name == other.name and np.array_equal(self.indexes, other.indexes) and bool(same)
+        if isinstance(a, SparseMatrix) != isinstance(b, SparseMatrix):
+            return False
+        same = a == b if isinstance(a, SparseMatrix) else np.array_equal(a, b)
+        return self.name == other.name and np.array_equal(self.indexes, other.indexes) and same
 
     def _kept_compressed(self, compress: str | None) -> bytes | None:
         """The original compressed bytes, if still valid and compatible with ``compress``."""

@@ -1,0 +1,246 @@
+"""Benchmark of babelflow's egs step (frame task, 8 frames per eg, context 16/12 as the recipe).
+
+Setup (kept in ``--workdir`` and reused): the espeak demo corpus, one language, at the "large"
+size (2000 utts, ~54 min, ~320k frames) and the default size (200 utts); data dir, fbank 40 /
+dither 0 with nj=1 (one archive holds everything), pdf alignments. Then, all in one run:
+
+1. write: ``egs_job`` on the whole large corpus (float16, the default, and float32) against a bare
+   copy-feats of the same features through kaldiio (read each matrix from feats.scp, write ark+scp
+   with ``WriteHelper``): the least any step that rewrites the features can cost (target >= 0.7).
+   Also against Kaldi's ``nnet3-get-egs`` on this machine kind (issue: ~100k frames/s compressed,
+   ~340k uncompressed; aim 3x compressed = 300k frames/s).
+2. disk: bytes per frame of the training archives (``egs.*.{feats,index,labels}``) relative to the
+   float32 features (``raw_fbank.*.ark``), and of the whole dir (valid + train_diagnostic parts
+   included, per corpus frame). Target <= 1.5x, aim <= 1.0x; Kaldi: 4.5x raw, 1.67x compressed.
+3. read: one epoch of random minibatches of 256 examples (a permutation, as a shuffling loader
+   draws; also with ids sorted within each batch): ``Archive.inputs(ids, 16, 12)`` +
+   ``frame_targets(ids)`` -> torch tensors. Output (8/eg) and input (36/eg) frames/s, cold (page
+   cache dropped before each epoch, needs root) and warm, and against an in-RAM float32 copy of
+   the features (the gather without memory map / dtype conversion). Training (recipe TDNN, 2
+   cores) consumes ~3000 frames/s; the loader must give >= 10x that (30k output frames/s).
+4. memory: peak RSS of ``babelflow egs job`` (the real CLI, each run a fresh child reaped with
+   ``os.wait4`` so maxima never mix) on the large vs the default corpus: must be ~1x; the CLI's
+   start-up (``--help``) is given so the growth above it can be read off.
+
+Timings are the best (minimum) of ``--repeats`` runs, interleaved so drift hits all alike; RSS is
+the maximum. Absolute figures on a noisy 2-core box vary; the ratios are what to read.
+Run:  PATH=.venv/bin:$PATH .venv/bin/python bench/egs.py [--workdir DIR] [--repeats 3] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import kaldiio
+import numpy as np
+import torch
+
+from babelflow.data.split import prepare_data_dir
+from babelflow.demo.corpus import SIZES, DemoConfig, generate_corpus
+from babelflow.egs.alignments import prepare_pdf_alignments
+from babelflow.egs.make import EgsOptions, TaskSource, egs_job, finalize_egs_dir
+from babelflow.egs.reader import EgsDir
+from babelflow.features import FeatureConfig
+from babelflow.make_feats import feats_job, finalize_feats_dir
+
+LANG, CMVN, BATCH, LC, RC, FPE = "en", "--norm-means=false --norm-vars=false", 256, 16, 12, 8
+KALDI = {"compressed": 100e3, "uncompressed": 340e3, "aim": 300e3}  # nnet3-get-egs frames/s (issue)
+TRAIN_FPS = 3000  # what the recipe TDNN consumes on 2 cores (training issue)
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def prepare(root: Path, size: str) -> TaskSource:
+    """corpus -> data -> features (nj=1) under ``root``, reused when complete."""
+    corpus, data, feats = root / "corpus", root / "data", root / "feats"
+    scp = corpus / LANG / "data" / "wav.scp"
+    if not (scp.is_file() and len(scp.read_text().splitlines()) == SIZES[size]):
+        print(f"synthesising {SIZES[size]} utts under {corpus} ...", file=sys.stderr)
+        generate_corpus(corpus, DemoConfig(utts_per_lang=SIZES[size]), langs=[LANG])
+    if not (feats / "info" / "num_frames").is_file():
+        cfg = FeatureConfig.build("fbank", None, {"num_mel_bins": 40, "dither": 0})
+        prepare_data_dir(corpus / LANG / "data", data, 1)
+        feats_job(cfg, data / "split1" / "1", feats, 1, progress=False)
+        finalize_feats_dir(cfg, data, feats, 1, CMVN)
+    return TaskSource(LANG, "frame", [(LANG, data, feats)], nj=1)
+
+
+def egs_dir(root: Path, name: str) -> Path:
+    out = root / name
+    if not (out / "num_pdfs").is_file():
+        out.mkdir(parents=True, exist_ok=True)
+        prepare_pdf_alignments(str(root / "corpus" / LANG / "ali"), out)
+    return out
+
+
+def copy_feats(scp: Path, out: Path) -> None:
+    """The baseline: copy-feats scp:feats.scp ark,scp:out.ark,out.scp through kaldiio."""
+    with kaldiio.WriteHelper(f"ark,scp:{out}.ark,{out}.scp") as w:
+        for key, mat in kaldiio.load_scp_sequential(str(scp)):
+            w(key, mat)
+
+
+def timed(fns: dict, repeats: int, before=None) -> dict:
+    """Best (min) wall time of each fn over ``repeats`` interleaved rounds (AB, BA, ...)."""
+    runs: dict = {name: [] for name in fns}
+    for r in range(repeats):
+        for name in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
+            if before:
+                before()
+            t = time.perf_counter()
+            fns[name]()
+            runs[name].append(time.perf_counter() - t)
+    return {name: min(ts) for name, ts in runs.items()} | {f"{n}_all": ts for n, ts in runs.items()}
+
+
+def drop_caches() -> None:
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def epoch(open_arch, sort: bool, seed: int = 0) -> int:
+    """One shuffled epoch of minibatches -> torch tensors; returns the number of examples read."""
+    arch = open_arch()
+    perm = np.random.default_rng(seed).permutation(len(arch))
+    n = 0
+    for i in range(0, len(perm) - BATCH + 1, BATCH):
+        ids = np.sort(perm[i:i + BATCH]) if sort else perm[i:i + BATCH]
+        x = torch.from_numpy(arch.inputs(ids, LC, RC))
+        pdf, weight = (torch.from_numpy(a) for a in arch.frame_targets(ids))
+        n += x.shape[0]
+    return n
+
+
+def peak_rss_mb(cmd: list[str]) -> float:
+    """Peak RSS of one fresh child (its own rusage via wait4, not the children's maximum)."""
+    p = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    err = p.stderr.read()
+    _, status, usage = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    if p.returncode:
+        sys.exit(f"{' '.join(cmd)} failed ({p.returncode}):\n{err.decode()[-2000:]}")
+    return usage.ru_maxrss / 1024
+
+
+def job_cmd(src: TaskSource, out: Path, dtype: str = "float16") -> list[str]:
+    _, data, feats = src.sets[0]
+    return ["babelflow", "egs", "job", "--archive", "1", "--task", LANG, "--kind", "frame", "--nj", "1",
+            "--set", f"{LANG}:{data}:{feats}", "--dtype", dtype, str(out)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workdir", type=Path, default=Path("bench/out/egs"))
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    R, res = args.repeats, {}
+    big, small = (prepare(args.workdir / s, s) for s in ("large", "default"))
+    root, feats = args.workdir / "large", big.sets[0][2]
+    frames = int((feats / "info" / "num_frames").read_text())
+    opts = {dt: EgsOptions(frames_per_eg=FPE, left_context=LC, right_context=RC, dtype=dt) for dt in ("float16", "float32")}
+    outs = {dt: egs_dir(root, f"egs_{dt}") for dt in opts}
+    (root / "copy").mkdir(exist_ok=True)
+    print(f"# egs benchmark: {LANG}, {SIZES['large']} utts, {frames} frames (fbank 40); best of {R} runs each\n")
+
+    # 1. write throughput
+    t = timed({"copy": lambda: copy_feats(feats / "feats.scp", root / "copy" / "feats"),
+               **{dt: (lambda dt=dt: egs_job(big, 1, outs[dt], opts[dt], "fbank", progress=False)) for dt in opts}}, R)
+    res["write"] = {k: frames / v for k, v in t.items() if not k.endswith("_all")} | {"times_s": t}
+    w = res["write"]
+    print(f"1. write   copy-feats (kaldiio) {w['copy'] / 1e3:7.0f}k frames/s   [baseline]")
+    for dt in opts:
+        print(f"           egs_job {dt}      {w[dt] / 1e3:7.0f}k frames/s   {w[dt] / w['copy']:.2f}x copy (target >= 0.7)"
+              f"   {w[dt] / KALDI['compressed']:.1f}x Kaldi compressed, {w[dt] / KALDI['uncompressed']:.2f}x uncompressed"
+              f" (aim 3x = {KALDI['aim'] / 1e3:.0f}k: {w[dt] / KALDI['aim']:.2f} of it)")
+    infos = {dt: finalize_egs_dir(big, outs[dt], opts[dt]) for dt in opts}
+
+    # 2. bytes on disk
+    ark = sum(p.stat().st_size for p in feats.glob("raw_fbank.*.ark"))
+    print(f"\n2. disk    raw_fbank.*.ark {ark / frames:.1f} B/frame (float32 features) [baseline]")
+    res["disk"] = {"ark_bytes_per_frame": ark / frames}
+    for dt, out in outs.items():
+        train = sum(p.stat().st_size for s in ("feats", "index", "labels") for p in out.glob(f"egs.*.{s}"))
+        rows = sum(a.feats.shape[0] for a in EgsDir(out).archives("train"))
+        every = sum(p.stat().st_size for pre in ("egs", "valid", "train_diagnostic") for p in out.glob(f"{pre}.*.*"))
+        r_train, r_all = (train / rows) / (ark / frames), every / ark
+        res["disk"][dt] = {"train_bytes_per_frame": train / rows, "train_ratio": r_train, "all_parts_ratio": r_all}
+        print(f"           {dt}: train archives {train / rows:5.1f} B/frame = {r_train:.2f}x features"
+              f" (target <= 1.5, aim <= 1.0; Kaldi 4.5x raw, 1.67x compressed); all parts {r_all:.2f}x")
+
+    # 3. random-access minibatch reads
+    try:
+        drop_caches()
+        cold = True
+    except OSError as e:
+        cold = False
+        print(f"\n   (cannot drop the page cache: {e}; warm reads only)")
+    res["read"] = {}
+    print(f"\n3. read    epochs of {BATCH}-example minibatches, ctx {LC}/{RC}; training consumes ~{TRAIN_FPS} frames/s,"
+          f" needs >= {10 * TRAIN_FPS // 1000}k")
+    for dt, out in outs.items():
+        egs = EgsDir(out)
+        arch = egs.archive("train", 1)
+        ram = dataclasses.replace(arch, feats=np.array(arch.feats, dtype=np.float32))
+        fns = {f"{s}": (lambda s=s: epoch(lambda: egs.archive("train", 1), s == "sorted")) for s in ("shuffled", "sorted")}
+        runs = {"warm": timed(fns | {f"ram_{s}": (lambda s=s: epoch(lambda: ram, s == "sorted")) for s in fns}, R)}
+        if cold:
+            runs["cold"] = timed(fns, R, before=drop_caches)
+        n = (len(arch) // BATCH) * BATCH
+        for cache, tm in runs.items():
+            for s in ("shuffled", "sorted"):
+                out_fps = n * FPE / tm[s]
+                res["read"][f"{dt}_{cache}_{s}"] = {"output_fps": out_fps, "input_fps": n * (LC + FPE + RC) / tm[s],
+                                                    "vs_ram": tm.get(f"ram_{s}", np.nan) / tm[s] if cache == "warm" else None}
+                vs = f", {tm[f'ram_{s}'] / tm[s]:.2f}x in-RAM f32 gather" if cache == "warm" else ""
+                print(f"           {dt} {cache} {s:8s} {out_fps / 1e3:6.0f}k out frames/s ({n * (LC + FPE + RC) / tm[s] / 1e6:.2f}M"
+                      f" input) = {out_fps / TRAIN_FPS:5.0f}x training{vs}")
+
+    # 4. peak RSS of the CLI job
+    rss_dirs = {"large": egs_dir(root, "egs_rss"), "default": egs_dir(args.workdir / "default", "egs_rss")}
+    srcs = {"large": big, "default": small}
+    rss = {"startup": [], "large": [], "default": []}
+    for _ in range(R):
+        rss["startup"].append(peak_rss_mb(["babelflow", "egs", "job", "--help"]))
+        for size in ("large", "default"):
+            rss[size].append(peak_rss_mb(job_cmd(srcs[size], rss_dirs[size])))
+    m = {k: max(v) for k, v in rss.items()}
+    res["rss_mb"] = m | {"all": rss}
+    growth = (m["large"] - m["startup"]) / max(m["default"] - m["startup"], 1e-9)
+    print(f"\n4. memory  peak RSS of `babelflow egs job` (max of {R}): large {m['large']:.0f} MB, default {m['default']:.0f} MB"
+          f" -> {m['large'] / m['default']:.2f}x (must be ~1); start-up (--help) {m['startup']:.0f} MB;"
+          f" above start-up {growth:.2f}x")
+
+    # table
+    r16 = res["read"]
+    best_cold = "cold" if cold else "warm"
+    rows = [("write, egs_job f16 vs copy-feats", f"{w['float16'] / 1e3:.0f}k fr/s", f"{w['float16'] / w['copy']:.2f}x", ">= 0.7x"),
+            ("write, egs_job f32 vs copy-feats", f"{w['float32'] / 1e3:.0f}k fr/s", f"{w['float32'] / w['copy']:.2f}x", ">= 0.7x"),
+            ("write, f16 vs Kaldi nnet3-get-egs (compressed)", "100k fr/s", f"{w['float16'] / KALDI['compressed']:.1f}x", "aim 3x"),
+            ("disk, train archives f16 / f32 features", f"{res['disk']['float16']['train_bytes_per_frame']:.0f} B/fr",
+             f"{res['disk']['float16']['train_ratio']:.2f}x", "<= 1.5x (aim 1.0)"),
+            ("disk, train archives f32 / f32 features", f"{res['disk']['float32']['train_bytes_per_frame']:.0f} B/fr",
+             f"{res['disk']['float32']['train_ratio']:.2f}x", "<= 1.5x (aim 1.0)"),
+            ("disk, all parts f16 / features", "", f"{res['disk']['float16']['all_parts_ratio']:.2f}x", ""),
+            *[(f"read f16 {c} {s}, out frames/s vs training 3k", f"{r16[f'float16_{c}_{s}']['output_fps'] / 1e3:.0f}k",
+               f"{r16[f'float16_{c}_{s}']['output_fps'] / TRAIN_FPS:.0f}x", ">= 10x") for c in ("warm", best_cold)[: 1 + cold]
+              for s in ("shuffled", "sorted")],
+            ("peak RSS egs job, 2000 vs 200 utts", f"{m['large']:.0f} / {m['default']:.0f} MB", f"{m['large'] / m['default']:.2f}x", "~1x")]
+    print(f"\n| measure ({frames} frames, best of {R}) | figure | ratio | target |\n|---|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(res, indent=1, default=float) + "\n")
+
+
+if __name__ == "__main__":
+    main()
