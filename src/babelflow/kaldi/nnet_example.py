@@ -27,8 +27,8 @@ import numpy as np
 
 from ..errors import BabelflowError, where
 from .alignments import _open_rx, _open_wx, _parse_rspecifier, _read_key
-from .basic_io import (KaldiFormatError, _read_exact, _where, expect_token, peek, read_binary_header,
-                       read_int32, read_token, write_int32, write_token)
+from .basic_io import (KaldiFormatError, _read_exact, _read_word, _where, peek, read_binary_header, read_int32,
+                       write_int32, write_token)
 from .general_matrix import (COMPRESSED_TOKENS, SparseMatrix, decompress_matrix, read_general_matrix_raw,
                              write_general_matrix)
 
@@ -39,15 +39,27 @@ _CORRUPT = (struct.error, ValueError, IndexError, OverflowError, UnicodeDecodeEr
 
 
 # ----------------------------------------------------------------------------- index vectors
+def _token(f: BinaryIO, expected: str | None = None) -> str:
+    """Kaldi ReadToken/ExpectToken: a word and the one whitespace byte after it, which must be
+    there (so an archive cut right after ``</Nnet3Eg>`` is an error, as in Kaldi)."""
+    start = _where(f)
+    tok = _read_word(f, "a token")
+    if not f.read(1):
+        raise KaldiFormatError(f"unexpected end of file after token {tok[:40]!r} (truncated?){start}")
+    if expected is not None and tok != expected and tok != expected[1:]:
+        raise KaldiFormatError(f"expected token {expected}, got {tok[:40]!r}{start}")
+    return tok
+
+
 def _read_indexes(f: BinaryIO, binary: bool) -> np.ndarray:
-    expect_token(f, binary, "<I1V>")
+    _token(f, "<I1V>")
     size = read_int32(f, binary)
     if size < 0:
         raise KaldiFormatError(f"negative index-vector size {size}{_where(f)}")
     if not binary:
         rows = []
         for _ in range(size):
-            expect_token(f, binary, "<I1>")
+            _token(f, "<I1>")
             rows.append((read_int32(f, binary), read_int32(f, binary), read_int32(f, binary)))
         return np.array(rows, dtype=np.int32).reshape(size, 3)
     head = np.frombuffer(peek(f, size), dtype=np.int8)
@@ -140,14 +152,14 @@ class NnetIo:
 
     @classmethod
     def read(cls, f: BinaryIO, binary: bool) -> "NnetIo":
-        expect_token(f, binary, "<NnetIo>")
-        name = read_token(f, binary)
+        _token(f, "<NnetIo>")
+        name = _token(f)
         indexes = _read_indexes(f, binary)
         features, raw = read_general_matrix_raw(f, binary)
         if features.shape[0] != len(indexes):
             raise KaldiFormatError(f"io '{name}' has {len(indexes)} indexes but its matrix has "
                                    f"{features.shape[0]} rows{_where(f)}")
-        expect_token(f, binary, "</NnetIo>")
+        _token(f, "</NnetIo>")
         return cls(name, indexes, features, raw)
 
     def write(self, f: BinaryIO, binary: bool, compress: str | None = None) -> None:
@@ -156,9 +168,11 @@ class NnetIo:
         write_token(f, binary, "<NnetIo>")
         write_token(f, binary, self.name)
         _write_indexes(f, binary, self.indexes)
-        kept = self._kept_compressed(compress) if binary else None
-        if kept is not None:
+        kept = self._kept_compressed(compress)
+        if kept is not None and binary:
             f.write(kept)
+        elif kept is not None:  # text: the decoded values, which the features still are
+            write_general_matrix(f, False, self.features)
         else:
             write_general_matrix(f, binary, self.features, compress)
         write_token(f, binary, "</NnetIo>")
@@ -172,13 +186,13 @@ class NnetExample:
 
     @classmethod
     def read(cls, f: BinaryIO, binary: bool) -> "NnetExample":
-        expect_token(f, binary, "<Nnet3Eg>")
-        expect_token(f, binary, "<NumIo>")
+        _token(f, "<Nnet3Eg>")
+        _token(f, "<NumIo>")
         size = read_int32(f, binary)
         if not 0 < size <= 1_000_000:
             raise KaldiFormatError(f"invalid <NumIo> {size}{_where(f)}")
         ios = [NnetIo.read(f, binary) for _ in range(size)]
-        expect_token(f, binary, "</Nnet3Eg>")
+        _token(f, "</Nnet3Eg>")
         return cls(ios)
 
     def write(self, f: BinaryIO, binary: bool, compress: str | None = None) -> None:
