@@ -19,12 +19,12 @@ dither 0 with nj=1 (one archive holds everything), pdf alignments. Then, all in 
    the features (the gather without memory map / dtype conversion). Training (recipe TDNN, 2
    cores) consumes ~3000 frames/s; the loader must give >= 10x that (30k output frames/s).
 4. memory: peak RSS of ``babelflow egs job`` (the real CLI, each run a fresh child reaped with
-   ``os.wait4`` so maxima never mix) on the large vs the default corpus: must be ~1x; the CLI's
-   start-up (``--help``) is given so the growth above it can be read off.
+   ``os.wait4`` by a small middleman, so maxima never mix) on the large vs the default corpus:
+   must be ~1x; the CLI's start-up (``--help``) is given so the growth above it can be read off.
 
 Timings are the best (minimum) of ``--repeats`` runs, interleaved so drift hits all alike; RSS is
 the maximum. Absolute figures on a noisy 2-core box vary; the ratios are what to read.
-Run:  PATH=.venv/bin:$PATH .venv/bin/python bench/egs.py [--workdir DIR] [--repeats 3] [--json PATH]
+Run:  .venv/bin/python bench/egs.py [--workdir DIR] [--repeats 3] [--json PATH]
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import argparse
 import dataclasses
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -119,21 +120,25 @@ def epoch(open_arch, sort: bool, seed: int = 0) -> int:
     return n
 
 
+# A small middleman starts each measured command: a child's ru_maxrss starts from its forking parent's
+# RSS (Linux keeps the high-water mark across exec), and this process holds torch and the features.
+RSS_HELPER = ("import os, subprocess, sys; p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL); "
+              "_, st, ru = os.wait4(p.pid, 0); print(ru.ru_maxrss, os.waitstatus_to_exitcode(st))")
+
+
 def peak_rss_mb(cmd: list[str]) -> float:
     """Peak RSS of one fresh child (its own rusage via wait4, not the children's maximum)."""
-    p = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    err = p.stderr.read()
-    _, status, usage = os.wait4(p.pid, 0)
-    p.returncode = os.waitstatus_to_exitcode(status)
-    if p.returncode:
-        sys.exit(f"{' '.join(cmd)} failed ({p.returncode}):\n{err.decode()[-2000:]}")
-    return usage.ru_maxrss / 1024
+    proc = subprocess.run([sys.executable, "-c", RSS_HELPER, *cmd], env=ENV, capture_output=True, text=True)
+    maxrss, rc = (proc.stdout.split() + ["", "1"])[:2]
+    if proc.returncode or rc != "0":
+        sys.exit(f"{' '.join(cmd)} failed ({rc}):\n{proc.stderr[-2000:]}")
+    return int(maxrss) / 1024
 
 
-def job_cmd(src: TaskSource, out: Path, dtype: str = "float16") -> list[str]:
+def job_cmd(src: TaskSource, out: Path) -> list[str]:
     _, data, feats = src.sets[0]
     return ["babelflow", "egs", "job", "--archive", "1", "--task", LANG, "--kind", "frame", "--nj", "1",
-            "--set", f"{LANG}:{data}:{feats}", "--dtype", dtype, str(out)]
+            "--set", f"{LANG}:{data}:{feats}", str(out)]
 
 
 def main() -> None:
@@ -142,26 +147,31 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    R, res = args.repeats, {}
+    R, res, table = args.repeats, {}, []
     big, small = (prepare(args.workdir / s, s) for s in ("large", "default"))
     root, feats = args.workdir / "large", big.sets[0][2]
     frames = int((feats / "info" / "num_frames").read_text())
-    opts = {dt: EgsOptions(frames_per_eg=FPE, left_context=LC, right_context=RC, dtype=dt) for dt in ("float16", "float32")}
+    opts = {dt: EgsOptions(frames_per_eg=FPE, left_context=LC, right_context=RC, dtype=dt)
+            for dt in ("float16", "float32")}
     outs = {dt: egs_dir(root, f"egs_{dt}") for dt in opts}
     (root / "copy").mkdir(exist_ok=True)
     print(f"# egs benchmark: {LANG}, {SIZES['large']} utts, {frames} frames (fbank 40); best of {R} runs each\n")
 
     # 1. write throughput
-    t = timed({"copy": lambda: copy_feats(feats / "feats.scp", root / "copy" / "feats"),
-               **{dt: (lambda dt=dt: egs_job(big, 1, outs[dt], opts[dt], "fbank", progress=False)) for dt in opts}}, R)
-    res["write"] = {k: frames / v for k, v in t.items() if not k.endswith("_all")} | {"times_s": t}
-    w = res["write"]
-    print(f"1. write   copy-feats (kaldiio) {w['copy'] / 1e3:7.0f}k frames/s   [baseline]")
+    jobs = {dt: (lambda dt=dt: egs_job(big, 1, outs[dt], opts[dt], "fbank", progress=False)) for dt in opts}
+    t = timed({"copy": lambda: copy_feats(feats / "feats.scp", root / "copy" / "feats"), **jobs}, R)
+    w = res["write"] = {k: frames / v for k, v in t.items() if not k.endswith("_all")} | {"times_s": t}
+    print(f"1. write   copy-feats (kaldiio) {w['copy'] / 1e3:6.0f}k frames/s  [baseline]")
     for dt in opts:
-        print(f"           egs_job {dt}      {w[dt] / 1e3:7.0f}k frames/s   {w[dt] / w['copy']:.2f}x copy (target >= 0.7)"
-              f"   {w[dt] / KALDI['compressed']:.1f}x Kaldi compressed, {w[dt] / KALDI['uncompressed']:.2f}x uncompressed"
-              f" (aim 3x = {KALDI['aim'] / 1e3:.0f}k: {w[dt] / KALDI['aim']:.2f} of it)")
-    infos = {dt: finalize_egs_dir(big, outs[dt], opts[dt]) for dt in opts}
+        print(f"           egs_job {dt}      {w[dt] / 1e3:6.0f}k frames/s  {w[dt] / w['copy']:.2f}x copy (target >= 0.7);"
+              f" Kaldi: {w[dt] / KALDI['compressed']:.1f}x compressed, {w[dt] / KALDI['uncompressed']:.2f}x raw"
+              f" (aim 3x compressed: {w[dt] / KALDI['aim']:.2f} of it)")
+        table.append((f"write, egs_job {dt} vs copy-feats", f"{w[dt] / 1e3:.0f}k fr/s", f"{w[dt] / w['copy']:.2f}x",
+                      ">= 0.7x"))
+    table.append(("write, egs_job float16 vs Kaldi nnet3-get-egs compressed (100k fr/s)", f"{w['float16'] / 1e3:.0f}k"
+                  " fr/s", f"{w['float16'] / KALDI['compressed']:.1f}x", "aim 3x"))
+    for dt in opts:
+        finalize_egs_dir(big, outs[dt], opts[dt])
 
     # 2. bytes on disk
     ark = sum(p.stat().st_size for p in feats.glob("raw_fbank.*.ark"))
@@ -175,68 +185,62 @@ def main() -> None:
         res["disk"][dt] = {"train_bytes_per_frame": train / rows, "train_ratio": r_train, "all_parts_ratio": r_all}
         print(f"           {dt}: train archives {train / rows:5.1f} B/frame = {r_train:.2f}x features"
               f" (target <= 1.5, aim <= 1.0; Kaldi 4.5x raw, 1.67x compressed); all parts {r_all:.2f}x")
+        table.append((f"disk, train archives {dt} / float32 features (all parts)", f"{train / rows:.0f} B/fr",
+                      f"{r_train:.2f}x ({r_all:.2f}x)", "<= 1.5x (aim 1.0)"))
 
     # 3. random-access minibatch reads
     try:
         drop_caches()
-        cold = True
+        caches = ["warm", "cold"]
     except OSError as e:
-        cold = False
+        caches = ["warm"]
         print(f"\n   (cannot drop the page cache: {e}; warm reads only)")
     res["read"] = {}
     print(f"\n3. read    epochs of {BATCH}-example minibatches, ctx {LC}/{RC}; training consumes ~{TRAIN_FPS} frames/s,"
-          f" needs >= {10 * TRAIN_FPS // 1000}k")
+          f" the loader must give >= {10 * TRAIN_FPS // 1000}k")
     for dt, out in outs.items():
         egs = EgsDir(out)
         arch = egs.archive("train", 1)
         ram = dataclasses.replace(arch, feats=np.array(arch.feats, dtype=np.float32))
-        fns = {f"{s}": (lambda s=s: epoch(lambda: egs.archive("train", 1), s == "sorted")) for s in ("shuffled", "sorted")}
-        runs = {"warm": timed(fns | {f"ram_{s}": (lambda s=s: epoch(lambda: ram, s == "sorted")) for s in fns}, R)}
-        if cold:
-            runs["cold"] = timed(fns, R, before=drop_caches)
-        n = (len(arch) // BATCH) * BATCH
+        n, mib = (len(arch) // BATCH) * BATCH, arch.feats.nbytes / 2**20
+        del arch  # its memory map would keep the pages in the cache through drop_caches
+        fns = {s: (lambda s=s: epoch(lambda: egs.archive("train", 1), s == "sorted")) for s in ("shuffled", "sorted")}
+        ram_fns = {f"ram_{s}": (lambda s=s: epoch(lambda: ram, s == "sorted")) for s in fns}
+        runs = {"warm": timed(fns | ram_fns, R)} | ({"cold": timed(fns, R, before=drop_caches)} if "cold" in caches else {})
         for cache, tm in runs.items():
-            for s in ("shuffled", "sorted"):
-                out_fps = n * FPE / tm[s]
-                res["read"][f"{dt}_{cache}_{s}"] = {"output_fps": out_fps, "input_fps": n * (LC + FPE + RC) / tm[s],
-                                                    "vs_ram": tm.get(f"ram_{s}", np.nan) / tm[s] if cache == "warm" else None}
-                vs = f", {tm[f'ram_{s}'] / tm[s]:.2f}x in-RAM f32 gather" if cache == "warm" else ""
-                print(f"           {dt} {cache} {s:8s} {out_fps / 1e3:6.0f}k out frames/s ({n * (LC + FPE + RC) / tm[s] / 1e6:.2f}M"
-                      f" input) = {out_fps / TRAIN_FPS:5.0f}x training{vs}")
+            for s in fns:
+                out_fps, in_fps = n * FPE / tm[s], n * (LC + FPE + RC) / tm[s]
+                vs = tm[f"ram_{s}"] / tm[s] if cache == "warm" else None
+                res["read"][f"{dt}_{cache}_{s}"] = {"output_fps": out_fps, "input_fps": in_fps, "vs_ram_f32": vs}
+                print(f"           {dt} {cache} {s:8s} {out_fps / 1e3:5.0f}k out frames/s ({in_fps / 1e6:5.2f}M input)"
+                      f" = {out_fps / TRAIN_FPS:4.0f}x training" + (f", {vs:.2f}x in-RAM f32 gather" if vs else ""))
+                if dt == "float16":
+                    table.append((f"read {dt} {cache} {s}, output frames/s vs training (3k)",
+                                  f"{out_fps / 1e3:.0f}k fr/s", f"{out_fps / TRAIN_FPS:.0f}x", ">= 10x"))
+        if "cold" in caches:  # evidence that the cold epochs did fault pages in from the disk
+            drop_caches()
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_majflt
+            epoch(lambda: egs.archive("train", 1), False)
+            faults = res["read"][f"{dt}_cold_major_faults"] = resource.getrusage(resource.RUSAGE_SELF).ru_majflt - f0
+            print(f"           ({faults} major page faults in a cold epoch over {mib:.0f} MiB of features)")
 
-    # 4. peak RSS of the CLI job
-    rss_dirs = {"large": egs_dir(root, "egs_rss"), "default": egs_dir(args.workdir / "default", "egs_rss")}
-    srcs = {"large": big, "default": small}
+    # 4. peak RSS of the CLI job, each run in a fresh child
+    srcs = {"large": (big, egs_dir(root, "egs_rss")), "default": (small, egs_dir(args.workdir / "default", "egs_rss"))}
     rss = {"startup": [], "large": [], "default": []}
     for _ in range(R):
         rss["startup"].append(peak_rss_mb(["babelflow", "egs", "job", "--help"]))
-        for size in ("large", "default"):
-            rss[size].append(peak_rss_mb(job_cmd(srcs[size], rss_dirs[size])))
+        for size, (src, out) in srcs.items():
+            rss[size].append(peak_rss_mb(job_cmd(src, out)))
     m = {k: max(v) for k, v in rss.items()}
     res["rss_mb"] = m | {"all": rss}
-    growth = (m["large"] - m["startup"]) / max(m["default"] - m["startup"], 1e-9)
-    print(f"\n4. memory  peak RSS of `babelflow egs job` (max of {R}): large {m['large']:.0f} MB, default {m['default']:.0f} MB"
-          f" -> {m['large'] / m['default']:.2f}x (must be ~1); start-up (--help) {m['startup']:.0f} MB;"
-          f" above start-up {growth:.2f}x")
+    print(f"\n4. memory  peak RSS of `babelflow egs job` (max of {R}): large {m['large']:.0f} MB, default"
+          f" {m['default']:.0f} MB -> {m['large'] / m['default']:.2f}x (must be ~1); start-up (--help)"
+          f" {m['startup']:.0f} MB, so above it {m['large'] - m['startup']:.0f} vs {m['default'] - m['startup']:.0f} MB")
+    table.append(("peak RSS of egs job, 2000 vs 200 utts", f"{m['large']:.0f} / {m['default']:.0f} MB",
+                  f"{m['large'] / m['default']:.2f}x", "~1x"))
 
-    # table
-    r16 = res["read"]
-    best_cold = "cold" if cold else "warm"
-    rows = [("write, egs_job f16 vs copy-feats", f"{w['float16'] / 1e3:.0f}k fr/s", f"{w['float16'] / w['copy']:.2f}x", ">= 0.7x"),
-            ("write, egs_job f32 vs copy-feats", f"{w['float32'] / 1e3:.0f}k fr/s", f"{w['float32'] / w['copy']:.2f}x", ">= 0.7x"),
-            ("write, f16 vs Kaldi nnet3-get-egs (compressed)", "100k fr/s", f"{w['float16'] / KALDI['compressed']:.1f}x", "aim 3x"),
-            ("disk, train archives f16 / f32 features", f"{res['disk']['float16']['train_bytes_per_frame']:.0f} B/fr",
-             f"{res['disk']['float16']['train_ratio']:.2f}x", "<= 1.5x (aim 1.0)"),
-            ("disk, train archives f32 / f32 features", f"{res['disk']['float32']['train_bytes_per_frame']:.0f} B/fr",
-             f"{res['disk']['float32']['train_ratio']:.2f}x", "<= 1.5x (aim 1.0)"),
-            ("disk, all parts f16 / features", "", f"{res['disk']['float16']['all_parts_ratio']:.2f}x", ""),
-            *[(f"read f16 {c} {s}, out frames/s vs training 3k", f"{r16[f'float16_{c}_{s}']['output_fps'] / 1e3:.0f}k",
-               f"{r16[f'float16_{c}_{s}']['output_fps'] / TRAIN_FPS:.0f}x", ">= 10x") for c in ("warm", best_cold)[: 1 + cold]
-              for s in ("shuffled", "sorted")],
-            ("peak RSS egs job, 2000 vs 200 utts", f"{m['large']:.0f} / {m['default']:.0f} MB", f"{m['large'] / m['default']:.2f}x", "~1x")]
-    print(f"\n| measure ({frames} frames, best of {R}) | figure | ratio | target |\n|---|---|---|---|")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    print(f"\n| measure ({frames} frames; best of {R}, interleaved) | figure | ratio | target |\n|---|---|---|---|")
+    print("\n".join("| " + " | ".join(row) + " |" for row in table))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(res, indent=1, default=float) + "\n")

@@ -40,9 +40,9 @@ def kaldi_chunks(length: int, frames_per_eg: int, rng: np.random.Generator) -> t
         spread[: total_gap % (n + 1)] += 1
         gaps = rng.permutation(spread)[:n]
     starts = (np.cumsum(gaps) + f * np.arange(n)).astype(np.int32)
-    count = np.zeros(length, np.int32)
-    for s in starts:
-        count[s:s + f] += 1
+    # chunks covering each frame: +1 at every chunk start, -1 after its end, cumulated
+    delta = np.bincount(starts, minlength=length + 1) - np.bincount(starts + f, minlength=length + 1)
+    count = np.cumsum(delta[:length])
     weights = 1.0 / count[starts[:, None] + np.arange(f)[None, :]]
     return starts, weights.astype(np.float32)
 

@@ -159,16 +159,25 @@ class Archive:
     def __len__(self) -> int:
         return len(self.index)
 
-    def inputs(self, ids: np.ndarray, left_context: int, right_context: int) -> np.ndarray:
-        """(B, lc + n + rc, dim) float32 inputs of examples with equal n, edges padded as Kaldi."""
+    def inputs(self, ids: np.ndarray, left_context: int, right_context: int, dtype=np.float32) -> np.ndarray:
+        """(B, lc + n + rc, dim) inputs of examples with equal n, edges padded as Kaldi."""
         rec = self.index[ids]
-        n = int(rec["n"][0])
-        if (rec["n"] != n).any():
-            raise ValueError("inputs(): examples of different lengths in one call")
-        offs = np.arange(-left_context, n + right_context)
+        if (rec["n"] != rec["n"][0]).any():
+            raise ValueError("inputs(): examples of different lengths in one call; use inputs_padded()")
+        return self.inputs_padded(ids, left_context, right_context, dtype)[0]
+
+    def inputs_padded(self, ids: np.ndarray, left_context: int, right_context: int,
+                      dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+        """Inputs of examples of any lengths, padded to the longest: (B, lc + max n + rc, dim)
+        and the lengths n. Rows outside a segment repeat its first/last frame (Kaldi's padding);
+        a shorter example continues into its segment's following frames."""
+        rec = self.index[ids]
+        n = rec["n"]
+        offs = np.arange(-left_context, int(n.max()) + right_context)
         rows = np.clip(rec["t0"][:, None] + offs[None, :], 0, self.seg_len[rec["seg"]][:, None] - 1)
         rows += self.seg_start[rec["seg"]][:, None]
-        return np.asarray(self.feats[rows.ravel()], dtype=np.float32).reshape(len(ids), len(offs), -1)
+        x = self.feats[rows.ravel()].reshape(len(ids), len(offs), -1)
+        return (x if dtype is None else np.asarray(x, dtype=dtype)), n.astype(np.int64)
 
     def frame_targets(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(pdf, weight) arrays of shape (B, n) for frame-task examples of equal n."""

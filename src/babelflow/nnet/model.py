@@ -1,0 +1,256 @@
+"""A Kaldi-style TDNN trunk with per-task heads, built from a plain config dict.
+
+Layers mirror the xconfig of the multilingual recipe: each ``relu-renorm-layer`` is
+Append(Offset(x, o) for o in splice) -> affine -> ReLU -> NormalizeComponent (or
+BatchNorm). The model works on chunks with their context, like nnet3: a (B, T, D) input
+gives (B, T - left - right, ...) outputs, so context frames come from real neighbours
+(or from the repeated edge frames the egs reader pads with), never from zero padding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import BabelflowError
+
+
+@dataclass
+class LayerConfig:
+    dim: int
+    splice: list[int] = field(default_factory=lambda: [0])
+    nonlinearity: str = "relu"
+    norm: str | None = "renorm"
+
+    @property
+    def left(self) -> int:
+        return -min(self.splice)
+
+    @property
+    def right(self) -> int:
+        return max(self.splice)
+
+
+@dataclass
+class ModelConfig:
+    """The network, as ``params.yaml``'s ``model:`` (or a file it names) describes it."""
+
+    layers: list[LayerConfig]
+    bottleneck: LayerConfig | None = None
+    frame_head: list[int] = field(default_factory=list)  # hidden (prefinal) dims per frame task
+    utterance_head: list[int] = field(default_factory=list)  # hidden dims after statistics pooling
+    nonlinearity: str = "relu"
+    norm: str | None = "renorm"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], origin: str = "model") -> "ModelConfig":
+        nonlin, norm = d.get("nonlinearity", "relu"), d.get("norm", "renorm")
+
+        def layer(item: dict, where: str) -> LayerConfig:
+            unknown = set(item) - {"dim", "splice", "nonlinearity", "norm"}
+            if unknown or "dim" not in item:
+                raise BabelflowError(f"{origin}: {where}: expected keys dim, splice, nonlinearity, norm "
+                                     f"(got {', '.join(sorted(item))})")
+            cfg = LayerConfig(int(item["dim"]), [int(o) for o in item.get("splice", [0])],
+                              item.get("nonlinearity", nonlin), item.get("norm", norm))
+            if cfg.nonlinearity not in ACTIVATIONS:
+                raise BabelflowError(f"{origin}: {where}.nonlinearity: '{cfg.nonlinearity}' is not one of "
+                                     f"{', '.join(ACTIVATIONS)}")
+            if cfg.norm not in (None, "renorm", "batchnorm"):
+                raise BabelflowError(f"{origin}: {where}.norm: '{cfg.norm}' (use renorm, batchnorm or null)")
+            if cfg.dim < 1 or not cfg.splice or len(set(cfg.splice)) != len(cfg.splice):
+                raise BabelflowError(f"{origin}: {where}: dim must be >= 1 and splice distinct offsets")
+            return cfg
+
+        if not d.get("layers"):
+            raise BabelflowError(f"{origin}: layers: at least one TDNN layer is required")
+        layers = [layer(x, f"layers[{i}]") for i, x in enumerate(d["layers"])]
+        bn = d.get("bottleneck")
+        return cls(layers, layer(bn, "bottleneck") if bn else None,
+                   [int(x) for x in (d.get("frame_head") or {}).get("hidden", [])],
+                   [int(x) for x in (d.get("utterance_head") or {}).get("hidden", [])], nonlin, norm)
+
+    def to_dict(self) -> dict[str, Any]:
+        lay = lambda c: {"dim": c.dim, "splice": list(c.splice), "nonlinearity": c.nonlinearity, "norm": c.norm}
+        return {"layers": [lay(c) for c in self.layers], "bottleneck": lay(self.bottleneck) if self.bottleneck else None,
+                "frame_head": {"hidden": list(self.frame_head)}, "utterance_head": {"hidden": list(self.utterance_head)},
+                "nonlinearity": self.nonlinearity, "norm": self.norm}
+
+    @property
+    def left_context(self) -> int:
+        return sum(c.left for c in self.trunk_layers)
+
+    @property
+    def right_context(self) -> int:
+        return sum(c.right for c in self.trunk_layers)
+
+    @property
+    def trunk_layers(self) -> list[LayerConfig]:
+        return self.layers + ([self.bottleneck] if self.bottleneck else [])
+
+
+ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
+
+
+class Renorm(nn.Module):
+    """Kaldi's NormalizeComponent (target-rms 1): y = x / sqrt(max(2^-66, |x|^2 / D))."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ms = x.pow(2).mean(dim=-1, keepdim=True)
+        return x * torch.rsqrt(ms.clamp_min(2.0 ** -66))
+
+
+class FrameBatchNorm(nn.Module):
+    """BatchNorm over all frames (Kaldi's BatchNormComponent: no learned scale/offset)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(dim, affine=False, eps=1e-3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        return self.bn(x.reshape(-1, shape[-1])).reshape(shape)
+
+
+class TdnnLayer(nn.Module):
+    """Append(Offset(x, o) ...) -> affine -> nonlinearity -> norm; optional i-vector appended."""
+
+    def __init__(self, in_dim: int, cfg: LayerConfig, extra_dim: int = 0):
+        super().__init__()
+        self.offsets = sorted(cfg.splice)
+        self.linear = nn.Linear(in_dim * len(self.offsets) + extra_dim, cfg.dim)
+        self.act = ACTIVATIONS[cfg.nonlinearity]()
+        self.norm = Renorm() if cfg.norm == "renorm" else FrameBatchNorm(cfg.dim) if cfg.norm == "batchnorm" else nn.Identity()
+
+    def forward(self, x: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        lo, hi = self.offsets[0], self.offsets[-1]
+        t_out = x.shape[1] - (hi - lo)
+        if t_out <= 0:
+            raise ValueError(f"input of {x.shape[1]} frames is shorter than the layer's context")
+        parts = [x[:, o - lo:o - lo + t_out] for o in self.offsets]
+        if extra is not None:  # ReplaceIndex(ivector, t, 0): the same row at every frame
+            parts.append(extra[:, None, :].expand(-1, t_out, -1))
+        return self.norm(self.act(self.linear(torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0])))
+
+
+def _mlp(in_dim: int, hidden: list[int], nonlin: str, norm: str | None) -> tuple[nn.Sequential, int]:
+    mods: list[nn.Module] = []
+    for h in hidden:
+        mods += [nn.Linear(in_dim, h), ACTIVATIONS[nonlin](),
+                 Renorm() if norm == "renorm" else FrameBatchNorm(h) if norm == "batchnorm" else nn.Identity()]
+        in_dim = h
+    return nn.Sequential(*mods), in_dim
+
+
+class FrameHead(nn.Module):
+    """Prefinal layer(s) + output affine (zero-initialised, as Kaldi's output-layer) + log-softmax."""
+
+    def __init__(self, in_dim: int, hidden: list[int], num_outputs: int, nonlin: str, norm: str | None):
+        super().__init__()
+        self.hidden, dim = _mlp(in_dim, hidden, nonlin, norm)
+        self.output = nn.Linear(dim, num_outputs)
+        nn.init.zeros_(self.output.weight)
+        nn.init.zeros_(self.output.bias)
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.log_softmax(self.output(self.hidden(h)), dim=-1)
+
+
+class UtteranceHead(nn.Module):
+    """Mean + standard deviation pooling over the valid frames (x-vector style), then an MLP."""
+
+    def __init__(self, in_dim: int, hidden: list[int], num_outputs: int, nonlin: str, norm: str | None):
+        super().__init__()
+        self.hidden, dim = _mlp(2 * in_dim, hidden, nonlin, norm)
+        self.output = nn.Linear(dim, num_outputs)
+        nn.init.zeros_(self.output.weight)
+        nn.init.zeros_(self.output.bias)
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is None:
+            mask = torch.ones(h.shape[:2], dtype=h.dtype, device=h.device)
+        m = mask.to(h.dtype)[..., None]
+        n = m.sum(dim=1).clamp_min(1.0)
+        mean = (h * m).sum(dim=1) / n
+        var = ((h - mean[:, None]) ** 2 * m).sum(dim=1) / n
+        stats = torch.cat([mean, torch.sqrt(var + 1e-5)], dim=-1)
+        return torch.log_softmax(self.output(self.hidden(stats)), dim=-1)
+
+
+@dataclass
+class TaskSpec:
+    name: str
+    kind: str  # frame | utterance
+    num_outputs: int
+
+
+class MultiTaskModel(nn.Module):
+    """Shared trunk (+ bottleneck) and heads ``output-0`` ... in task order."""
+
+    def __init__(self, config: ModelConfig, input_dim: int, tasks: list[TaskSpec], ivector_dim: int = 0):
+        super().__init__()
+        self.config, self.input_dim, self.ivector_dim = config, input_dim, ivector_dim
+        self.tasks = list(tasks)
+        layers, dim = [], input_dim
+        for i, cfg in enumerate(config.trunk_layers):
+            layers.append(TdnnLayer(dim, cfg, ivector_dim if i == 0 else 0))
+            dim = cfg.dim
+        self.trunk = nn.ModuleList(layers)
+        self.embedding_dim = dim
+        heads = {}
+        for i, t in enumerate(tasks):
+            cls, hidden = (FrameHead, config.frame_head) if t.kind == "frame" else (UtteranceHead, config.utterance_head)
+            heads[f"output-{i}"] = cls(dim, hidden, t.num_outputs, config.nonlinearity, config.norm)
+        self.heads = nn.ModuleDict(heads)
+
+    @property
+    def left_context(self) -> int:
+        return self.config.left_context
+
+    @property
+    def right_context(self) -> int:
+        return self.config.right_context
+
+    def embed(self, x: torch.Tensor, ivector: torch.Tensor | None = None) -> torch.Tensor:
+        """Trunk output (the bottleneck when there is one): (B, T - context, embedding_dim)."""
+        for i, layer in enumerate(self.trunk):
+            x = layer(x, ivector if i == 0 and self.ivector_dim else None)
+        return x
+
+    def forward(self, x: torch.Tensor, task: int, ivector: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.heads[f"output-{task}"](self.embed(x, ivector), mask)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def check_context(model_cfg: ModelConfig, egs_left: int, egs_right: int, where: str) -> None:
+    """Egs must carry at least the model's context (Kaldi's verify_egs_dir)."""
+    if egs_left < model_cfg.left_context or egs_right < model_cfg.right_context:
+        raise BabelflowError(f"{where}: egs context ({egs_left}, {egs_right}) is smaller than the model's "
+                             f"({model_cfg.left_context}, {model_cfg.right_context}); remake the egs with "
+                             f"egs.left_context/right_context >= the model's")
+
+
+def describe(model: MultiTaskModel) -> str:
+    c = model.config
+    return (f"TDNN {len(c.layers)} layers {[l.dim for l in c.layers]}"
+            f"{f' + bottleneck {c.bottleneck.dim}' if c.bottleneck else ''}, context ({c.left_context}, "
+            f"{c.right_context}), {len(model.tasks)} heads, {model.num_parameters() / 1e6:.2f}M parameters")
+
+
+
+
+def load_model_config(path: str) -> ModelConfig:
+    """A model config file (YAML with layers, bottleneck, frame_head, utterance_head)."""
+    import yaml
+
+    try:
+        with open(path) as f:
+            return ModelConfig.from_dict(yaml.safe_load(f) or {}, origin=path)
+    except FileNotFoundError:
+        raise BabelflowError(f"{path}: model config not found") from None

@@ -1,0 +1,342 @@
+"""Multi-task training (Kaldi ``train_raw_dnn.py`` with multilingual egs) in PyTorch.
+
+Each step trains on ``blocks_per_step`` blocks; a block is one task's minibatch, as
+Kaldi's merged egs are monolingual. With ``batching: mixed`` a step instead holds one
+block of every task (the second seed note's approach 1: one update, rows routed to their
+heads). A block's loss is its per-frame cross-entropy times the task's supervision
+weight (Kaldi's ScaleSupervisionWeight), so the weight scales that task's gradient;
+reported objectives are unweighted per-frame values, as Kaldi's diagnostics print them.
+
+Data parallelism: every rank takes its share of each step's blocks and gradients are
+averaged with ``all_reduce`` (gloo on CPU, nccl on GPU), so N ranks compute exactly the
+step one process computes with the same global batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from ..errors import BabelflowError
+from ..io import atomic_open, write_text
+from .data import Batch, MergedSchedule, epoch_plan, majority_labels
+from .model import ModelConfig, MultiTaskModel, TaskSpec, check_context, describe
+
+log = logging.getLogger("babelflow")
+
+
+@dataclass
+class TrainOptions:
+    num_epochs: int = 4
+    optimizer: str = "adamw"  # adamw | sgd
+    lr_initial: float = 2e-3
+    lr_final: float = 2e-4  # exponential decay over data processed, as Kaldi's effective lrate
+    momentum: float = 0.9  # sgd
+    weight_decay: float = 0.0
+    max_grad_norm: float = 2.0  # stands for Kaldi's max-param-change
+    blocks_per_step: int = 1
+    batching: str = "schedule"  # schedule | mixed
+    checkpoint_every: int = 200  # steps
+    shuffle_window: int = 20  # blocks
+    freeze_trunk: bool = False
+    init: str | None = None  # a model/checkpoint whose trunk (and matching heads) to start from
+    tasks: list[str] = field(default_factory=list)  # train only these tasks' heads (default: all)
+    seed: int = 0
+    threads: int = 0  # torch intra-op threads (0: torch's default)
+
+
+def _step_loss(model: MultiTaskModel, b: Batch) -> tuple[torch.Tensor, float, float, float]:
+    """(weighted loss for backward, unweighted objective sum, correct sum, frames) of a block."""
+    if b.frame_weight is not None:
+        logp = model(b.x, b.task, b.ivector)  # (B, n, C)
+        tgt = b.target.clamp_min(0)
+        lp = logp.gather(-1, tgt[..., None])[..., 0]
+        fw = b.frame_weight
+        frames = fw.sum()
+        obj = (fw * lp).sum()
+        correct = (fw * (logp.argmax(-1) == tgt).float()).sum()
+    else:
+        mask = torch.arange(b.x.shape[1] - model.left_context - model.right_context,
+                            device=b.x.device)[None, :] < b.lengths[:, None]
+        logp = model(b.x, b.task, b.ivector, mask)  # (B, C)
+        lp = logp.gather(-1, b.target[:, None])[:, 0]
+        frames = torch.tensor(float(len(lp)), device=lp.device)
+        obj = lp.sum()
+        correct = (logp.argmax(-1) == b.target).float().sum()
+    loss = -b.weight * obj / frames.clamp_min(1e-8)
+    return loss, float(obj), float(correct), float(frames)
+
+
+def _config_hash(model_cfg: ModelConfig, tasks: list[TaskSpec], opts: TrainOptions) -> str:
+    key = {"model": model_cfg.to_dict(), "tasks": [asdict(t) for t in tasks],
+           "opt": {k: getattr(opts, k) for k in ("optimizer", "blocks_per_step", "batching", "freeze_trunk", "tasks")}}
+    return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def save_model(path: Path, model: MultiTaskModel, schedule: MergedSchedule, extra: dict | None = None) -> None:
+    """The trained multi-task model: tensors and plain data only (loadable with weights_only=True)."""
+    blob = {"format": "babelflow-multitask-model", "version": 1, "model_config": model.config.to_dict(),
+            "tasks": [asdict(t) for t in model.tasks], "input_dim": model.input_dim, "ivector_dim": model.ivector_dim,
+            "left_context": model.left_context, "right_context": model.right_context,
+            "egs": {k: str(v) for k, v in schedule.egs[0].info.items() if k in ("feat_type", "cmvn_opts", "feat_dim")},
+            "task_egs": list(map(str, schedule.tasks["egs_dir"])),
+            "state_dict": model.state_dict(), **(extra or {})}
+    with atomic_open(path, "wb") as f:
+        torch.save(blob, f)
+
+
+def load_model(path: str | Path) -> tuple[MultiTaskModel, dict]:
+    """Load a model written by :func:`save_model`; never unpickles code."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for foreign files
+        raise BabelflowError(f"{path}: not a babelflow model ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    if not isinstance(blob, dict) or blob.get("format") != "babelflow-multitask-model":
+        raise BabelflowError(f"{path}: not a babelflow multi-task model")
+    model = MultiTaskModel(ModelConfig.from_dict(blob["model_config"]), blob["input_dim"],
+                           [TaskSpec(**t) for t in blob["tasks"]], blob["ivector_dim"])
+    model.load_state_dict(blob["state_dict"])
+    return model, blob
+
+
+class _Dist:
+    """torch.distributed when started by torchrun (WORLD_SIZE > 1), else a single process."""
+
+    def __init__(self) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+    def average_gradients(self, model: torch.nn.Module) -> None:
+        if self.world == 1:
+            return
+        for p in model.parameters():
+            if p.requires_grad:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                dist.all_reduce(p.grad)
+                p.grad /= self.world
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+
+def evaluate(model: MultiTaskModel, schedule: MergedSchedule, part: str, device, majority: list[int] | None = None
+             ) -> dict[int, dict[str, float]]:
+    """Per task: objective and accuracy per frame (Kaldi compute_prob), and the majority baseline."""
+    model.eval()
+    acc = {t: [0.0, 0.0, 0.0, 0.0] for t in range(len(schedule.egs))}  # obj, correct, frames, baseline hits
+    with torch.no_grad():
+        for blocks in schedule.blocks(part):
+            for blk in blocks:
+                b = schedule.load(blk, part, device)
+                b.weight = 1.0
+                _, obj, correct, frames = _step_loss(model, b)
+                a = acc[b.task]
+                a[0] += obj
+                a[1] += correct
+                a[2] += frames
+                if majority is not None:
+                    hit = (b.target == majority[b.task]).float()
+                    a[3] += float((hit * b.frame_weight).sum() if b.frame_weight is not None else hit.sum())
+    model.train()
+    return {t: {"objective": a[0] / a[2] if a[2] else float("nan"), "accuracy": a[1] / a[2] if a[2] else float("nan"),
+                "frames": a[2], "baseline_accuracy": a[3] / a[2] if a[2] else float("nan")} for t, a in acc.items()}
+
+
+def train(merged_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig, opts: TrainOptions,
+          progress: bool = True) -> dict:
+    """Train (or resume) a multi-task model; writes final.pt, metrics.json, train_log.tsv, plots."""
+    out = Path(out_dir)
+    d = _Dist()
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    torch.manual_seed(opts.seed)
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+    schedule = MergedSchedule(merged_dir)
+    check_context(model_cfg, schedule.left_context, schedule.right_context, str(merged_dir))
+    specs = [TaskSpec(n, e.kind, e.num_outputs) for n, e in zip(schedule.names, schedule.egs)]
+    model = MultiTaskModel(model_cfg, schedule.feat_dim, specs, schedule.ivector_dim).to(device)
+    trainable = _select_tasks(schedule, opts)
+    if opts.init:
+        _init_from(model, opts.init)
+    if opts.freeze_trunk:
+        for p in model.trunk.parameters():
+            p.requires_grad = False
+    params = [p for p in model.parameters() if p.requires_grad]
+    optim = (torch.optim.AdamW(params, lr=opts.lr_initial, weight_decay=opts.weight_decay) if opts.optimizer == "adamw"
+             else torch.optim.SGD(params, lr=opts.lr_initial, momentum=opts.momentum, weight_decay=opts.weight_decay))
+    chash = _config_hash(model_cfg, specs, opts)
+    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "frames": 0.0, "history": []}
+    ckpt = out / "checkpoint.pt"
+    if ckpt.exists():
+        state = _resume(ckpt, chash, model, optim)
+        log.info("resuming from %s: epoch %d, step %d of that epoch", ckpt, state["epoch"] + 1, state["step_in_epoch"])
+    if d.rank == 0:
+        log.info("%s; %d task(s): %s; device %s, %d process(es)", describe(model), len(specs),
+                 ", ".join(f"output-{i}={t.name} ({t.kind}, {t.num_outputs})" for i, t in enumerate(specs)), device, d.world)
+    archives = [[b for b in blocks if b.task in trainable] for blocks in schedule.blocks("train")]
+    steps_per_epoch = len(_steps(epoch_plan(archives, 0, opts.seed, opts.shuffle_window), opts, d.world, len(specs)))
+    total_steps = max(1, steps_per_epoch * opts.num_epochs)
+    majority = majority_labels(schedule)
+    log_path = out / "train_log.tsv"
+    if d.rank == 0 and state["global_step"] == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(log_path, "step\tepoch\ttask\toutput\tobjective\taccuracy\tframes\tweight\tlr\n")
+    t_start = time.time()
+    for epoch in range(state["epoch"], opts.num_epochs):
+        steps = _steps(epoch_plan(archives, epoch, opts.seed, opts.shuffle_window), opts, d.world, len(specs))
+        running: dict[str, float] = {}
+        bar = tqdm(total=len(steps), initial=state["step_in_epoch"], desc=f"epoch {epoch + 1}/{opts.num_epochs}",
+                   disable=not progress or d.rank != 0, unit="step", mininterval=2.0)
+        rows = []
+        for k in range(state["step_in_epoch"], len(steps)):
+            lr = opts.lr_initial * math.exp(state["global_step"] / total_steps * math.log(opts.lr_final / opts.lr_initial))
+            for g in optim.param_groups:
+                g["lr"] = lr
+            optim.zero_grad(set_to_none=False)
+            mine = steps[k][d.rank::d.world]
+            for blk in mine:
+                b = schedule.load(blk, "train", device)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                    loss, obj, correct, frames = _step_loss(model, b)
+                (loss / len(steps[k])).backward()
+                name = schedule.names[b.task]
+                running[name] = 0.9 * running.get(name, -obj / max(frames, 1e-8)) + 0.1 * (-obj / max(frames, 1e-8))
+                rows.append(f"{state['global_step']}\t{epoch + 1}\t{name}\toutput-{b.task}\t{obj / max(frames, 1e-8):.5f}\t"
+                            f"{correct / max(frames, 1e-8):.4f}\t{frames:.1f}\t{b.weight:g}\t{lr:.3g}\n")
+                state["frames"] += frames
+            d.average_gradients(model)
+            torch.nn.utils.clip_grad_norm_(params, opts.max_grad_norm)
+            optim.step()
+            state["global_step"] += 1
+            state["step_in_epoch"] = k + 1
+            bar.update(1)
+            bar.set_postfix({n: f"{v:.2f}" for n, v in running.items()}, refresh=False)
+            if opts.checkpoint_every and state["global_step"] % opts.checkpoint_every == 0:
+                _flush_log(log_path, rows, d)
+                _checkpoint(ckpt, chash, model, optim, state, d)
+        bar.close()
+        _flush_log(log_path, rows, d)
+        state["epoch"], state["step_in_epoch"] = epoch + 1, 0
+        if d.rank == 0:
+            diag = {part: evaluate(model, schedule, part, device, majority) for part in ("train_diagnostic", "valid")}
+            state["history"].append({"epoch": epoch + 1, "diagnostics": {
+                schedule.names[t]: {p: diag[p][t] for p in diag} for t in range(len(specs))}})
+            _log_diagnostics(schedule.names, diag)
+        _checkpoint(ckpt, chash, model, optim, state, d)
+    d.barrier()
+    if d.rank == 0:
+        metrics = _write_outputs(out, model, schedule, state, time.time() - t_start)
+        return metrics
+    return {}
+
+
+def _select_tasks(schedule: MergedSchedule, opts: TrainOptions) -> set[int]:
+    unknown = [t for t in opts.tasks if t not in schedule.names]
+    if unknown:
+        raise BabelflowError(f"train.tasks: unknown task(s) {', '.join(unknown)} (merged: {', '.join(schedule.names)})")
+    return {i for i, n in enumerate(schedule.names) if not opts.tasks or n in opts.tasks}
+
+
+def _steps(plan, opts: TrainOptions, world: int, num_tasks: int) -> list[list]:
+    """Group the epoch's blocks into optimizer steps (a multiple of the world size each)."""
+    if opts.batching == "mixed":  # one block of every task that still has blocks, per step
+        queues = {}
+        for b in plan:
+            queues.setdefault(b.task, []).append(b)
+        steps = []
+        while any(queues.values()):
+            steps.append([q.pop(0) for q in queues.values() if q])
+        per = max(world, 1)
+        return [s for s in steps if len(s) >= per]
+    n = max(opts.blocks_per_step, world)
+    if n % world:
+        raise BabelflowError(f"train.blocks_per_step ({opts.blocks_per_step}) must be a multiple of the "
+                             f"number of processes ({world})")
+    return [plan[i:i + n] for i in range(0, len(plan) - n + 1, n)]
+
+
+def _init_from(model: MultiTaskModel, path: str) -> None:
+    src, _ = load_model(path) if Path(path).name != "checkpoint.pt" else (None, None)
+    state = src.state_dict() if src is not None else torch.load(path, map_location="cpu", weights_only=True)["model"]
+    own = model.state_dict()
+    taken = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not any(k.startswith("trunk.") for k in taken):
+        raise BabelflowError(f"{path}: its trunk does not match this model config")
+    model.load_state_dict(taken, strict=False)
+    log.info("initialised %d tensors from %s", len(taken), path)
+
+
+def _resume(ckpt: Path, chash: str, model, optim) -> dict:
+    blob = torch.load(ckpt, map_location="cpu", weights_only=True)
+    if blob.get("config_hash") != chash:
+        raise BabelflowError(f"{ckpt}: checkpoint from a different model/task/training config "
+                             f"({blob.get('config_hash')} != {chash}); delete it to start over")
+    model.load_state_dict(blob["model"])
+    optim.load_state_dict(blob["optimizer"])
+    return json.loads(blob["state"])
+
+
+def _checkpoint(path: Path, chash: str, model, optim, state: dict, d: _Dist) -> None:
+    if d.rank != 0:
+        return
+    with atomic_open(path, "wb") as f:
+        torch.save({"config_hash": chash, "model": model.state_dict(), "optimizer": optim.state_dict(),
+                    "state": json.dumps(state)}, f)
+
+
+def _flush_log(path: Path, rows: list[str], d: _Dist) -> None:
+    if d.rank == 0 and rows:
+        with open(path, "a") as f:
+            f.writelines(rows)
+    rows.clear()
+
+
+def _log_diagnostics(names: list[str], diag: dict) -> None:
+    for part, res in diag.items():
+        for t, r in res.items():
+            log.info("compute_prob_%s: Overall log-likelihood for 'output-%d' (%s) is %.4f per frame, over %.1f frames; "
+                     "accuracy %.4f (majority baseline %.4f)", "valid" if part == "valid" else "train", t, names[t],
+                     r["objective"], r["frames"], r["accuracy"], r["baseline_accuracy"])
+
+
+def _write_outputs(out: Path, model, schedule: MergedSchedule, state: dict, seconds: float) -> dict:
+    save_model(out / "final.pt", model, schedule, {"history": json.dumps(state["history"])})
+    last = state["history"][-1]["diagnostics"] if state["history"] else {}
+    metrics = {name: {"valid_accuracy": r["valid"]["accuracy"], "valid_objective": r["valid"]["objective"],
+                      "train_accuracy": r["train_diagnostic"]["accuracy"], "train_objective": r["train_diagnostic"]["objective"],
+                      "baseline_accuracy": r["valid"]["baseline_accuracy"]} for name, r in last.items()}
+    write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    rows = ["epoch\ttask\tset\tobjective\taccuracy\tbaseline_accuracy\tframes\n"]
+    for h in state["history"]:
+        for name, parts in h["diagnostics"].items():
+            for part, r in parts.items():
+                rows.append(f"{h['epoch']}\t{name}\t{part}\t{r['objective']:.5f}\t{r['accuracy']:.5f}\t"
+                            f"{r['baseline_accuracy']:.5f}\t{r['frames']:.1f}\n")
+    write_text(out / "diagnostics.tsv", "".join(rows))
+    from .plots import plot_curves
+
+    plot_curves(out / "train_log.tsv", out / "diagnostics.tsv", out / "curves.png")
+    write_text(out / "info" / "num_tasks", f"{len(model.tasks)}\n")
+    write_text(out / "info" / "left_context", f"{model.left_context}\n")
+    write_text(out / "info" / "right_context", f"{model.right_context}\n")
+    write_text(out / "info" / "num_parameters", f"{model.num_parameters()}\n")
+    write_text(out / "info" / "train_seconds", f"{seconds:.1f}\n")
+    log.info("wrote %s (%s)", out / "final.pt", ", ".join(f"{n}: valid acc {m['valid_accuracy']:.3f} vs baseline "
+                                                           f"{m['baseline_accuracy']:.3f}" for n, m in metrics.items()))
+    return metrics
+
+
