@@ -17,6 +17,7 @@ import kaldiio
 import numpy as np
 
 from .errors import BabelflowError
+from .kaldi.table import parse_wspecifier as parse_kaldi_wspecifier
 
 
 class AtomicArkScpWriter:
@@ -63,21 +64,19 @@ class AtomicArkScpWriter:
 
 
 def parse_wspecifier(wspecifier: str) -> tuple[set[str], list[str]]:
-    """Split ``ark,scp,t:a.ark,a.scp`` into ({'ark','scp','t'}, ['a.ark', 'a.scp'])."""
-    if ":" not in wspecifier:
-        raise BabelflowError(f"invalid wspecifier '{wspecifier}' (expected e.g. ark:out.ark or ark,scp:out.ark,out.scp)")
-    kinds, _, paths = wspecifier.partition(":")
-    flags = set(kinds.split(","))
-    if not flags & {"ark", "scp"}:
-        raise BabelflowError(f"invalid wspecifier '{wspecifier}': must start with ark: or ark,scp:")
-    return flags, paths.split(",") if {"ark", "scp"} <= flags else [paths]
+    """Split ``ark,scp,t:a.ark,a.scp`` into ({'ark','scp','t'}, ['a.ark', 'a.scp']), validated as
+    :func:`babelflow.kaldi.table.parse_wspecifier` does; ``t`` is in the flags iff the output is
+    text (the last of ``b``/``t`` wins, as in Kaldi)."""
+    ark, scp, binary = parse_kaldi_wspecifier(wspecifier)
+    flags = set(wspecifier.partition(":")[0].split(",")) - {"b", "t"} | (set() if binary else {"t"})
+    return flags, [ark] if scp is None else [ark, scp]
 
 
 @contextlib.contextmanager
 def open_matrix_writer(wspecifier: str, compression_method: int | None = None) -> Iterator:
     """A ``writer[key] = matrix`` object for a wspecifier; file outputs are atomic."""
     flags, paths = parse_wspecifier(wspecifier)
-    is_file = not (paths[0] == "-" or paths[0].endswith("|"))
+    is_file = not (paths[0] == "-" or paths[0].lstrip().startswith("|"))
     if "t" not in flags and is_file and "f" not in flags:
         with AtomicArkScpWriter(paths[0], paths[1] if "scp" in flags else None, compression_method) as w:
             yield w

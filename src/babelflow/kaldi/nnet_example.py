@@ -16,21 +16,18 @@ CompressedMatrix verbatim instead of re-quantising it.
 
 from __future__ import annotations
 
-import contextlib
 import io
-import re
 import struct
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterable, Iterator
 
 import numpy as np
 
-from ..errors import BabelflowError, where
-from .alignments import _open_rx, _open_wx, _parse_rspecifier, _read_key
-from .basic_io import (KaldiFormatError, _read_exact, _read_word, _where, peek, read_binary_header, read_int32,
-                       write_int32, write_token)
+from ..errors import BabelflowError
+from .basic_io import KaldiFormatError, _read_exact, _read_word, _where, peek, read_int32, write_int32, write_token
 from .general_matrix import (COMPRESSED_TOKENS, SparseMatrix, decompress_matrix, read_general_matrix_raw,
                              write_general_matrix)
+from .table import iter_table, write_table
 
 __all__ = ["NnetIo", "NnetExample", "read_egs", "write_egs", "egs_to_text"]
 
@@ -220,76 +217,17 @@ def egs_to_text(key: str, eg: NnetExample) -> str:
 
 
 # ----------------------------------------------------------------------------- tables
-def _read_object(f: BinaryIO, loc: str) -> NnetExample:
-    """One eg at the current position, binary (``\\0B``) or text, errors prefixed with ``loc``."""
+def _read_eg(f: BinaryIO, binary: bool, loc: str) -> NnetExample:
     try:
-        return NnetExample.read(f, read_binary_header(f))
-    except KaldiFormatError as e:
-        raise BabelflowError(f"{loc}: {e}") from None
+        return NnetExample.read(f, binary)
     except _CORRUPT as e:
         raise BabelflowError(f"{loc}: corrupt eg data ({type(e).__name__}: {e}){_where(f)}") from None
-
-
-def _iter_archive(f: BinaryIO, rspec: str) -> Iterator[tuple[str, NnetExample]]:
-    while (kc := _read_key(f)) is not None:
-        key, sep = kc
-        loc = where(rspec, key=key)
-        if not sep:
-            raise BabelflowError(f"{loc}: archive ends right after the key (truncated?)")
-        yield key, _read_object(f, loc)
-
-
-def _iter_scp(rspec: str, scp: str) -> Iterator[tuple[str, NnetExample]]:
-    with _open_rx(scp, rspec) as lines:
-        text = lines.read().decode("utf-8", "replace")
-    entries = [(n, line.split(None, 1)) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
-    with contextlib.ExitStack() as stack:
-        cur_path, cur = None, None
-        for n, fields in entries:
-            if len(fields) != 2:
-                raise BabelflowError(f"{rspec}: {where(scp, n, fields[0])}: expected 'key rxfilename'")
-            key, rx = fields[0], fields[1].strip()
-            loc = f"{where(rspec, key=key)} ({rx})"
-            m = re.match(r"^(.*):(\d+)$", rx)
-            if rx.endswith("|") or not m:
-                with _open_rx(rx, loc) as f:
-                    yield key, _read_object(f, loc)
-                continue
-            if m.group(1) != cur_path:  # consecutive entries usually share one archive: keep it open
-                stack.close()
-                cur, cur_path = stack.enter_context(_open_rx(m.group(1), loc)), m.group(1)
-            cur.seek(int(m.group(2)))
-            yield key, _read_object(cur, loc)
 
 
 def read_egs(rspecifier: str) -> Iterator[tuple[str, NnetExample]]:
     """Iterate a Kaldi egs table: ``ark:``/``scp:`` (binary or text, files, ``-``, ``cmd|`` pipes,
     ``file:offset`` scp entries). Corrupt or truncated input is a BabelflowError naming the key."""
-    kind, rx = _parse_rspecifier(rspecifier)
-    if kind == "scp":
-        yield from _iter_scp(rspecifier, rx)
-        return
-    with _open_rx(rx, rspecifier) as f:
-        yield from _iter_archive(f, rspecifier)
-
-
-def _parse_wspecifier(wspec: str) -> tuple[str, str | None, bool]:
-    m = re.match(r"^([a-z,]+):(.*)$", wspec, re.S)
-    opts = m.group(1).split(",") if m else []
-    kinds = [o for o in opts if o in ("ark", "scp")]
-    if not m or not m.group(2) or kinds not in (["ark"], ["ark", "scp"]) or \
-            not set(opts) - {"ark", "scp"} <= {"b", "t", "f", "nf", "p"}:
-        raise BabelflowError(f"{wspec!r}: unsupported wspecifier (expected ark[,t]:<wxfilename> "
-                             "or ark,scp[,t]:<archive>,<scp>)")
-    binary = True
-    for o in opts:  # the last of b/t wins, binary by default, as in Kaldi
-        binary = {"b": True, "t": False}.get(o, binary)
-    ark, scp = m.group(2), None
-    if kinds == ["ark", "scp"]:
-        ark, _, scp = ark.partition(",")
-        if not scp or ark == "-" or ark.lstrip().startswith("|"):
-            raise BabelflowError(f"{wspec!r}: ark,scp needs a real archive file and a script file")
-    return ark, scp, binary
+    return iter_table(rspecifier, _read_eg)
 
 
 def write_egs(wspecifier: str, items: Iterable[tuple[str, NnetExample]], compress: str | None = None) -> int:
@@ -297,24 +235,4 @@ def write_egs(wspecifier: str, items: Iterable[tuple[str, NnetExample]], compres
     written atomically. ``compress`` as in :meth:`NnetExample.write`. Returns the number written."""
     if compress not in (None, "auto", *COMPRESSED_TOKENS):
         raise ValueError(f"unknown compression method {compress!r}")
-    ark, scp, binary = _parse_wspecifier(wspecifier)
-    count = pos = 0
-    with contextlib.ExitStack() as stack:
-        out = stack.enter_context(_open_wx(ark, wspecifier))
-        scp_out = stack.enter_context(_open_wx(scp, wspecifier)) if scp else None
-        for key, eg in items:
-            if not key or any(ch.isspace() for ch in key):
-                raise BabelflowError(f"{wspecifier}: invalid key {key!r} (must be non-empty, without whitespace)")
-            buf = io.BytesIO()
-            buf.write(key.encode() + (b" \0B" if binary else b" "))
-            try:
-                eg.write(buf, binary, compress)
-            except (BabelflowError, ValueError) as e:
-                raise BabelflowError(f"{where(wspecifier, key=key)}: {e}") from None
-            if scp_out is not None:  # the offset points just past "key ", at the object itself
-                scp_out.write(f"{key} {ark}:{pos + len(key.encode()) + 1}\n".encode())
-            data = buf.getvalue()
-            out.write(data)
-            pos += len(data)
-            count += 1
-    return count
+    return write_table(wspecifier, items, lambda f, binary, eg: eg.write(f, binary, compress))
