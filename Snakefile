@@ -29,9 +29,11 @@ include: "rules/demo.smk"
 include: "rules/data.smk"
 include: "rules/features.smk"
 include: "rules/egs.smk"
+include: "rules/merge.smk"
+include: "rules/train.smk"
 
 
 rule all:
     default_target: True
     input:
-        expand(f"{W}/egs/{{task}}/info/num_archives", task=PIPELINE.tasks),
+        f"{W}/train/final.pt",

@@ -1,5 +1,6 @@
 # Shared helpers for the rule files.
 
+import json
 import os
 
 
@@ -38,3 +39,19 @@ def egs_archives(wildcards):
 def frame_task_ali(wildcards):
     ali = PIPELINE.tasks[wildcards.task].ali
     return [ali] if ":" not in ali else []
+
+
+# --- train step
+
+
+def train_init(wildcards):
+    init = config["train"].get("init")
+    return [init] if init else []
+
+
+def train_launcher():
+    """`babelflow`, or torchrun over it when train.nproc > 1 (one node; SLURM adds nodes)."""
+    n = config["train"]["nproc"]
+    if n == 1:
+        return "babelflow"
+    return f"torchrun --standalone --nproc_per_node {n} -m babelflow.cli"

@@ -126,6 +126,22 @@ def cmd_check_config(args: argparse.Namespace) -> None:
     print(f"{args.params}: OK; {'demo corpus; ' if p.demo else ''}{len(p.datasets)} data set(s); tasks: {kinds}")
 
 
+def cmd_merge(args: argparse.Namespace) -> None:
+    from .merge import merge_egs
+
+    def floats(text: str) -> list[float]:
+        try:
+            return [float(x) for x in text.split(",")]
+        except ValueError:
+            raise BabelflowError(f"--weights: expected comma-separated numbers, got '{text}'") from None
+
+    info = merge_egs(args.egs_dirs, args.out, weights=floats(args.weights) if args.weights else None,
+                     block_size=args.block_size, num_archives=args.num_archives, sampler=args.sampler,
+                     temperature=args.temperature, seed=args.seed,
+                     task_names=args.task_names.split(",") if args.task_names else None)
+    log.info("merge -> %s: %d archives, %s", args.out, info["num_archives"], info["examples_per_task"])
+
+
 def _bool(s: str) -> bool:
     if s.lower() in ("true", "1"):
         return True
@@ -202,8 +218,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_ali_to_pdf)
 
     from .egs.cli import register as register_egs
+    from .nnet.cli import register as register_nnet
 
     register_egs(sub)
+    register_nnet(sub)
+
+    s = sub.add_parser("merge", help="interleave task egs dirs into one schedule (combine_egs.sh)")
+    s.add_argument("--weights", help="one weight per task, comma-separated (Kaldi's lang2weight; default 1.0)")
+    s.add_argument("--block-size", type=int, default=256, help="consecutive examples taken from one task")
+    s.add_argument("--num-archives", type=int, help="default: the sum of the tasks' num_archives")
+    s.add_argument("--sampler", choices=["kaldi", "uniform", "temperature"], default="kaldi",
+                   help="kaldi: every example once per epoch; others resample tasks (a deviation from Kaldi)")
+    s.add_argument("--temperature", type=float, default=1.0, help="temperature sampler: p ∝ n^(1/T)")
+    s.add_argument("--seed", type=int, default=0, help="recorded in info/ (all samplers are deterministic)")
+    s.add_argument("--task-names", help="comma-separated (default: the egs dirs' names)")
+    s.add_argument("egs_dirs", nargs="+", metavar="EGS_DIR")
+    s.add_argument("out", metavar="OUT_DIR")
+    s.set_defaults(func=cmd_merge)
 
     s = sub.add_parser("check-config", help="validate params.yaml (schema + references + paths)")
     s.add_argument("params", nargs="?", default="params.yaml")

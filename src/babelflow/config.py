@@ -67,6 +67,47 @@ class Pipeline:
             args.append(f"--{k.replace('_', '-')}={v}")
         return " ".join(args)
 
+    @property
+    def model_config(self):
+        """The network (ModelConfig) from ``model:`` or the file ``model.config`` names."""
+        from .nnet.model import ModelConfig, load_model_config
+
+        m = self.config["model"]
+        if m.get("config"):
+            return load_model_config(m["config"])
+        return ModelConfig.from_dict({k: v for k, v in m.items() if k != "config"}, origin="params: model")
+
+    def egs_context(self) -> tuple[int, int]:
+        e = self.config["egs"]
+        mc = self.model_config
+        left = mc.left_context if e["left_context"] is None else e["left_context"]
+        right = mc.right_context if e["right_context"] is None else e["right_context"]
+        return left, right
+
+    def merge_args(self) -> str:
+        """The flags of `babelflow merge` (weights in task order, Kaldi's lang2weight)."""
+        m = self.config["merge"]
+        args = [f"--weights={','.join(f'{t.weight:g}' for t in self.tasks.values())}",
+                f"--task-names={','.join(self.tasks)}", f"--block-size={m['block_size']}",
+                f"--sampler={m['sampler']}"]
+        if m["sampler"] == "temperature":
+            args.append(f"--temperature={m['temperature']}")
+        if m.get("num_archives"):
+            args.append(f"--num-archives={m['num_archives']}")
+        return " ".join(args)
+
+    def train_args(self) -> str:
+        """The flags of `babelflow train`, as the rule passes them."""
+        args = []
+        for k, v in self.config["train"].items():
+            if k == "nproc" or v is None:
+                continue
+            v = ",".join(v) if isinstance(v, list) else str(v).lower() if isinstance(v, bool) else v
+            if v == "":
+                continue
+            args.append(f"--{k.replace('_', '-')}={v}")
+        return " ".join(args)
+
     def egs_args(self, task: str) -> str:
         """The flags of `babelflow egs job/finalize` for a task, as the rules pass them."""
         t, e, w = self.tasks[task], self.config["egs"], self.workdir
@@ -79,8 +120,10 @@ class Pipeline:
             args.append(f"--labels={t.labels}")
             if t.classes:
                 args.append(f"--classes={','.join(t.classes)}")
-        for key in ("frames_per_eg", "left_context", "right_context", "num_valid_utts", "num_train_subset_utts",
-                    "valid_fraction", "length_tolerance", "dtype", "seed"):
+        left, right = self.egs_context()
+        args += [f"--left-context={left}", f"--right-context={right}"]
+        for key in ("frames_per_eg", "num_valid_utts", "num_train_subset_utts", "valid_fraction",
+                    "length_tolerance", "dtype", "seed"):
             args.append(f"--{key.replace('_', '-')}={e[key]}")
         u = e["utterance"]
         args += [f"--chunking={u['chunking']}", f"--min-chunk={u['min_chunk']}", f"--max-chunk={u['max_chunk']}"]
@@ -228,6 +271,26 @@ def resolve_config(config: dict[str, Any], check_paths: bool = True) -> Pipeline
         raise BabelflowError(f"params: features.config: file '{f['config']}' not found")
     pipeline = Pipeline(config, dirs, tasks, demo, langs)
     pipeline.features  # noqa: B018 - builds and checks every feature option now
+    m = config["model"]
+    if m.get("config"):
+        if check_paths and not Path(m["config"]).is_file():
+            raise BabelflowError(f"params: model.config: file '{m['config']}' not found")
+    elif not m.get("layers"):
+        raise BabelflowError("params: model.layers: give the TDNN layers (or model.config: a file)")
+    if check_paths or not m.get("config"):
+        mc = pipeline.model_config
+        left, right = pipeline.egs_context()
+        if left < mc.left_context or right < mc.right_context:
+            raise BabelflowError(f"params: egs.left_context/right_context ({left}, {right}) are smaller than the "
+                                 f"model's context ({mc.left_context}, {mc.right_context})")
+    t = config["train"]
+    unknown = [x for x in t["tasks"] if x not in tasks]
+    if unknown:
+        raise BabelflowError(f"params: train.tasks: unknown task(s) {', '.join(unknown)}")
+    if t["freeze_trunk"] and not t["init"]:
+        raise BabelflowError("params: train.freeze_trunk: needs train.init (the model whose trunk to keep)")
+    if t["lr_final"] > t["lr_initial"]:
+        raise BabelflowError("params: train.lr_final: larger than train.lr_initial")
     try:
         parse_cmvn_opts(f["cmvn_opts"])
     except BabelflowError as e:

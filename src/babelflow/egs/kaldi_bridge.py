@@ -20,28 +20,32 @@ from ..errors import BabelflowError
 from ..io import atomic_dir, write_text
 from ..kaldi.general_matrix import SparseMatrix
 from ..kaldi.nnet_example import NnetExample, NnetIo, egs_to_text, read_egs, write_egs
-from .format import FORMAT_VERSION, LABEL_DTYPE, ArchiveWriter
+from .format import FORMAT_VERSION, LABEL_DTYPE, Archive, ArchiveWriter
 from .reader import PARTS, EgsDir
+
+
+def example_at(egs: EgsDir, arch: Archive, i: int) -> tuple[str, NnetExample]:
+    """Example ``i`` of an archive of ``egs`` as (key, Kaldi NnetExample)."""
+    ids = np.array([i])
+    rec = arch.index[i]
+    ios = [NnetIo.frames("input", -egs.left_context, arch.inputs(ids, egs.left_context, egs.right_context)[0])]
+    if arch.ivector is not None:
+        ios.append(NnetIo.frames("ivector", 0, arch.ivector[i:i + 1]))
+    num_out = egs.num_outputs
+    if egs.kind == "frame":
+        pdf, weight = arch.frame_targets(ids)
+        rows = [(num_out, [(int(p), float(w))] if p >= 0 else []) for p, w in zip(pdf[0], weight[0])]
+    else:
+        rows = [(num_out, [(int(rec["label"]), 1.0)])]
+    ios.append(NnetIo.frames("output", 0, SparseMatrix.from_rows(rows)))
+    return arch.key(i, egs.key_format), NnetExample(ios)
 
 
 def nnet_examples(egs: EgsDir, part: str = "train") -> Iterator[tuple[str, NnetExample]]:
     """Every example of ``part`` in archive order, as Kaldi NnetExamples."""
-    lc, rc, num_out = egs.left_context, egs.right_context, egs.num_outputs
     for arch in egs.archives(part):
         for i in range(len(arch)):
-            ids = np.array([i])
-            rec = arch.index[i]
-            n = int(rec["n"])
-            ios = [NnetIo.frames("input", -lc, arch.inputs(ids, lc, rc)[0])]
-            if arch.ivector is not None:
-                ios.append(NnetIo.frames("ivector", 0, arch.ivector[i:i + 1]))
-            if egs.kind == "frame":
-                pdf, weight = arch.frame_targets(ids)
-                rows = [(num_out, [(int(p), float(w))] if p >= 0 else []) for p, w in zip(pdf[0], weight[0])]
-            else:
-                rows = [(num_out, [(int(rec["label"]), 1.0)])]
-            ios.append(NnetIo.frames("output", 0, SparseMatrix.from_rows(rows)))
-            yield arch.key(i, egs.key_format), NnetExample(ios)
+            yield example_at(egs, arch, i)
 
 
 def _is_kaldi_source(source: str) -> bool:
@@ -49,9 +53,15 @@ def _is_kaldi_source(source: str) -> bool:
 
 
 def show(source: str, out: TextIO = sys.stdout, limit: int | None = None, key: str | None = None) -> int:
-    """Print egs as ``nnet3-copy-egs <in> ark,t:-`` does. Returns the number printed."""
+    """Print egs as ``nnet3-copy-egs <in> ark,t:-`` does (a merged dir: as with its
+    ``--outputs --weights``, in schedule order). Returns the number printed."""
     items: Iterable[tuple[str, NnetExample]]
-    items = read_egs(source) if _is_kaldi_source(source) else nnet_examples(EgsDir(source))
+    if _is_kaldi_source(source):
+        items = read_egs(source)
+    else:
+        from .merged import MergedEgs, is_merged_dir
+
+        items = MergedEgs(source).nnet_examples() if is_merged_dir(source) else nnet_examples(EgsDir(source))
     shown = 0
     for k, eg in items:
         if key is not None and k != key:

@@ -20,7 +20,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -31,28 +31,9 @@ from ..errors import BabelflowError
 from ..io import atomic_open, write_text
 from .data import Batch, MergedSchedule, epoch_plan, majority_labels
 from .model import ModelConfig, MultiTaskModel, TaskSpec, check_context, describe
+from .options import TrainOptions
 
 log = logging.getLogger("babelflow")
-
-
-@dataclass
-class TrainOptions:
-    num_epochs: int = 4
-    optimizer: str = "adamw"  # adamw | sgd
-    lr_initial: float = 2e-3
-    lr_final: float = 2e-4  # exponential decay over data processed, as Kaldi's effective lrate
-    momentum: float = 0.9  # sgd
-    weight_decay: float = 0.0
-    max_grad_norm: float = 2.0  # stands for Kaldi's max-param-change
-    blocks_per_step: int = 1
-    batching: str = "schedule"  # schedule | mixed
-    checkpoint_every: int = 200  # steps
-    shuffle_window: int = 20  # blocks
-    freeze_trunk: bool = False
-    init: str | None = None  # a model/checkpoint whose trunk (and matching heads) to start from
-    tasks: list[str] = field(default_factory=list)  # train only these tasks' heads (default: all)
-    seed: int = 0
-    threads: int = 0  # torch intra-op threads (0: torch's default)
 
 
 def _step_loss(model: MultiTaskModel, b: Batch) -> tuple[torch.Tensor, float, float, float]:
@@ -74,7 +55,7 @@ def _step_loss(model: MultiTaskModel, b: Batch) -> tuple[torch.Tensor, float, fl
         obj = lp.sum()
         correct = (logp.argmax(-1) == b.target).float().sum()
     loss = -b.weight * obj / frames.clamp_min(1e-8)
-    return loss, float(obj), float(correct), float(frames)
+    return loss, float(obj.detach()), float(correct), float(frames)
 
 
 def _config_hash(model_cfg: ModelConfig, tasks: list[TaskSpec], opts: TrainOptions) -> str:
@@ -157,7 +138,7 @@ def evaluate(model: MultiTaskModel, schedule: MergedSchedule, part: str, device,
 
 
 def train(merged_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig, opts: TrainOptions,
-          progress: bool = True) -> dict:
+          progress: bool = True, fresh_on_config_change: bool = False) -> dict:
     """Train (or resume) a multi-task model; writes final.pt, metrics.json, train_log.tsv, plots."""
     out = Path(out_dir)
     d = _Dist()
@@ -181,6 +162,11 @@ def train(merged_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig, o
     chash = _config_hash(model_cfg, specs, opts)
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "frames": 0.0, "history": []}
     ckpt = out / "checkpoint.pt"
+    if ckpt.exists() and fresh_on_config_change and _checkpoint_hash(ckpt) != chash:
+        log.warning("%s was written with another config: starting over (kept as checkpoint.pt.old)", ckpt)
+        if d.rank == 0:
+            os.replace(ckpt, ckpt.with_suffix(".pt.old"))
+        d.barrier()
     if ckpt.exists():
         state = _resume(ckpt, chash, model, optim)
         log.info("resuming from %s: epoch %d, step %d of that epoch", ckpt, state["epoch"] + 1, state["step_in_epoch"])
@@ -278,6 +264,10 @@ def _init_from(model: MultiTaskModel, path: str) -> None:
         raise BabelflowError(f"{path}: its trunk does not match this model config")
     model.load_state_dict(taken, strict=False)
     log.info("initialised %d tensors from %s", len(taken), path)
+
+
+def _checkpoint_hash(ckpt: Path) -> str | None:
+    return torch.load(ckpt, map_location="cpu", weights_only=True).get("config_hash")
 
 
 def _resume(ckpt: Path, chash: str, model, optim) -> dict:

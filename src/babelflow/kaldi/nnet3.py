@@ -1,0 +1,603 @@
+"""Kaldi nnet3 models: raw ``Nnet`` (``nnet3/nnet-nnet.cc``) and ``AmNnetSimple`` (``final.mdl``).
+
+A raw nnet is ``<Nnet3>``, a newline, the config lines (one node each, in Kaldi's normal form),
+an empty line, ``<NumComponents> N``, N times ``<ComponentName> name <Type>...</Type>``, and
+``</Nnet3>``; the config part is plain text even in binary files. An ``.mdl`` is a
+TransitionModel, that nnet, then ``<LeftContext> l <RightContext> r <Priors> vector``.
+Reading then writing gives Kaldi's bytes in both modes.
+
+Descriptors (``input=`` of component and output nodes) are parsed into :class:`Descriptor`
+trees and printed as Kaldi's ``WriteConfig`` does, after the main steps of Kaldi's
+normalisation (Append flattening, Offset folding, Sum made binary, forwarding expressions
+pushed inside Sum/Failover/IfDefined, Scale pushed down to node names).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import BinaryIO, Iterator
+
+import numpy as np
+
+from ..errors import BabelflowError
+from ..io import atomic_open
+from . import basic_io as bio
+from .basic_io import KaldiFormatError
+from .nnet3_components import (Component, affine_component, batchnorm_component, component_dims,
+                               kaldi_copy_component, log_softmax_component, normalize_component,
+                               read_component, relu_component)
+from .transition_model import TransitionModel
+
+__all__ = ["Component", "Descriptor", "Nnet", "AmNnetSimple", "parse_descriptor", "read_nnet", "read_am_nnet",
+           "write_nnet", "write_am_nnet", "compute_context", "descriptor_append_offsets", "kaldi_copy_component",
+           "affine_component",
+           "relu_component", "normalize_component", "batchnorm_component", "log_softmax_component"]
+
+_OPS = ("Append", "Sum", "Failover", "IfDefined", "Offset", "Switch", "Scale", "Const", "Round", "ReplaceIndex")
+_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*\Z")  # Kaldi's IsValidName
+_MAX_LINE = 1 << 20
+
+
+def _g(x: float) -> str:
+    """A BaseFloat printed by a fresh C++ ostringstream (precision 6)."""
+    return "%g" % float(np.float32(x))
+
+
+# ----------------------------------------------------------------------------- descriptors
+@dataclass(frozen=True)
+class Descriptor:
+    """``op`` is ``"node"`` or a Kaldi keyword; ``params``: node (name,), Offset (t, x), Round (m,),
+    ReplaceIndex ("t"|"x", value), Scale (alpha,), Const (value, dim); others ()."""
+
+    op: str
+    args: tuple["Descriptor", ...] = ()
+    params: tuple = ()
+
+    def __str__(self) -> str:
+        a, p = [str(x) for x in self.args], self.params
+        if self.op == "node":
+            return p[0]
+        if self.op == "Offset":
+            return f"Offset({a[0]}, {p[0]}" + (f", {p[1]}" if p[1] else "") + ")"
+        if self.op == "Round":
+            return f"Round({a[0]}, {p[0]})"
+        if self.op == "ReplaceIndex":
+            return f"ReplaceIndex({a[0]}, {p[0]}, {p[1]})"
+        if self.op == "Scale":
+            return f"Scale({_g(p[0])}, {a[0]})"
+        if self.op == "Const":
+            return f"Const({_g(p[0])}, {p[1]})"
+        return f"{self.op}({', '.join(a)})"
+
+    def node_names(self) -> Iterator[str]:
+        if self.op == "node":
+            yield self.params[0]
+        for a in self.args:
+            yield from a.node_names()
+
+    def renamed(self, old: str, new: str) -> "Descriptor":
+        if self.op == "node":
+            return Descriptor("node", (), (new,)) if self.params[0] == old else self
+        return Descriptor(self.op, tuple(a.renamed(old, new) for a in self.args), self.params)
+
+
+def parse_descriptor(text: str) -> Descriptor:
+    """Parse a descriptor (``Append(Offset(input, -1), input)``) into Kaldi's normal form."""
+    toks = re.findall(r"[(),]|[^\s(),]+", text)
+    pos = 0
+
+    def bad(msg: str) -> KaldiFormatError:
+        return KaldiFormatError(f"descriptor {text!r}: {msg}")
+
+    def take(expect: str | None = None) -> str:
+        nonlocal pos
+        if pos >= len(toks):
+            raise bad("unexpected end" + (f", expected {expect!r}" if expect else ""))
+        t, pos = toks[pos], pos + 1
+        if expect is not None and t != expect:
+            raise bad(f"expected {expect!r}, got {t!r}")
+        return t
+
+    def integer() -> int:
+        t = take()
+        if not re.fullmatch(r"[+-]?\d+", t):
+            raise bad(f"expected an integer, got {t!r}")
+        return int(t)
+
+    def real() -> float:
+        t = take()
+        try:
+            return float(np.float32(float(t)))
+        except ValueError:
+            raise bad(f"expected a number, got {t!r}") from None
+
+    def parse() -> Descriptor:
+        t = take()
+        if t not in _OPS:
+            if not _NAME_RE.match(t):
+                raise bad(f"expected a node name or expression, got {t!r}")
+            return Descriptor("node", (), (t,))
+        take("(")
+        if t == "Scale":
+            alpha = real()
+            take(",")
+            d = Descriptor(t, (parse(),), (alpha,))
+        elif t == "Const":
+            value = real()
+            take(",")
+            dim = integer()
+            if dim <= 0:
+                raise bad("Const() needs a positive dimension")
+            d = Descriptor(t, (), (value, dim))
+        elif t in ("Append", "Sum", "Switch", "Failover", "IfDefined"):
+            args = [parse()]
+            while toks[pos:pos + 1] == [","]:
+                take(",")
+                args.append(parse())
+            if (t == "Failover" and len(args) != 2) or (t == "IfDefined" and len(args) != 1):
+                raise bad(f"wrong number of arguments to {t}()")
+            d = Descriptor(t, tuple(args))
+        else:
+            child = parse()
+            take(",")
+            if t == "ReplaceIndex":
+                var = take()
+                if var not in ("t", "x"):
+                    raise bad(f"expected 't' or 'x' in ReplaceIndex(), got {var!r}")
+                take(",")
+                d = Descriptor(t, (child,), (var, integer()))
+            elif t == "Round":
+                d = Descriptor(t, (child,), (integer(),))
+            else:  # Offset(x, t[, x])
+                dt = integer()
+                dx = 0
+                if toks[pos:pos + 1] == [","]:
+                    take(",")
+                    dx = integer()
+                d = Descriptor(t, (child,), (dt, dx))
+        take(")")
+        return d
+
+    tree = parse()
+    if pos != len(toks):
+        raise bad(f"unexpected {toks[pos]!r} after the end")
+    terms = _append_terms(tree, bad)
+    tree = terms[0] if len(terms) == 1 else Descriptor("Append", tuple(terms))
+    while (nxt := _normalize(tree, bad)) != tree:
+        tree = nxt
+    return tree
+
+
+def _append_terms(d: Descriptor, bad) -> list[Descriptor]:
+    """Kaldi's NormalizeAppend: Append moves to the top, e.g. Offset(Append(a, b), 1)."""
+    if d.op in ("node", "Const"):
+        return [d]
+    if d.op == "Append":
+        return [t for a in d.args for t in _append_terms(a, bad)]
+    per_arg = [_append_terms(a, bad) for a in d.args]
+    if len({len(p) for p in per_arg}) != 1:
+        raise bad(f"arguments of {d.op}() have different numbers of Append() terms")
+    return [Descriptor(d.op, tuple(p[i] for p in per_arg), d.params) for i in range(len(per_arg[0]))]
+
+
+def _normalize(d: Descriptor, bad) -> Descriptor:
+    """One top-down pass of Kaldi's GeneralDescriptor::Normalize; repeat until unchanged."""
+    op, args, p = d.op, d.args, d.params
+    child = args[0] if args else None
+    if op == "Offset" and child.op == "Offset":
+        return Descriptor("Offset", child.args, (p[0] + child.params[0], p[1] + child.params[1]))
+    if op == "Offset" and p == (0, 0):
+        return child
+    if op in ("Offset", "Switch", "Round", "ReplaceIndex") and child.op in ("Sum", "Failover", "IfDefined"):
+        if len(args) > 1:
+            raise bad("Sum(), Failover() or IfDefined() inside Switch() cannot be normalized")
+        return Descriptor(child.op, tuple(Descriptor(op, (g,), p) for g in child.args), child.params)
+    if op == "Sum" and len(args) == 1:
+        return child
+    if op == "Sum" and len(args) > 2:
+        return Descriptor("Sum", (args[0], Descriptor("Sum", args[1:])))
+    if op == "Scale":
+        if child.op in ("Offset", "ReplaceIndex", "Round"):
+            return Descriptor(child.op, (Descriptor("Scale", child.args, p),), child.params)
+        if child.op == "Sum":
+            return Descriptor("Sum", tuple(Descriptor("Scale", (g,), p) for g in child.args))
+        if child.op == "Scale":
+            return Descriptor("Scale", child.args, (float(np.float32(p[0] * child.params[0])),))
+        if child.op != "node":
+            raise bad(f"cannot normalize Scale() of {child.op}(); push Scale() inside it")
+        if p[0] == 1.0:
+            return child
+    if op == "Const" or op == "node":
+        return d
+    return Descriptor(op, tuple(_normalize(a, bad) for a in args), p)
+
+
+def descriptor_append_offsets(node: str, offsets: list[int], ivector: str | None = None) -> str:
+    """``Append(Offset(node, -1), node, Offset(node, 1)[, ReplaceIndex(ivector, t, 0)])`` as Kaldi writes it."""
+    if not offsets:
+        raise ValueError("descriptor_append_offsets: need at least one offset")
+    parts = [node if o == 0 else f"Offset({node}, {int(o)})" for o in offsets]
+    if ivector is not None:
+        parts.append(f"ReplaceIndex({ivector}, t, 0)")
+    return parts[0] if len(parts) == 1 else f"Append({', '.join(parts)})"
+
+
+# ----------------------------------------------------------------------------- config lines
+_NODE_KEYS = {"input-node": ("name", "dim"), "component-node": ("name", "component", "input"),
+              "output-node": ("name", "input", "objective", "dim"),
+              "dim-range-node": ("name", "input-node", "dim-offset", "dim")}
+
+
+@dataclass
+class _Node:
+    kind: str
+    name: str
+    attrs: dict[str, str]
+    desc: Descriptor | None = None
+
+    def line(self) -> str:
+        """Kaldi's Nnet::GetAsConfigLine (include_dim=false)."""
+        a = self.attrs
+        if self.kind == "input-node":
+            return f"input-node name={self.name} dim={a['dim']}"
+        if self.kind == "component-node":
+            return f"component-node name={self.name} component={a['component']} input={self.desc}"
+        if self.kind == "output-node":
+            return f"output-node name={self.name} input={self.desc} objective={a.get('objective', 'linear')}"
+        return (f"dim-range-node name={self.name} input-node={a['input-node']} "
+                f"dim-offset={a['dim-offset']} dim={a['dim']}")
+
+
+def _parse_line(line: str) -> _Node:
+    """One config line -> node; ``key=value`` pairs, a value running on to the next ``key=``."""
+    words = line.split()
+    if not words or words[0] not in _NODE_KEYS:
+        raise KaldiFormatError(f"config line {line!r}: expected input-node, component-node, output-node "
+                               f"or dim-range-node")
+    kind, attrs, last = words[0], {}, None
+    for w in words[1:]:
+        k, eq, v = w.partition("=")
+        if eq and _NAME_RE.match(k) and "(" not in k:
+            if k in attrs:
+                raise KaldiFormatError(f"config line {line!r}: {k}= given twice")
+            attrs[k], last = v, k
+        elif last is not None:
+            attrs[last] += " " + w
+        else:
+            raise KaldiFormatError(f"config line {line!r}: expected key=value, got {w!r}")
+    allowed = _NODE_KEYS[kind]
+    unknown = [k for k in attrs if k not in allowed]
+    optional = ("objective", "dim") if kind == "output-node" else ()
+    missing = [k for k in allowed if k not in attrs and k not in optional]
+    if unknown or missing:
+        raise KaldiFormatError(f"config line {line!r}: " + (f"unknown {', '.join(unknown)}" if unknown else
+                                                            f"missing {', '.join(missing)}"))
+    name = attrs.pop("name")
+    if not _NAME_RE.match(name) or name in _OPS:
+        raise KaldiFormatError(f"config line {line!r}: invalid node name {name!r}")
+    for k in ("dim", "dim-offset"):
+        if k in attrs and not re.fullmatch(r"\d+", attrs[k]):
+            raise KaldiFormatError(f"config line {line!r}: {k} must be a non-negative integer")
+    if attrs.get("objective", "linear") not in ("linear", "quadratic"):
+        raise KaldiFormatError(f"config line {line!r}: objective must be linear or quadratic")
+    desc = parse_descriptor(attrs["input"]) if "input" in attrs else None
+    return _Node(kind, name, attrs, desc)
+
+
+# ----------------------------------------------------------------------------- Nnet
+@dataclass
+class Nnet:
+    """A raw nnet3 network: config lines (Kaldi's normal form, no ``component`` lines) and
+    named components in file order."""
+
+    config_lines: list[str] = field(default_factory=list)
+    components: list[tuple[str, Component]] = field(default_factory=list)
+
+    def nodes(self) -> list[_Node]:
+        """Parse and check the config lines (unique names, known references)."""
+        nodes = [_parse_line(line) for line in self.config_lines]
+        names = [n.name for n in nodes]
+        comps = {name for name, _ in self.components}
+        if len(set(names)) != len(names):
+            dup = next(n for n in names if names.count(n) > 1)
+            raise KaldiFormatError(f"node name {dup!r} is used twice")
+        if len(comps) != len(self.components):
+            raise KaldiFormatError("two components have the same name")
+        known = set(names)
+        for n in nodes:
+            refs = list(n.desc.node_names()) if n.desc else [n.attrs["input-node"]] if "input-node" in n.attrs else []
+            for r in refs:
+                if r not in known:
+                    raise KaldiFormatError(f"node {n.name!r} refers to an undefined node {r!r}")
+            if n.kind == "component-node" and n.attrs["component"] not in comps:
+                raise KaldiFormatError(f"node {n.name!r} uses an undefined component {n.attrs['component']!r}")
+        return nodes
+
+    def input_nodes(self) -> list[str]:
+        return [n.name for n in self.nodes() if n.kind == "input-node"]
+
+    def output_nodes(self) -> list[str]:
+        return [n.name for n in self.nodes() if n.kind == "output-node"]
+
+    def component(self, name: str) -> Component:
+        for cname, comp in self.components:
+            if cname == name:
+                return comp
+        raise KeyError(f"no component named {name!r}")
+
+    def kaldi_copy(self) -> "Nnet":
+        """What ``nnet3-copy`` writes after reading this net (see :func:`kaldi_copy_component`)."""
+        return Nnet([n.line() for n in self.nodes()], [(name, kaldi_copy_component(c)) for name, c in self.components])
+
+    def rename_node(self, old: str, new: str) -> None:
+        """``nnet3-copy --edits='rename-node old-name=OLD new-name=NEW'``: the node and every
+        descriptor reference to it; component names are unchanged."""
+        nodes = self.nodes()
+        names = {n.name for n in nodes}
+        if old not in names:
+            raise BabelflowError(f"cannot rename node {old!r} to {new!r}: there is no node called {old!r}")
+        if new in names:
+            raise BabelflowError(f"cannot rename node {old!r} to {new!r}: a node called {new!r} exists")
+        if not _NAME_RE.match(new) or new in _OPS:
+            raise BabelflowError(f"cannot rename node {old!r}: {new!r} is not a valid node name")
+        for n in nodes:
+            n.name = new if n.name == old else n.name
+            n.desc = n.desc.renamed(old, new) if n.desc else None
+            if n.attrs.get("input-node") == old:
+                n.attrs["input-node"] = new
+        self.config_lines = [n.line() for n in nodes]
+
+    def node_dim(self, name: str) -> int:
+        """Output dimension of a node (Kaldi's NetworkNode::Dim)."""
+        nodes, active = {n.name: n for n in self.nodes()}, set()
+
+        def desc_dim(d: Descriptor) -> int:
+            if d.op == "node":
+                return dim(d.params[0])
+            if d.op == "Const":
+                return d.params[1]
+            if d.op == "Append":
+                return sum(desc_dim(a) for a in d.args)
+            return desc_dim(d.args[0])
+
+        def dim(nm: str) -> int:
+            n = nodes[nm]
+            if nm in active:
+                raise BabelflowError(f"node {nm!r}: its dimension depends on itself")
+            active.add(nm)
+            if n.kind in ("input-node", "dim-range-node"):
+                d = int(n.attrs["dim"])
+            elif n.kind == "output-node":
+                d = desc_dim(n.desc)
+            else:
+                d = component_dims(self.component(n.attrs["component"]))[1]
+            active.discard(nm)
+            return d
+
+        if name not in nodes:
+            raise KeyError(f"no node named {name!r}")
+        return dim(name)
+
+    @classmethod
+    def read(cls, f: BinaryIO, binary: bool) -> "Nnet":
+        """Kaldi Nnet::Read; an ``.mdl`` (TransitionModel first) gives its nnet, as Kaldi does."""
+        if not binary:
+            bio._skip_ws(f)
+        if bio.peek(f, 2) == b"<T":
+            TransitionModel.read(f, binary)
+            return AmNnetSimple._read_rest(f, binary, None).nnet
+        return cls._read_raw(f, binary)
+
+    @classmethod
+    def _read_raw(cls, f: BinaryIO, binary: bool) -> "Nnet":
+        bio.expect_token(f, binary, "<Nnet3>")
+        rest = f.readline(_MAX_LINE)
+        if rest.strip(b"\r\n"):
+            raise KaldiFormatError(f"expected a newline after <Nnet3>, got {rest[:40]!r}")
+        lines = []
+        while True:
+            raw = f.readline(_MAX_LINE)
+            if not raw:
+                raise KaldiFormatError("unexpected end of file in the config lines (truncated?)")
+            line = raw.rstrip(b"\n").rstrip(b"\r")
+            if not line:
+                break
+            try:
+                lines.append(line.decode("utf-8"))
+            except UnicodeDecodeError:
+                raise KaldiFormatError(f"config line {line[:40]!r} is not text") from None
+        bio.expect_token(f, binary, "<NumComponents>")
+        n = bio.read_int32(f, binary)
+        if not 0 <= n < 100000:
+            raise KaldiFormatError(f"implausible number of components {n}")
+        comps = []
+        for i in range(n):
+            bio.expect_token(f, binary, "<ComponentName>")
+            name = bio.read_token(f, binary)
+            try:
+                comps.append((name, read_component(f, binary)))
+            except KaldiFormatError as e:
+                raise KaldiFormatError(f"component {i} {name!r}: {e}") from None
+        bio.expect_token(f, binary, "</Nnet3>")
+        nnet = cls(lines, comps)
+        nnet.nodes()  # checks the config part, as Kaldi's ReadConfig does
+        return nnet
+
+    def write(self, f: BinaryIO, binary: bool) -> None:
+        """Kaldi Nnet::Write (no binary header; see :func:`write_nnet`)."""
+        lines = [n.line() for n in self.nodes()]
+        f.write(b"<Nnet3> \n" + "".join(line + "\n" for line in lines).encode() + b"\n")
+        bio.write_token(f, binary, "<NumComponents>")
+        bio.write_int32(f, binary, len(self.components))
+        f.write(b"" if binary else b"\n")
+        for name, comp in self.components:
+            bio.write_token(f, binary, "<ComponentName>")
+            bio.write_token(f, binary, name)
+            comp.write(f, binary)
+            f.write(b"" if binary else b"\n")
+        bio.write_token(f, binary, "</Nnet3>")
+
+
+def compute_context(nnet: Nnet, output: str | None = None) -> tuple[int, int]:
+    """(left, right) frames of ``input`` that ``output`` needs around each frame (Kaldi's
+    ComputeSimpleNnetContext for nets whose components work frame by frame, plus
+    TdnnComponent time offsets). Default output: ``output``, else the widest output node.
+    IfDefined() terms and ReplaceIndex(.., t, ..) (i-vectors) add no context."""
+    nodes = {n.name: n for n in nnet.nodes()}
+    memo: dict[str, tuple[int, int] | None] = {}
+
+    def union(rs: list) -> tuple[int, int] | None:
+        rs = [r for r in rs if r is not None]
+        return (min(r[0] for r in rs), max(r[1] for r in rs)) if rs else None
+
+    def of_desc(d: Descriptor) -> tuple[int, int] | None:
+        if d.op == "node":
+            return of_node(d.params[0])
+        if d.op in ("Const", "IfDefined") or (d.op == "ReplaceIndex" and d.params[0] == "t"):
+            return None
+        r = of_desc(d.args[0]) if d.op == "Failover" else union([of_desc(a) for a in d.args])
+        if r is not None and d.op == "Offset":
+            return r[0] + d.params[0], r[1] + d.params[0]
+        if r is not None and d.op == "Round":
+            return r[0] - (d.params[0] - 1), r[1]
+        return r
+
+    def of_node(name: str) -> tuple[int, int] | None:
+        if name in memo:
+            if memo[name] == ():
+                raise BabelflowError(f"compute_context: node {name!r} depends on itself without IfDefined()")
+            return memo[name]
+        n, memo[name] = nodes[name], ()
+        if n.kind == "input-node":
+            r = (0, 0) if name == "input" else None
+        elif n.kind == "dim-range-node":
+            r = of_node(n.attrs["input-node"])
+        else:
+            r = of_desc(n.desc)
+            comp = nnet.component(n.attrs["component"]) if n.kind == "component-node" else None
+            offs = comp.get("<TimeOffsets>", None) if comp is not None else None
+            if r is not None and offs:
+                r = (r[0] + min(offs), r[1] + max(offs))
+        memo[name] = r
+        return r
+
+    outs = [output] if output else ["output"] if "output" in nodes else \
+        [n for n in nodes if nodes[n].kind == "output-node"]
+    if not outs or any(o not in nodes or nodes[o].kind != "output-node" for o in outs):
+        raise BabelflowError(f"compute_context: no output node {output or 'output'!r}")
+    if "input" not in nodes or nodes["input"].kind != "input-node":
+        raise BabelflowError("compute_context: the nnet has no input node called 'input'")
+    r = union([of_node(o) for o in outs]) or (0, 0)
+    return max(0, -r[0]), max(0, r[1])
+
+
+# ----------------------------------------------------------------------------- AmNnetSimple
+@dataclass(eq=False)
+class AmNnetSimple:
+    """``final.mdl``: TransitionModel + Nnet + context + priors (empty = none)."""
+
+    transition_model: TransitionModel
+    nnet: Nnet
+    left_context: int = 0
+    right_context: int = 0
+    priors: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
+
+    def __post_init__(self) -> None:
+        self.priors = np.asarray(self.priors, dtype=np.float32).reshape(-1)
+
+    @classmethod
+    def from_nnet(cls, tm: TransitionModel, nnet: Nnet, priors: np.ndarray | None = None) -> "AmNnetSimple":
+        """As ``nnet3-am-init``: the context computed from the net; priors must match ``output``."""
+        am = cls(tm, nnet, *compute_context(nnet, "output"), np.zeros(0) if priors is None else priors)
+        am.check()
+        return am
+
+    def check(self) -> None:
+        nodes = self.nnet.output_nodes()
+        if "output" not in nodes or "input" not in self.nnet.input_nodes():
+            raise BabelflowError("an AmNnetSimple needs an input node 'input' and an output node 'output'")
+        pdfs = self.nnet.node_dim("output")
+        if pdfs != self.transition_model.num_pdfs:
+            raise BabelflowError(f"nnet output dim {pdfs} != {self.transition_model.num_pdfs} pdfs "
+                                 f"of the transition model")
+        if self.priors.size not in (0, pdfs):
+            raise BabelflowError(f"priors have dim {self.priors.size}, the model has {pdfs} pdfs")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, AmNnetSimple):
+            return NotImplemented
+        return (self.transition_model == other.transition_model and self.nnet == other.nnet
+                and (self.left_context, self.right_context) == (other.left_context, other.right_context)
+                and np.array_equal(self.priors, other.priors))
+
+    def kaldi_copy(self) -> "AmNnetSimple":
+        """What ``nnet3-am-copy`` writes after reading this model: the net as
+        :meth:`Nnet.kaldi_copy`, the context recomputed (Kaldi does not trust the stored one)."""
+        nnet = self.nnet.kaldi_copy()
+        return AmNnetSimple(self.transition_model, nnet, *compute_context(nnet, "output"), self.priors.copy())
+
+    @classmethod
+    def read(cls, f: BinaryIO, binary: bool | None = None) -> "AmNnetSimple":
+        """Read a whole ``.mdl`` from ``f``; ``binary=None``: decided by the ``\\0B`` header."""
+        if binary is None:
+            binary = bio.read_binary_header(f)
+        return cls._read_rest(f, binary, TransitionModel.read(f, binary))
+
+    @classmethod
+    def _read_rest(cls, f: BinaryIO, binary: bool, tm: TransitionModel | None) -> "AmNnetSimple":
+        nnet = Nnet._read_raw(f, binary)
+        bio.expect_token(f, binary, "<LeftContext>")
+        left = bio.read_int32(f, binary)
+        bio.expect_token(f, binary, "<RightContext>")
+        right = bio.read_int32(f, binary)
+        bio.expect_token(f, binary, "<Priors>")
+        return cls(tm, nnet, left, right, bio.read_float_vector(f, binary))
+
+    def write(self, f: BinaryIO, binary: bool = True) -> None:
+        """The whole ``.mdl`` (binary: with the ``\\0B`` header)."""
+        if binary:
+            bio.write_binary_header(f)
+        self.transition_model.write(f, binary, header=False)
+        self.nnet.write(f, binary)
+        bio.write_token(f, binary, "<LeftContext>")
+        bio.write_int32(f, binary, self.left_context)
+        bio.write_token(f, binary, "<RightContext>")
+        bio.write_int32(f, binary, self.right_context)
+        bio.write_token(f, binary, "<Priors>")
+        bio.write_float_vector(f, binary, self.priors)
+
+
+# ----------------------------------------------------------------------------- files
+def _read_path(path: str | os.PathLike, what: str, read):
+    try:
+        with open(path, "rb") as f:
+            return read(f)
+    except KaldiFormatError as e:
+        raise BabelflowError(f"{path}: not a readable Kaldi {what}: {e}") from None
+    except FileNotFoundError:
+        raise BabelflowError(f"{path}: file not found") from None
+    except OSError as e:
+        raise BabelflowError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def read_nnet(path: str | os.PathLike) -> Nnet:
+    """A raw nnet3 (``.raw``) or the nnet inside an ``.mdl``, binary or text."""
+    return _read_path(path, "nnet3 model", lambda f: Nnet.read(f, bio.read_binary_header(f)))
+
+
+def read_am_nnet(path: str | os.PathLike) -> AmNnetSimple:
+    return _read_path(path, "nnet3 acoustic model (.mdl)", AmNnetSimple.read)
+
+
+def write_nnet(path: str | os.PathLike, nnet: Nnet, binary: bool = True) -> None:
+    with atomic_open(path, "wb") as f:
+        if binary:
+            bio.write_binary_header(f)
+        nnet.write(f, binary)
+
+
+def write_am_nnet(path: str | os.PathLike, am: AmNnetSimple, binary: bool = True) -> None:
+    with atomic_open(path, "wb") as f:
+        am.write(f, binary)
