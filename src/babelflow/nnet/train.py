@@ -8,8 +8,10 @@ weight (Kaldi's ScaleSupervisionWeight), so the weight scales that task's gradie
 reported objectives are unweighted per-frame values, as Kaldi's diagnostics print them.
 
 Data parallelism: every rank takes its share of each step's blocks and gradients are
-averaged with ``all_reduce`` (gloo on CPU, nccl on GPU), so N ranks compute exactly the
-step one process computes with the same global batch.
+summed with ``all_reduce`` (gloo on CPU, nccl on GPU), so N ranks compute exactly the
+step one process computes with the same global batch. (Plain DDP would need
+``find_unused_parameters`` for heads that a rank does not use in a step; the explicit
+all-reduce keeps an unused head's gradient at None on every rank, as in one process.)
 """
 
 from __future__ import annotations
@@ -99,19 +101,54 @@ class _Dist:
         if self.world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
 
-    def average_gradients(self, model: torch.nn.Module) -> None:
+    def sum_gradients(self, model: torch.nn.Module) -> None:
+        """Sum the ranks' gradients (each rank already divided its loss by the global batch).
+
+        A parameter no rank used this step (another task's head) keeps ``grad = None``,
+        exactly as in a single process, so the optimizer leaves it alone there too.
+        """
         if self.world == 1:
             return
-        for p in model.parameters():
-            if p.requires_grad:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                dist.all_reduce(p.grad)
-                p.grad /= self.world
+        params = [p for p in model.parameters() if p.requires_grad]
+        used = torch.tensor([p.grad is not None for p in params], dtype=torch.float32)
+        dist.all_reduce(used)
+        for p, u in zip(params, used):
+            if u == 0:
+                continue
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad)
 
     def barrier(self) -> None:
         if self.world > 1:
             dist.barrier()
+
+
+def recompute_batchnorm_stats(model: MultiTaskModel, schedule: MergedSchedule, device, part: str = "train_diagnostic") -> int:
+    """Batch-norm test statistics as Kaldi's final combination recomputes them: the plain
+    average over the ``part`` blocks with the current weights (not a running average
+    over training), so they do not depend on the batch order or on the number of ranks."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    if not bns:
+        return 0
+    saved = [(m.momentum, m.training) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    model.eval()
+    for m in bns:
+        m.train()
+    n = 0
+    with torch.no_grad():
+        for blocks in schedule.blocks(part):
+            for blk in blocks:
+                b = schedule.load(blk, part, device)
+                _step_loss(model, b)
+                n += 1
+    for m, (momentum, training) in zip(bns, saved):
+        m.momentum = momentum
+        m.train(training)
+    return n
 
 
 def evaluate(model: MultiTaskModel, schedule: MergedSchedule, part: str, device, majority: list[int] | None = None
@@ -132,7 +169,6 @@ def evaluate(model: MultiTaskModel, schedule: MergedSchedule, part: str, device,
                 if majority is not None:
                     hit = (b.target == majority[b.task]).float()
                     a[3] += float((hit * b.frame_weight).sum() if b.frame_weight is not None else hit.sum())
-    model.train()
     return {t: {"objective": a[0] / a[2] if a[2] else float("nan"), "accuracy": a[1] / a[2] if a[2] else float("nan"),
                 "frames": a[2], "baseline_accuracy": a[3] / a[2] if a[2] else float("nan")} for t, a in acc.items()}
 
@@ -156,6 +192,7 @@ def train(merged_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig, o
     if opts.freeze_trunk:
         for p in model.trunk.parameters():
             p.requires_grad = False
+    _train_mode(model, opts)
     params = [p for p in model.parameters() if p.requires_grad]
     optim = (torch.optim.AdamW(params, lr=opts.lr_initial, weight_decay=opts.weight_decay) if opts.optimizer == "adamw"
              else torch.optim.SGD(params, lr=opts.lr_initial, momentum=opts.momentum, weight_decay=opts.weight_decay))
@@ -192,7 +229,7 @@ def train(merged_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig, o
             lr = opts.lr_initial * math.exp(state["global_step"] / total_steps * math.log(opts.lr_final / opts.lr_initial))
             for g in optim.param_groups:
                 g["lr"] = lr
-            optim.zero_grad(set_to_none=False)
+            optim.zero_grad(set_to_none=True)  # heads not in this step stay untouched
             mine = steps[k][d.rank::d.world]
             for blk in mine:
                 b = schedule.load(blk, "train", device)
@@ -204,7 +241,7 @@ def train(merged_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig, o
                 rows.append(f"{state['global_step']}\t{epoch + 1}\t{name}\toutput-{b.task}\t{obj / max(frames, 1e-8):.5f}\t"
                             f"{correct / max(frames, 1e-8):.4f}\t{frames:.1f}\t{b.weight:g}\t{lr:.3g}\n")
                 state["frames"] += frames
-            d.average_gradients(model)
+            d.sum_gradients(model)
             torch.nn.utils.clip_grad_norm_(params, opts.max_grad_norm)
             optim.step()
             state["global_step"] += 1
@@ -218,16 +255,25 @@ def train(merged_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig, o
         _flush_log(log_path, rows, d)
         state["epoch"], state["step_in_epoch"] = epoch + 1, 0
         if d.rank == 0:
+            recompute_batchnorm_stats(model, schedule, device)
             diag = {part: evaluate(model, schedule, part, device, majority) for part in ("train_diagnostic", "valid")}
             state["history"].append({"epoch": epoch + 1, "diagnostics": {
                 schedule.names[t]: {p: diag[p][t] for p in diag} for t in range(len(specs))}})
             _log_diagnostics(schedule.names, diag)
+            _train_mode(model, opts)
         _checkpoint(ckpt, chash, model, optim, state, d)
     d.barrier()
     if d.rank == 0:
         metrics = _write_outputs(out, model, schedule, state, time.time() - t_start)
         return metrics
     return {}
+
+
+def _train_mode(model: MultiTaskModel, opts: TrainOptions) -> None:
+    """Train mode, except a frozen trunk, whose batch-norm statistics must not move either."""
+    model.train()
+    if opts.freeze_trunk:
+        model.trunk.eval()
 
 
 def _select_tasks(schedule: MergedSchedule, opts: TrainOptions) -> set[int]:

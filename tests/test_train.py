@@ -1,0 +1,170 @@
+"""Multi-task training: learning, diagnostics files, kill + resume, DDP parity, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from babelflow.egs.make import EgsOptions, TaskSource, egs_job, finalize_egs_dir
+from babelflow.errors import BabelflowError
+from babelflow.merge import merge_egs
+from babelflow.nnet.model import ModelConfig
+from babelflow.nnet.options import TrainOptions
+from babelflow.nnet.train import load_model, train
+
+pytestmark = pytest.mark.slow
+
+SMALL = {"layers": [{"dim": 48, "splice": [-1, 0, 1]}, {"dim": 48, "splice": [0]}, {"dim": 48, "splice": [-2, 2]}],
+         "bottleneck": {"dim": 24}, "frame_head": {"hidden": [32]}, "utterance_head": {"hidden": [32]},
+         "norm": "batchnorm"}
+OPTS = EgsOptions(valid_fraction=0.2, left_context=3, right_context=3, dtype="float16")
+
+
+@pytest.fixture(scope="module")
+def merged(tiny_corpus, tiny_features, tmp_path_factory):
+    """en + de frame tasks and a lang utterance task, merged with weights 1, 0.5, 1."""
+    from babelflow.egs.alignments import prepare_pdf_alignments
+
+    root = tmp_path_factory.mktemp("train")
+    dirs = []
+    for lang in ("en", "de"):
+        src = TaskSource(lang, "frame", [(lang, tiny_features / "data" / lang, tiny_features / "feats" / lang)], nj=2)
+        prepare_pdf_alignments(str(tiny_corpus / lang / "ali"), root / lang)
+        for a in (1, 2):
+            egs_job(src, a, root / lang, OPTS, "fbank", progress=False)
+        finalize_egs_dir(src, root / lang, OPTS)
+        dirs.append(root / lang)
+    src = TaskSource("lang", "utterance", [(s, tiny_features / "data" / s, tiny_features / "feats" / s) for s in ("en", "de")],
+                     nj=2, labels="utt2lang")
+    for a in range(1, 5):
+        egs_job(src, a, root / "lang", OPTS, "fbank", progress=False)
+    finalize_egs_dir(src, root / "lang", OPTS)
+    dirs.append(root / "lang")
+    merge_egs(dirs, root / "merged", weights=[1.0, 0.5, 1.0], block_size=16, task_names=["en", "de", "lang"])
+    (root / "model.yaml").write_text(yaml.safe_dump(SMALL))
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(merged):
+    out = merged / "run"
+    metrics = train(merged / "merged", out, ModelConfig.from_dict(SMALL), TrainOptions(num_epochs=5, lr_initial=4e-3,
+                    lr_final=1e-3, checkpoint_every=5), progress=False)
+    return out, metrics
+
+
+def test_training_outputs(trained):
+    out, metrics = trained
+    assert set(metrics) == {"en", "de", "lang"}
+    for task, m in metrics.items():
+        assert set(m) == {"valid_accuracy", "valid_objective", "train_accuracy", "train_objective", "baseline_accuracy"}
+    for task in ("en", "de"):  # 16 utterances per language are enough to beat the majority pdf clearly
+        assert metrics[task]["valid_accuracy"] > 2 * metrics[task]["baseline_accuracy"], task
+    log = pd.read_csv(out / "train_log.tsv", sep="\t")
+    assert set(log["task"]) == {"en", "de", "lang"} and (log["weight"][log["task"] == "de"] == 0.5).all()
+    for task in ("en", "de"):  # the per-frame objective improves
+        obj = log[log["task"] == task]["objective"].to_numpy()
+        assert obj[-5:].mean() > obj[:5].mean() + 0.5
+    diag = pd.read_csv(out / "diagnostics.tsv", sep="\t")
+    assert sorted(diag["epoch"].unique()) == [1, 2, 3, 4, 5] and set(diag["set"]) == {"valid", "train_diagnostic"}
+    assert (out / "curves.png").stat().st_size > 10_000
+    model, blob = load_model(out / "final.pt")  # weights_only load
+    assert [t.name for t in model.tasks] == ["en", "de", "lang"] and blob["left_context"] == 3
+
+
+def test_checkpoint_from_other_config_is_refused(trained, merged):
+    out, _ = trained
+    other = {**SMALL, "bottleneck": {"dim": 20}}
+    with pytest.raises(BabelflowError, match="checkpoint from a different model/task/training config"):
+        train(merged / "merged", out, ModelConfig.from_dict(other), TrainOptions(num_epochs=5), progress=False)
+
+
+def test_egs_context_too_small(merged):
+    wide = {**SMALL, "layers": SMALL["layers"] + [{"dim": 16, "splice": [-3, 3]}]}
+    with pytest.raises(BabelflowError, match=r"egs context \(3, 3\) is smaller than the model's \(6, 6\)"):
+        train(merged / "merged", merged / "wide", ModelConfig.from_dict(wide), TrainOptions(), progress=False)
+
+
+def test_unknown_train_task(merged):
+    with pytest.raises(BabelflowError, match="train.tasks: unknown task"):
+        train(merged / "merged", merged / "x", ModelConfig.from_dict(SMALL), TrainOptions(tasks=["klingon"]), progress=False)
+
+
+def test_frozen_trunk_trains_heads_only(trained, merged):
+    out, _ = trained
+    before, _ = load_model(out / "final.pt")
+    train(merged / "merged", merged / "heads", ModelConfig.from_dict(SMALL),
+          TrainOptions(num_epochs=1, freeze_trunk=True, init=str(out / "final.pt"), tasks=["lang"]), progress=False)
+    after, _ = load_model(merged / "heads" / "final.pt")
+    b, a = before.state_dict(), after.state_dict()
+    trunk = [k for k in b if k.startswith("trunk.") and "num_batches" not in k]
+    assert all(torch.equal(b[k], a[k]) for k in trunk)
+    assert not torch.equal(b["heads.output-2.output.weight"], a["heads.output-2.output.weight"])
+    assert torch.equal(b["heads.output-0.output.weight"], a["heads.output-0.output.weight"])  # not trained
+
+
+def test_mixed_batching(merged):
+    m = train(merged / "merged", merged / "mixed", ModelConfig.from_dict(SMALL),
+              TrainOptions(num_epochs=2, batching="mixed", lr_initial=4e-3, lr_final=1e-3), progress=False)
+    log = pd.read_csv(merged / "mixed" / "train_log.tsv", sep="\t")
+    per_step = log.groupby("step")["task"].nunique()
+    assert per_step.max() == 3  # every task in a step while all have blocks left
+    assert m["en"]["valid_accuracy"] > m["en"]["baseline_accuracy"]
+
+
+def _cli(merged, out, *extra, nproc=1):
+    opts = ["--num-epochs=3", "--lr-initial=0.004", "--lr-final=0.001", "--threads=1", *extra]
+    args = ["train", "--model-config", str(merged / "model.yaml"), *opts, str(merged / "merged"), str(out)]
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+    if nproc == 1:
+        return [sys.executable, "-m", "babelflow.cli", *args], env
+    return ["torchrun", "--standalone", f"--nproc_per_node={nproc}", "-m", "babelflow.cli", *args], env
+
+
+def test_killed_run_resumes_where_it_stopped(merged):
+    ref = merged / "ref"
+    cmd, env = _cli(merged, ref, "--checkpoint-every=2")
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    out = merged / "killed"
+    cmd, env = _cli(merged, out, "--checkpoint-every=2")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not (out / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "final.pt").exists(), "the run finished before it could be killed"
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "resuming from" in done.stderr
+    a, _ = load_model(ref / "final.pt")
+    b, _ = load_model(out / "final.pt")
+    for k, v in a.state_dict().items():  # the resumed run ends where an uninterrupted one does
+        assert torch.allclose(v.float(), b.state_dict()[k].float(), atol=1e-5), k
+
+
+def test_two_processes_match_one(merged):
+    """torchrun with 2 CPU processes (gloo) = 1 process with the same global batch (2 blocks)."""
+    one, two = merged / "p1", merged / "p2"
+    cmd, env = _cli(merged, one, "--blocks-per-step=2")
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    cmd, env = _cli(merged, two, "--blocks-per-step=2", nproc=2)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    d1 = pd.read_csv(one / "diagnostics.tsv", sep="\t")
+    d2 = pd.read_csv(two / "diagnostics.tsv", sep="\t")
+    assert len(d1) == len(d2) == 3 * 3 * 2
+    assert (abs(d1["objective"] - d2["objective"]) < 1e-3).all(), pd.concat([d1, d2], axis=1)
+    a, _ = load_model(one / "final.pt")
+    b, _ = load_model(two / "final.pt")
+    for k, v in a.state_dict().items():
+        assert torch.allclose(v.float(), b.state_dict()[k].float(), atol=1e-4), k
