@@ -29,7 +29,7 @@ rule train:
     params:
         launcher=train_launcher(),
         args=PIPELINE.train_args(),
-        out=f"{W}/train",
+        out=lambda wc, output: os.path.dirname(output.model),
     threads: workflow.cores
     resources:
         train_slots=1,

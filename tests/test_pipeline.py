@@ -11,7 +11,10 @@ from .conftest import REPO, planned_jobs, project_copy, run
 
 pytestmark = pytest.mark.slow
 
-TINY = dict(demo__utts_per_lang=16, demo__langs={"en": "en-us", "de": "de"}, demo__utterance_tasks=["lang", "gender"])
+TINY = dict(demo__utts_per_lang=16, demo__langs={"en": "en-us", "de": "de"}, demo__utterance_tasks=["lang", "gender"],
+            model__layers=[{"dim": 32, "splice": [-2, 0, 2]}, {"dim": 32, "splice": [-3, 3]}],
+            model__bottleneck={"dim": 16}, model__frame_head={"hidden": [32]}, model__utterance_head={"hidden": [32]},
+            train__num_epochs=2, merge__block_size=16)
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +43,16 @@ def test_chain_outputs(built, monkeypatch):
         assert not list(proj.rglob(".*.tmp")), "temporary files left behind"
 
 
+def test_training_ran_on_all_tasks(built):
+    import json
+
+    proj, _ = built
+    metrics = json.loads((proj / "exp" / "train" / "metrics.json").read_text())
+    assert list(metrics) == ["en", "de", "lang", "gender"]
+    assert (proj / "exp" / "merged" / "allocation.tsv").is_file()
+    assert (proj / "exp" / "egs" / "en" / "info" / "left_context").read_text().strip() == "5"  # the model's
+
+
 def test_rerun_is_a_noop(built):
     proj, _ = built
     assert planned_jobs(proj) == {}
@@ -56,7 +69,7 @@ def test_feature_option_change_reruns_features_only(built):
         (proj / "params.yaml").write_text(edited.replace("num_mel_bins: 30", "num_mel_bins: 40"))
     # 2 languages x 2 jobs of features, then every egs archive (en 2, de 2, lang 4, gender 4)
     # and finalize; not the corpus, the data step or the alignments
-    assert jobs == {"features_job": 4, "features": 2, "egs_job": 12, "egs": 4, "all": 1}
+    assert jobs == {"features_job": 4, "features": 2, "egs_job": 12, "egs": 4, "merge": 1, "train": 1, "all": 1}
 
 
 def test_bad_params_fail_before_any_job(tmp_path):

@@ -1,0 +1,263 @@
+"""Benchmark of babelflow's training step: the recipe-shaped TDNN on real merged egs.
+
+Model: the multilingual recipe's TDNN at 512 wide (6 relu-renorm layers, splices {-2..2},{0},{-1,2},
+{-3,3},{-3,3},{-7,2}, context 16/12, no bottleneck, one frame head, ~2.5M parameters). Egs: the large
+one-language demo egs of ``bench/egs.py`` (2000 utts, 8 frames per eg, float16; reused from
+``bench/out/egs/large/egs_float16`` when complete, else built the same way under ``--workdir``),
+merged by ``merge_egs`` into 256-example blocks. All in one run:
+
+1. loader: training steps (forward + backward + clip + AdamW, ``_step_loss`` as ``train`` runs it)
+   fed by ``MergedSchedule.load`` over an ``epoch_plan`` vs the same model fed pre-generated random
+   tensors of the same shapes (no loading): output frames/s and the ratio (target >= 0.9 on CPU);
+2. vs Kaldi: the recipe TDNN (100 outputs) in frames/s against ``nnet3-train`` on this machine kind
+   (2 cores: ~2000 frames/s on 8-frame egs; goal 1.5x), and with longer chunks (8..128 output frames
+   per example, same context, ~2048 frames per minibatch) to show what recomputing context costs;
+3. merge: ``merge_egs`` over 4 fake egs dirs totalling 1M examples (index files only, as
+   tests/test_merge.py's ``_fake_egs``) and ``allocate`` alone, seconds per 1M examples (target < 5 s),
+   and the merged dirs' size against the egs they point into (no example data copied);
+4. memory: peak RSS (VmHWM) of a fresh child running the real ``train`` for ``--steps`` steps (its
+   ``_steps`` truncated in the child; diagnostics and outputs included) vs the model + AdamW state
+   (params x 4 B x 3) and vs the child's RSS right after ``import torch``;
+5. GPU (bf16 autocast) loader vs random, when ``torch.cuda.is_available()``.
+
+Throughputs are the best of ``--repeats`` runs, interleaved (ABBA...) so drift on a noisy 2-core box
+hits all alike; read the ratios. RSS is the maximum over repeats.
+Run:  .venv/bin/python bench/train.py [--workdir bench/out/train] [--repeats 3] [--steps 20] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from egs import ENV, LANG, egs_dir, prepare  # noqa: E402  (bench/egs.py: the same corpus/egs setup)
+
+from babelflow.egs.format import INDEX_DTYPE  # noqa: E402
+from babelflow.egs.make import EgsOptions, egs_job, finalize_egs_dir  # noqa: E402
+from babelflow.merge import allocate, merge_egs  # noqa: E402
+from babelflow.nnet.data import Batch, MergedSchedule, epoch_plan  # noqa: E402
+from babelflow.nnet.model import ModelConfig, MultiTaskModel, TaskSpec  # noqa: E402
+from babelflow.nnet.train import _step_loss  # noqa: E402
+
+SPLICES = [[-2, -1, 0, 1, 2], [0], [-1, 2], [-3, 3], [-3, 3], [-7, 2]]
+RECIPE = {"layers": [{"dim": 512, "splice": s} for s in SPLICES], "norm": "renorm"}
+CFG = ModelConfig.from_dict(RECIPE)
+LC, RC, FPE, BLOCK, FRAMES_PER_MB, KALDI_FPS = 16, 12, 8, 256, 2048, 2000
+CHUNKS = (8, 32, 64, 128)
+REUSE = Path("bench/out/egs/large/egs_float16")
+
+# The RSS child: RSS after `import torch`, then the real train() cut to N steps, then its own VmHWM
+# (reset at exec, unlike ru_maxrss, so the parent's size does not leak in).
+CHILD = """import json, sys
+def kb(k): return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith(k)) / 1024
+import torch
+after_torch = kb('VmRSS:')
+import babelflow.nnet.train as T
+from babelflow.nnet.model import ModelConfig
+from babelflow.nnet.options import TrainOptions
+steps = T._steps
+T._steps = lambda *a: steps(*a)[:int(sys.argv[3])]
+T.train(sys.argv[1], sys.argv[2], ModelConfig.from_dict(json.loads(sys.argv[4])),
+        TrainOptions(num_epochs=1, checkpoint_every=0), progress=False)
+print(json.dumps({'after_torch': after_torch, 'peak': kb('VmHWM:')}))
+"""
+
+
+def large_egs(workdir: Path) -> Path:
+    """bench/egs.py's large float16 egs dir, reused when complete, else built in ``workdir``."""
+    if (REUSE / "info" / "num_egs").is_file():
+        return REUSE.resolve()
+    src = prepare(workdir / "large", "large")
+    out, opts = egs_dir(workdir / "large", "egs_float16"), EgsOptions(frames_per_eg=FPE, left_context=LC, right_context=RC)
+    if not (out / "info" / "num_egs").is_file():
+        egs_job(src, 1, out, opts, "fbank", progress=False)
+        finalize_egs_dir(src, out, opts)
+    return out.resolve()
+
+
+def fake_egs(path: Path, sizes: list[int]) -> Path:
+    """tests/test_merge.py's ``_fake_egs``: info/ and index files only."""
+    (path / "info").mkdir(parents=True, exist_ok=True)
+    info = dict(feat_dim=40, left_context=LC, right_context=RC, left_context_initial=-1, right_context_final=-1,
+                frames_per_eg=FPE, num_archives=len(sizes), ivector_dim=0, kind="frame", num_egs=sum(sizes),
+                cmvn_opts="--norm-means=false --norm-vars=false", num_pdfs=100)
+    for k, v in info.items():
+        (path / "info" / k).write_text(f"{v}\n")
+    for j, n in enumerate(sizes, 1):
+        rec = np.zeros(n, INDEX_DTYPE)
+        rec["n"] = FPE
+        rec.tofile(path / f"egs.{j}.index")
+    return path
+
+
+def du(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def random_batches(num: int, chunk: int, num_outputs: int, device) -> list[Batch]:
+    g = torch.Generator().manual_seed(0)
+    b = FRAMES_PER_MB // chunk
+    return [Batch(0, 1.0, torch.randn(b, LC + chunk + RC, 40, generator=g).to(device), None,
+                  torch.randint(0, num_outputs, (b, chunk), generator=g).to(device),
+                  torch.ones(b, chunk, device=device), None) for _ in range(num)]
+
+
+def train_fps(get_batch, num_outputs: int, steps: int, device, warmup: int = 2) -> tuple[float, float]:
+    """(output frames/s, share of the time spent getting batches) over ``steps`` timed steps."""
+    torch.manual_seed(0)
+    model = MultiTaskModel(CFG, 40, [TaskSpec("t", "frame", num_outputs)]).to(device).train()
+    optim = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    frames = load = 0.0
+    for k in range(warmup + steps):
+        if k == warmup:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            frames, load, t0 = 0.0, 0.0, time.perf_counter()
+        tl = time.perf_counter()
+        b = get_batch(k)
+        load += time.perf_counter() - tl
+        optim.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss, *_ = _step_loss(model, b)  # its float() calls sync the GPU each step, as in train()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 2.0)
+        optim.step()
+        frames += b.target.numel()
+    return frames / (time.perf_counter() - t0), load / (time.perf_counter() - t0)
+
+
+def best(fns: dict, repeats: int) -> dict:
+    """Highest frames/s of each fn over ``repeats`` interleaved rounds (AB, BA, ...)."""
+    runs: dict = {name: [] for name in fns}
+    for r in range(repeats):
+        for name in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
+            runs[name].append(fns[name]())
+    return {name: max(v) for name, v in runs.items()} | {f"{n}_all": v for n, v in runs.items()}
+
+
+def macs_per_frame(chunk: int) -> float:
+    """Trunk + head multiply-adds per output frame for a chunk, context frames recomputed."""
+    t, macs = LC + chunk + RC, 0
+    for i, layer in enumerate(CFG.layers):
+        t -= layer.left + layer.right
+        macs += t * layer.dim * (40 if i == 0 else CFG.layers[i - 1].dim) * len(layer.splice)
+    return macs / chunk + CFG.layers[-1].dim * 100
+
+
+def loader_vs_random(schedule: MergedSchedule, num_outputs: int, steps: int, R: int, device) -> dict:
+    plan = epoch_plan(schedule.blocks("train"), 0, 0)
+    rand = random_batches(8, FPE, num_outputs, device)
+    return best({"loader": lambda: train_fps(lambda k: schedule.load(plan[k % len(plan)], "train", device),
+                                             num_outputs, steps, device),
+                 "random": lambda: train_fps(lambda k: rand[k % len(rand)], num_outputs, steps, device)}, R)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workdir", type=Path, default=Path("bench/out/train"))
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=20, help="timed training steps per run (and in the RSS child)")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    R, S, W, res, table = args.repeats, args.steps, args.workdir.resolve(), {}, []
+    egs = large_egs(W)
+    merged = W / "merged"
+    merge_egs([egs], merged, block_size=BLOCK, task_names=[LANG])
+    schedule = MergedSchedule(merged)
+    pdfs = schedule.egs[0].num_outputs
+    cpu = torch.device("cpu")
+    n_pdfs, n_100 = (MultiTaskModel(CFG, 40, [TaskSpec("t", "frame", c)]).num_parameters() for c in (pdfs, 100))
+    print(f"# training benchmark: {egs} ({schedule.egs[0].info['num_egs']} egs of {FPE} frames, {pdfs} pdfs), "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads; {S} timed steps per run, best of {R} "
+          f"interleaved runs\n# model: recipe TDNN 6x512, context ({CFG.left_context}, {CFG.right_context}): "
+          f"{n_pdfs / 1e6:.3f}M parameters with the {pdfs}-pdf head, {n_100 / 1e6:.3f}M with 100 outputs\n")
+
+    # 1. the real loader vs in-memory random tensors, same model (egs' num_pdfs head)
+    t = res["loader"] = loader_vs_random(schedule, pdfs, S, R, cpu)
+    ratio = t["loader"][0] / t["random"][0]
+    print(f"1. loader  MergedSchedule.load {t['loader'][0]:6.0f} frames/s (loading {100 * t['loader'][1]:.1f}% of the"
+          f" time), random tensors {t['random'][0]:6.0f} frames/s -> {ratio:.3f}x (target >= 0.9)")
+    table.append(("train step, real loader vs random tensors (CPU)", f"{t['loader'][0]:.0f} fr/s", f"{ratio:.2f}x", ">= 0.9x"))
+
+    # 2. vs Kaldi nnet3-train, and longer chunks (random tensors, 100 outputs, ~2048 frames per minibatch)
+    batches = {c: random_batches(4, c, 100, cpu) for c in CHUNKS}
+    t = res["chunks"] = best({c: (lambda c=c: train_fps(lambda k: batches[c][k % 4], 100, S, cpu)[0]) for c in CHUNKS}, R)
+    print(f"\n2. Kaldi   nnet3-train ~{KALDI_FPS} frames/s on 8-frame egs (2 cores); goal 1.5x = {1.5 * KALDI_FPS:.0f}")
+    print(f"           real loader, {pdfs} pdfs: {res['loader']['loader'][0]:6.0f} frames/s = "
+          f"{res['loader']['loader'][0] / KALDI_FPS:.2f}x Kaldi")
+    table.append(("recipe TDNN, real egs (8 fr/eg) vs Kaldi nnet3-train (2000 fr/s)", f"{res['loader']['loader'][0]:.0f} fr/s",
+                  f"{res['loader']['loader'][0] / KALDI_FPS:.2f}x", "goal 1.5x"))
+    for c in CHUNKS:
+        expect = macs_per_frame(CHUNKS[0]) / macs_per_frame(c)
+        print(f"           random, {c:3d} frames/eg x {FRAMES_PER_MB // c:3d}: {t[c]:6.0f} frames/s = {t[c] / KALDI_FPS:.2f}x "
+              f"Kaldi, {t[c] / t[CHUNKS[0]]:.2f}x the 8-frame chunks (MACs per frame predict {expect:.2f}x)")
+        table.append((f"recipe TDNN, random {c} fr/eg, vs Kaldi (2000 fr/s)", f"{t[c]:.0f} fr/s",
+                      f"{t[c] / KALDI_FPS:.2f}x ({t[c] / t[CHUNKS[0]]:.2f}x of 8)", "goal 1.5x" if c == 8 else "—"))
+
+    # 3. merge over 1M fake examples: 4 tasks x 4 archives
+    sizes = [[62_500] * 4] * 4
+    fakes = [fake_egs(W / "fake" / f"t{i}", s) for i, s in enumerate(sizes)]
+    counts, n_ex = [sum(s) for s in sizes], sum(map(sum, sizes))
+
+    def timed(fn):
+        t0 = time.perf_counter()
+        fn()
+        return -(time.perf_counter() - t0)  # negated: best() keeps the maximum
+    t = best({"merge": lambda: timed(lambda: merge_egs(fakes, W / "merged_1m", block_size=BLOCK)),
+              "allocate": lambda: timed(lambda: allocate(counts, 16, BLOCK))}, R)
+    m, a = -t["merge"] * 1e6 / n_ex, -t["allocate"] * 1e6 / n_ex
+    sz = {"merged_1m": du(W / "merged_1m"), "fake_egs": sum(du(f) for f in fakes), "merged": du(merged), "egs": du(egs)}
+    res["merge"] = {"merge_s_per_1M": m, "allocate_s_per_1M": a, "bytes": sz, **t}
+    print(f"\n3. merge   {n_ex} egs (4 tasks x 4 archives): merge_egs {m:.2f} s per 1M egs, allocate {a:.3f} s"
+          f" (target < 5 s)\n           merged dir {sz['merged_1m'] / 1e6:.2f} MB = {sz['merged_1m'] / n_ex:.1f} B/eg, vs"
+          f" the fake egs' index files {sz['fake_egs'] / 1e6:.1f} MB; real: merged {sz['merged'] / 1e3:.0f} kB vs egs dir"
+          f" {sz['egs'] / 1e6:.1f} MB ({sz['merged'] / sz['egs']:.4f}x: no example data copied)")
+    table.append(("merge_egs, 4 tasks, s per 1M egs (allocate alone)", f"{m:.2f} s ({a:.3f} s)", "—", "< 5 s"))
+    table.append(("merged dir size vs its egs dir (real)", f"{sz['merged'] / 1e3:.0f} kB", f"{sz['merged'] / sz['egs']:.4f}x", "no copy"))
+
+    # 4. peak RSS of a fresh training child
+    runs = []
+    for _ in range(R):
+        shutil.rmtree(W / "rss_train", ignore_errors=True)
+        p = subprocess.run([sys.executable, "-c", CHILD, str(merged), str(W / "rss_train"), str(S), json.dumps(RECIPE)],
+                           env=ENV, capture_output=True, text=True)
+        if p.returncode:
+            sys.exit(f"training child failed:\n{p.stderr[-3000:]}")
+        runs.append(json.loads(p.stdout.strip().splitlines()[-1]))
+    peak, torch_mb, state_mb = max(r["peak"] for r in runs), max(r["after_torch"] for r in runs), n_pdfs * 4 * 3 / 2**20
+    res["rss_mb"] = {"peak": peak, "after_torch": torch_mb, "model_adamw": state_mb, "runs": runs}
+    print(f"\n4. memory  peak RSS of train() ({S} steps + diagnostics + outputs; max of {R}): {peak:.0f} MB; after import"
+          f" torch {torch_mb:.0f} MB; model + AdamW {state_mb:.1f} MB -> growth over torch {peak - torch_mb:.0f} MB ="
+          f" {(peak - torch_mb) / state_mb:.1f}x model + AdamW (egs features mapped: {du(egs) / 2**20:.0f} MB on disk)")
+    table.append(("peak RSS of training vs after import torch", f"{peak:.0f} / {torch_mb:.0f} MB",
+                  f"+{peak - torch_mb:.0f} MB = {(peak - torch_mb) / state_mb:.1f}x model+AdamW ({state_mb:.0f} MB)", "—"))
+
+    # 5. GPU
+    if torch.cuda.is_available():
+        gpu = torch.device("cuda")
+        t = res["gpu"] = loader_vs_random(schedule, pdfs, S, R, gpu)
+        print(f"\n5. GPU     {torch.cuda.get_device_name()} bf16: loader {t['loader'][0]:.0f} frames/s, random "
+              f"{t['random'][0]:.0f} -> {t['loader'][0] / t['random'][0]:.3f}x")
+        table.append(("GPU bf16, real loader vs random tensors", f"{t['loader'][0]:.0f} fr/s",
+                      f"{t['loader'][0] / t['random'][0]:.2f}x", "—"))
+    else:
+        print("\n5. GPU     no GPU present (torch.cuda.is_available() is False): skipped")
+
+    print(f"\n| measure (best of {R}, interleaved; {S} steps per run) | figure | ratio | target |\n|---|---|---|---|")
+    print("\n".join("| " + " | ".join(row) + " |" for row in table))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(res, indent=1, default=float) + "\n")
+
+
+if __name__ == "__main__":
+    main()
