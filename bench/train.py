@@ -1,10 +1,9 @@
 """Benchmark of babelflow's training step: the recipe-shaped TDNN on real merged egs.
 
-Model: the multilingual recipe's TDNN at 512 wide (6 relu-renorm layers, splices {-2..2},{0},{-1,2},
-{-3,3},{-3,3},{-7,2}, context 16/12, no bottleneck, one frame head, ~2.5M parameters). Egs: the large
-one-language demo egs of ``bench/egs.py`` (2000 utts, 8 frames per eg, float16; reused from
-``bench/out/egs/large/egs_float16`` when complete, else built the same way under ``--workdir``),
-merged by ``merge_egs`` into 256-example blocks. All in one run:
+Model: the recipe's TDNN at 512 wide (6 relu-renorm layers, splices {-2..2},{0},{-1,2},{-3,3},{-3,3},
+{-7,2}, context 16/12, no bottleneck, one frame head, ~2.5M parameters). Egs: ``bench/egs.py``'s large
+one-language egs (2000 utts, 8 frames/eg, float16; reused from bench/out/egs/large/egs_float16, else
+built the same way under ``--workdir``), merged by ``merge_egs`` into 256-example blocks. In one run:
 
 1. loader: training steps (forward + backward + clip + AdamW, ``_step_loss`` as ``train`` runs it)
    fed by ``MergedSchedule.load`` over an ``epoch_plan`` vs the same model fed pre-generated random
@@ -53,7 +52,7 @@ RECIPE = {"layers": [{"dim": 512, "splice": s} for s in SPLICES], "norm": "renor
 CFG = ModelConfig.from_dict(RECIPE)
 LC, RC, FPE, BLOCK, FRAMES_PER_MB, KALDI_FPS = 16, 12, 8, 256, 2048, 2000
 CHUNKS = (8, 32, 64, 128)
-REUSE = Path("bench/out/egs/large/egs_float16")
+REUSE = Path(__file__).parent / "out" / "egs" / "large" / "egs_float16"
 
 # The RSS child: RSS after `import torch`, then the real train() cut to N steps, then its own VmHWM
 # (reset at exec, unlike ru_maxrss, so the parent's size does not leak in).
@@ -87,10 +86,9 @@ def large_egs(workdir: Path) -> Path:
 def fake_egs(path: Path, sizes: list[int]) -> Path:
     """tests/test_merge.py's ``_fake_egs``: info/ and index files only."""
     (path / "info").mkdir(parents=True, exist_ok=True)
-    info = dict(feat_dim=40, left_context=LC, right_context=RC, left_context_initial=-1, right_context_final=-1,
-                frames_per_eg=FPE, num_archives=len(sizes), ivector_dim=0, kind="frame", num_egs=sum(sizes),
-                cmvn_opts="--norm-means=false --norm-vars=false", num_pdfs=100)
-    for k, v in info.items():
+    for k, v in dict(feat_dim=40, left_context=LC, right_context=RC, left_context_initial=-1, right_context_final=-1,
+                     frames_per_eg=FPE, num_archives=len(sizes), ivector_dim=0, kind="frame", num_egs=sum(sizes),
+                     cmvn_opts="--norm-means=false --norm-vars=false", num_pdfs=100).items():
         (path / "info" / k).write_text(f"{v}\n")
     for j, n in enumerate(sizes, 1):
         rec = np.zeros(n, INDEX_DTYPE)
@@ -99,13 +97,19 @@ def fake_egs(path: Path, sizes: list[int]) -> Path:
     return path
 
 
+def neg_secs(fn, *a, **kw) -> float:
+    """Minus the seconds ``fn`` took (so that best() keeps the fastest)."""
+    t0 = time.perf_counter()
+    fn(*a, **kw)
+    return t0 - time.perf_counter()
+
+
 def du(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def random_batches(num: int, chunk: int, num_outputs: int, device) -> list[Batch]:
-    g = torch.Generator().manual_seed(0)
-    b = FRAMES_PER_MB // chunk
+    g, b = torch.Generator().manual_seed(0), FRAMES_PER_MB // chunk
     return [Batch(0, 1.0, torch.randn(b, LC + chunk + RC, 40, generator=g).to(device), None,
                   torch.randint(0, num_outputs, (b, chunk), generator=g).to(device),
                   torch.ones(b, chunk, device=device), None) for _ in range(num)]
@@ -132,7 +136,8 @@ def train_fps(get_batch, num_outputs: int, steps: int, device, warmup: int = 2) 
         torch.nn.utils.clip_grad_norm_(model.parameters(), 2.0)
         optim.step()
         frames += b.target.numel()
-    return frames / (time.perf_counter() - t0), load / (time.perf_counter() - t0)
+    dt = time.perf_counter() - t0
+    return frames / dt, load / dt
 
 
 def best(fns: dict, repeats: int) -> dict:
@@ -151,6 +156,27 @@ def macs_per_frame(chunk: int) -> float:
         t -= layer.left + layer.right
         macs += t * layer.dim * (40 if i == 0 else CFG.layers[i - 1].dim) * len(layer.splice)
     return macs / chunk + CFG.layers[-1].dim * 100
+
+
+def saved_mb(model: MultiTaskModel, batch: Batch) -> float:
+    """MB that autograd keeps for backward in one step (the activations; each storage once)."""
+    saved: dict[int, int] = {}
+
+    def pack(x: torch.Tensor) -> torch.Tensor:
+        saved[x.untyped_storage().data_ptr()] = x.untyped_storage().nbytes()
+        return x
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        _step_loss(model, batch)
+    return sum(saved.values()) / 2**20
+
+
+def rss_child(merged: Path, out: Path, steps: int) -> dict:
+    shutil.rmtree(out, ignore_errors=True)  # else train() resumes from its checkpoint
+    p = subprocess.run([sys.executable, "-c", CHILD, str(merged), str(out), str(steps), json.dumps(RECIPE)],
+                       env=ENV, capture_output=True, text=True)
+    if p.returncode:
+        sys.exit(f"training child failed:\n{p.stderr[-3000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
 
 
 def loader_vs_random(schedule: MergedSchedule, num_outputs: int, steps: int, R: int, device) -> dict:
@@ -175,6 +201,7 @@ def main() -> None:
     schedule = MergedSchedule(merged)
     pdfs = schedule.egs[0].num_outputs
     cpu = torch.device("cpu")
+    train_fps(lambda k: random_batches(1, FPE, pdfs, cpu)[0], pdfs, 3, cpu)  # untimed: first-use costs (oneDNN, allocator)
     n_pdfs, n_100 = (MultiTaskModel(CFG, 40, [TaskSpec("t", "frame", c)]).num_parameters() for c in (pdfs, 100))
     print(f"# training benchmark: {egs} ({schedule.egs[0].info['num_egs']} egs of {FPE} frames, {pdfs} pdfs), "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; {S} timed steps per run, best of {R} "
@@ -191,11 +218,11 @@ def main() -> None:
     # 2. vs Kaldi nnet3-train, and longer chunks (random tensors, 100 outputs, ~2048 frames per minibatch)
     batches = {c: random_batches(4, c, 100, cpu) for c in CHUNKS}
     t = res["chunks"] = best({c: (lambda c=c: train_fps(lambda k: batches[c][k % 4], 100, S, cpu)[0]) for c in CHUNKS}, R)
-    print(f"\n2. Kaldi   nnet3-train ~{KALDI_FPS} frames/s on 8-frame egs (2 cores); goal 1.5x = {1.5 * KALDI_FPS:.0f}")
-    print(f"           real loader, {pdfs} pdfs: {res['loader']['loader'][0]:6.0f} frames/s = "
-          f"{res['loader']['loader'][0] / KALDI_FPS:.2f}x Kaldi")
-    table.append(("recipe TDNN, real egs (8 fr/eg) vs Kaldi nnet3-train (2000 fr/s)", f"{res['loader']['loader'][0]:.0f} fr/s",
-                  f"{res['loader']['loader'][0] / KALDI_FPS:.2f}x", "goal 1.5x"))
+    real = res["loader"]["loader"][0]
+    print(f"\n2. Kaldi   nnet3-train ~{KALDI_FPS} frames/s on 8-frame egs (2 cores); goal 1.5x = {1.5 * KALDI_FPS:.0f}\n"
+          f"           real loader, {pdfs} pdfs: {real:6.0f} frames/s = {real / KALDI_FPS:.2f}x Kaldi")
+    table.append(("recipe TDNN, real egs (8 fr/eg) vs Kaldi nnet3-train (2000 fr/s)", f"{real:.0f} fr/s",
+                  f"{real / KALDI_FPS:.2f}x", "goal 1.5x"))
     for c in CHUNKS:
         expect = macs_per_frame(CHUNKS[0]) / macs_per_frame(c)
         print(f"           random, {c:3d} frames/eg x {FRAMES_PER_MB // c:3d}: {t[c]:6.0f} frames/s = {t[c] / KALDI_FPS:.2f}x "
@@ -208,12 +235,8 @@ def main() -> None:
     fakes = [fake_egs(W / "fake" / f"t{i}", s) for i, s in enumerate(sizes)]
     counts, n_ex = [sum(s) for s in sizes], sum(map(sum, sizes))
 
-    def timed(fn):
-        t0 = time.perf_counter()
-        fn()
-        return -(time.perf_counter() - t0)  # negated: best() keeps the maximum
-    t = best({"merge": lambda: timed(lambda: merge_egs(fakes, W / "merged_1m", block_size=BLOCK)),
-              "allocate": lambda: timed(lambda: allocate(counts, 16, BLOCK))}, R)
+    t = best({"merge": lambda: neg_secs(merge_egs, fakes, W / "merged_1m", block_size=BLOCK),
+              "allocate": lambda: neg_secs(allocate, counts, 16, BLOCK)}, R)
     m, a = -t["merge"] * 1e6 / n_ex, -t["allocate"] * 1e6 / n_ex
     sz = {"merged_1m": du(W / "merged_1m"), "fake_egs": sum(du(f) for f in fakes), "merged": du(merged), "egs": du(egs)}
     res["merge"] = {"merge_s_per_1M": m, "allocate_s_per_1M": a, "bytes": sz, **t}
@@ -225,26 +248,22 @@ def main() -> None:
     table.append(("merged dir size vs its egs dir (real)", f"{sz['merged'] / 1e3:.0f} kB", f"{sz['merged'] / sz['egs']:.4f}x", "no copy"))
 
     # 4. peak RSS of a fresh training child
-    runs = []
-    for _ in range(R):
-        shutil.rmtree(W / "rss_train", ignore_errors=True)
-        p = subprocess.run([sys.executable, "-c", CHILD, str(merged), str(W / "rss_train"), str(S), json.dumps(RECIPE)],
-                           env=ENV, capture_output=True, text=True)
-        if p.returncode:
-            sys.exit(f"training child failed:\n{p.stderr[-3000:]}")
-        runs.append(json.loads(p.stdout.strip().splitlines()[-1]))
+    runs = [rss_child(merged, W / "rss_train", S) for _ in range(R)]
+    act_mb = saved_mb(MultiTaskModel(CFG, 40, [TaskSpec("t", "frame", pdfs)]).train(),
+                      schedule.load(schedule.blocks("train")[0][0]))
     peak, torch_mb, state_mb = max(r["peak"] for r in runs), max(r["after_torch"] for r in runs), n_pdfs * 4 * 3 / 2**20
-    res["rss_mb"] = {"peak": peak, "after_torch": torch_mb, "model_adamw": state_mb, "runs": runs}
+    res["rss_mb"] = {"peak": peak, "after_torch": torch_mb, "model_adamw": state_mb, "saved_activations": act_mb, "runs": runs}
     print(f"\n4. memory  peak RSS of train() ({S} steps + diagnostics + outputs; max of {R}): {peak:.0f} MB; after import"
           f" torch {torch_mb:.0f} MB; model + AdamW {state_mb:.1f} MB -> growth over torch {peak - torch_mb:.0f} MB ="
-          f" {(peak - torch_mb) / state_mb:.1f}x model + AdamW (egs features mapped: {du(egs) / 2**20:.0f} MB on disk)")
+          f" {(peak - torch_mb) / state_mb:.1f}x model + AdamW\n           (of which activations autograd saves for one {BLOCK}-eg step: {act_mb:.0f} MB; egs dir mapped:"
+          f" {du(egs) / 2**20:.0f} MB on disk)")
     table.append(("peak RSS of training vs after import torch", f"{peak:.0f} / {torch_mb:.0f} MB",
-                  f"+{peak - torch_mb:.0f} MB = {(peak - torch_mb) / state_mb:.1f}x model+AdamW ({state_mb:.0f} MB)", "—"))
+                  f"+{peak - torch_mb:.0f} MB = {(peak - torch_mb) / state_mb:.1f}x model+AdamW ({state_mb:.0f} MB); "
+                  f"activations {act_mb:.0f} MB", "—"))
 
     # 5. GPU
     if torch.cuda.is_available():
-        gpu = torch.device("cuda")
-        t = res["gpu"] = loader_vs_random(schedule, pdfs, S, R, gpu)
+        t = res["gpu"] = loader_vs_random(schedule, pdfs, S, R, torch.device("cuda"))
         print(f"\n5. GPU     {torch.cuda.get_device_name()} bf16: loader {t['loader'][0]:.0f} frames/s, random "
               f"{t['random'][0]:.0f} -> {t['loader'][0] / t['random'][0]:.3f}x")
         table.append(("GPU bf16, real loader vs random tensors", f"{t['loader'][0]:.0f} fr/s",

@@ -32,7 +32,7 @@ def egs_job_inputs(wildcards):
 
 
 def egs_archives(wildcards):
-    n = len(PIPELINE.tasks[wildcards.task].data) * NJ
+    n = NJ  # archive J = features job J of every data set of the task
     return expand(f"{W}/egs/{wildcards.task}/egs.{{a}}.index", a=range(1, n + 1))
 
 

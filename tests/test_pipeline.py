@@ -67,9 +67,9 @@ def test_feature_option_change_reruns_features_only(built):
         jobs = planned_jobs(proj)
     finally:
         (proj / "params.yaml").write_text(edited.replace("num_mel_bins: 30", "num_mel_bins: 40"))
-    # 2 languages x 2 jobs of features, then every egs archive (en 2, de 2, lang 4, gender 4)
+    # 2 languages x 2 jobs of features, then every egs archive (2 per task: one per features job)
     # and finalize; not the corpus, the data step or the alignments
-    assert jobs == {"features_job": 4, "features": 2, "egs_job": 12, "egs": 4, "merge": 1, "train": 1, "all": 1}
+    assert jobs == {"features_job": 4, "features": 2, "egs_job": 8, "egs": 4, "merge": 1, "train": 1, "all": 1}
 
 
 def test_bad_params_fail_before_any_job(tmp_path):

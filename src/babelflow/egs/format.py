@@ -15,7 +15,11 @@ parsing. Per archive prefix ``P`` (``egs.J``, ``valid.J``, ``train_diagnostic.J`
     P.labels    raw LABEL_DTYPE, one record per output frame (frame tasks only)
     P.ivector   raw float32 (num_examples, ivector_dim)       (only with i-vectors)
 
-All files of an archive are written under temporary names and renamed together.
+All files of an archive are written under temporary names and renamed together. With
+``shuffle_seed`` the example records are written in a seeded random order, as Kaldi's
+``get_egs.sh`` shuffles every archive (``nnet3-shuffle-egs``): consecutive examples then
+come from many utterances and speakers, so a block of them is a fair minibatch. Only the
+16-byte records (and i-vector rows) are held for that, not the features.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ class ArchiveWriter:
     """Streams one archive to disk; memory stays O(1) in the archive size."""
 
     def __init__(self, prefix: str | os.PathLike, feat_dim: int, dtype: str = "float16",
-                 frame_labels: bool = True, ivector_dim: int = 0):
+                 frame_labels: bool = True, ivector_dim: int = 0, shuffle_seed: int | None = None):
         self.prefix = Path(prefix)
         self.prefix.parent.mkdir(parents=True, exist_ok=True)
         self.feat_dim, self.dtype = feat_dim, np.dtype(dtype)
@@ -49,6 +53,8 @@ class ArchiveWriter:
         self._tmp = {n: p.with_name(f".{p.name}.{os.getpid()}.tmp") for n, p in self._final.items()}
         self._files = {n: open(p, "w" if n == "segments" else "wb") for n, p in self._tmp.items()}
         self.num_rows = self.num_segments = self.num_examples = self.num_label_frames = 0
+        self.shuffle_seed = shuffle_seed
+        self._held: list[tuple[np.ndarray, np.ndarray | None]] = []  # (records, ivectors) when shuffling
 
     def add_segment(self, key: str, feats: np.ndarray) -> int:
         """Append a segment's frames; returns its id for :meth:`add_examples`."""
@@ -77,12 +83,25 @@ class ArchiveWriter:
             self.num_label_frames += len(labels)
         else:
             rec["label"] = classes
-        if self.ivector_dim:
-            self._files["ivector"].write(np.asarray(ivectors, "<f4").reshape(len(t0), self.ivector_dim).tobytes())
-        self._files["index"].write(rec.tobytes())
+        ivec = np.asarray(ivectors, "<f4").reshape(len(t0), self.ivector_dim) if self.ivector_dim else None
+        if self.shuffle_seed is not None:
+            self._held.append((rec, ivec))
+        else:
+            self._write_records(rec, ivec)
         self.num_examples += len(t0)
 
+    def _write_records(self, rec: np.ndarray, ivec: np.ndarray | None) -> None:
+        self._files["index"].write(rec.tobytes())
+        if ivec is not None:
+            self._files["ivector"].write(ivec.tobytes())
+
     def close(self) -> None:
+        if self._held:
+            rec = np.concatenate([r for r, _ in self._held])
+            order = np.random.default_rng(self.shuffle_seed).permutation(len(rec))
+            ivec = np.concatenate([v for _, v in self._held])[order] if self.ivector_dim else None
+            self._write_records(rec[order], ivec)
+            self._held = []
         for f in self._files.values():
             f.close()
         for name, tmp in self._tmp.items():
@@ -152,9 +171,9 @@ class Archive:
             raise BabelflowError(f"{self.prefix}.index: segment id out of range")
         if (idx["t0"] < 0).any() or (idx["t0"] + idx["n"] > self.seg_len[idx["seg"]]).any():
             raise BabelflowError(f"{self.prefix}.index: an example reaches outside its segment")
-        if self.labels is not None and int(idx["label"][-1] + idx["n"][-1]) != len(self.labels):
+        if self.labels is not None and int((idx["label"] + idx["n"]).max()) != len(self.labels):
             raise BabelflowError(f"{self.prefix}.labels: {len(self.labels)} records, index expects "
-                                 f"{int(idx['label'][-1] + idx['n'][-1])}")
+                                 f"{int((idx['label'] + idx['n']).max())}")
 
     def __len__(self) -> int:
         return len(self.index)

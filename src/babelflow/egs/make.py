@@ -60,9 +60,10 @@ class TaskSource:
     classes: list[str] | None = None  # fixed label map (optional)
     ivectors: dict[str, Path] | None = None  # data set -> Kaldi online i-vector dir (optional)
 
-    def archives(self) -> list[tuple[str, Path, Path, int]]:
-        """Archive J (1-based) = the J-th (set, features job) pair."""
-        return [(name, d, f, job) for name, d, f in self.sets for job in range(1, self.nj + 1)]
+    def archives(self) -> list[list[tuple[str, Path, Path, int]]]:
+        """Archive J (1-based) holds features job J of every data set of the task, so that
+        an utterance task over several languages mixes them in every archive."""
+        return [[(name, d, f, job) for name, d, f in self.sets] for job in range(1, self.nj + 1)]
 
 
 def held_out_lists(utts: list[str], opts: EgsOptions, task: str) -> tuple[set[str], set[str]]:
@@ -159,60 +160,62 @@ def egs_job(src: TaskSource, archive: int, out_dir: str | os.PathLike, opts: Egs
             feat_type: str, progress: bool = True) -> dict:
     """Write archive ``archive`` (train, valid and train-diagnostic parts) of a task."""
     out_dir = Path(out_dir)
-    name, data_dir, feats_dir, job = src.archives()[archive - 1]
-    means, variances = parse_cmvn_opts(read_scalar(feats_dir / "cmvn_opts"))
-    cmvn = dict(kaldiio.load_scp(str(feats_dir / "cmvn.scp"))) if means else {}
-    utt2spk = {k: v[0] for _, k, v in read_table(data_dir / "utt2spk", 2, 2)}
     valid, subset = held_out_lists(task_utterances(src), opts, src.task)
-    feat_dim = int(read_scalar(feats_dir / "info" / "feat_dim"))
     frame = src.kind == "frame"
+    parts = src.archives()[archive - 1]
+    feat_dim = int(read_scalar(parts[0][2] / "info" / "feat_dim"))
     if frame:
         pdfs = kaldiio.load_scp(str(out_dir / "ali_pdf.scp"))
         num_pdfs = int(read_scalar(out_dir / "num_pdfs"))
     else:
         classes = {c: i for i, c in enumerate(class_map(src))}
-        utt2label = {k: v[0] for _, k, v in read_table(data_dir / src.labels, 2, 2)}
     rng = np.random.default_rng([opts.seed, zlib.crc32(src.task.encode()), archive])
-    ivec = IvectorSource.open(src.ivectors[name]) if src.ivectors else None
+    ivec_dim = IvectorSource.open(next(iter(src.ivectors.values()))).dim if src.ivectors else 0
     counts = _Counts()
-    writers = {part: ArchiveWriter(out_dir / f"{prefix}.{archive}", feat_dim, opts.dtype, frame,
-                                   ivec.dim if ivec else 0)
+    writers = {part: ArchiveWriter(out_dir / f"{prefix}.{archive}", feat_dim, opts.dtype, frame, ivec_dim,
+                                   shuffle_seed=int(rng.integers(2**31)))
                for part, prefix in (("train", "egs"), ("valid", "valid"), ("train_diagnostic", "train_diagnostic"))}
     try:
-        scp = feats_dir / f"raw_{feat_type}.{job}.scp"
-        for utt, feats in tqdm(kaldiio.load_scp_sequential(str(scp)), desc=f"egs {src.task}.{archive}",
-                               unit="utt", disable=not progress, mininterval=2.0):
-            if frame:
-                got = _frame_examples(utt, feats, pdfs, num_pdfs, opts, rng, counts)
-            else:
-                got = _utterance_examples(utt, feats, utt2label, classes, opts, rng, counts, data_dir / src.labels)
-            if got is None:
-                continue
-            ivectors = None
-            if ivec is not None:
-                ivectors = ivec.rows_for(utt, feats.shape[0], got[0], opts.left_context, rng)
-                if ivectors is None:
-                    counts.skip("no_ivector" if utt not in ivec.table else "ivector_length_mismatch")
+        for name, data_dir, feats_dir, job in parts:
+            means, variances = parse_cmvn_opts(read_scalar(feats_dir / "cmvn_opts"))
+            cmvn = dict(kaldiio.load_scp(str(feats_dir / "cmvn.scp"))) if means else {}
+            utt2spk = {k: v[0] for _, k, v in read_table(data_dir / "utt2spk", 2, 2)}
+            ivec = IvectorSource.open(src.ivectors[name]) if src.ivectors else None
+            if not frame:
+                utt2label = {k: v[0] for _, k, v in read_table(data_dir / src.labels, 2, 2)}
+            scp = feats_dir / f"raw_{feat_type}.{job}.scp"
+            for utt, feats in tqdm(kaldiio.load_scp_sequential(str(scp)), desc=f"egs {src.task}.{archive} {name}",
+                                   unit="utt", disable=not progress, mininterval=2.0):
+                if frame:
+                    got = _frame_examples(utt, feats, pdfs, num_pdfs, opts, rng, counts)
+                else:
+                    got = _utterance_examples(utt, feats, utt2label, classes, opts, rng, counts, data_dir / src.labels)
+                if got is None:
                     continue
-            if means:
-                feats = apply_cmvn(np.asarray(feats), cmvn[utt2spk[utt]], means, variances)
-            counts.utts += 1
-            counts.frames += feats.shape[0]
-            parts = ["valid"] if utt in valid else ["train"] + (["train_diagnostic"] if utt in subset else [])
-            for part in parts:
-                seg = writers[part].add_segment(f"{src.task}-{utt}", feats)
-                starts, sizes, labels = got
-                writers[part].add_examples(seg, starts, sizes, labels=labels if frame else None,
-                                           classes=None if frame else labels, ivectors=ivectors)
-                counts.examples[part] += len(starts)
+                ivectors = None
+                if ivec is not None:
+                    ivectors = ivec.rows_for(utt, feats.shape[0], got[0], opts.left_context, rng)
+                    if ivectors is None:
+                        counts.skip("no_ivector" if utt not in ivec.table else "ivector_length_mismatch")
+                        continue
+                if means:
+                    feats = apply_cmvn(np.asarray(feats), cmvn[utt2spk[utt]], means, variances)
+                counts.utts += 1
+                counts.frames += feats.shape[0]
+                for part in ["valid"] if utt in valid else ["train"] + (["train_diagnostic"] if utt in subset else []):
+                    seg = writers[part].add_segment(f"{src.task}-{utt}", feats)
+                    starts, sizes, labels = got
+                    writers[part].add_examples(seg, starts, sizes, labels=labels if frame else None,
+                                               classes=None if frame else labels, ivectors=ivectors)
+                    counts.examples[part] += len(starts)
     except BaseException:
         for w in writers.values():
             w.abort()
         raise
     for w in writers.values():
         w.close()
-    report = {"archive": archive, "data_set": name, "job": job, "utts": counts.utts, "frames": counts.frames,
-              "examples": counts.examples, "skipped": counts.skipped, "classes": counts.classes}
+    report = {"archive": archive, "data_sets": ",".join(p[0] for p in parts), "job": archive, "utts": counts.utts,
+              "frames": counts.frames, "examples": counts.examples, "skipped": counts.skipped, "classes": counts.classes}
     write_text(out_dir / f"report.{archive}.json", json.dumps(report, indent=1) + "\n")
     return report
 
@@ -264,15 +267,15 @@ def finalize_egs_dir(src: TaskSource, out_dir: str | os.PathLike, opts: EgsOptio
     reports = [json.loads((out_dir / f"report.{a}.json").read_text()) for a in range(1, len(src.archives()) + 1)]
     rows = []
     for r in reports:
-        row = {"archive": r["archive"], "data_set": r["data_set"], "job": r["job"], "utts": r["utts"],
+        row = {"archive": r["archive"], "data_sets": r["data_sets"], "utts": r["utts"],
                "frames": r["frames"], **{f"egs_{k}": v for k, v in r["examples"].items()},
                **{f"skipped_{k}": v for k, v in r["skipped"].items()},
                **{f"class_{k}": v for k, v in r["classes"].items()}}
         rows.append(row)
     table = pd.DataFrame(rows).fillna(0)
-    num = table.columns.difference(["data_set"])
+    num = table.columns.difference(["data_sets"])
     table[num] = table[num].astype("int64")
-    total = table.drop(columns=["archive", "data_set", "job"]).sum()
+    total = table.drop(columns=["archive", "data_sets"]).sum()
     if total["egs_train"] == 0:
         skipped = {k[8:]: int(v) for k, v in total.items() if k.startswith("skipped_")}
         raise BabelflowError(f"task '{src.task}': no training examples (skipped utterances: {skipped or 'none'})")
