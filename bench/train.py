@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -76,7 +77,8 @@ def large_egs(workdir: Path) -> Path:
     if (REUSE / "info" / "num_egs").is_file():
         return REUSE.resolve()
     src = prepare(workdir / "large", "large")
-    out, opts = egs_dir(workdir / "large", "egs_float16"), EgsOptions(frames_per_eg=FPE, left_context=LC, right_context=RC)
+    out = egs_dir(workdir / "large", "egs_float16")
+    opts = EgsOptions(frames_per_eg=FPE, left_context=LC, right_context=RC)
     if not (out / "info" / "num_egs").is_file():
         egs_job(src, 1, out, opts, "fbank", progress=False)
         finalize_egs_dir(src, out, opts)
@@ -195,13 +197,14 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     R, S, W, res, table = args.repeats, args.steps, args.workdir.resolve(), {}, []
+    load0 = os.getloadavg()[0]
     egs = large_egs(W)
     merged = W / "merged"
     merge_egs([egs], merged, block_size=BLOCK, task_names=[LANG])
     schedule = MergedSchedule(merged)
     pdfs = schedule.egs[0].num_outputs
     cpu = torch.device("cpu")
-    train_fps(lambda k: random_batches(1, FPE, pdfs, cpu)[0], pdfs, 3, cpu)  # untimed: first-use costs (oneDNN, allocator)
+    train_fps(lambda k: random_batches(1, FPE, pdfs, cpu)[0], pdfs, 3, cpu)  # untimed: first-use costs (oneDNN...)
     n_pdfs, n_100 = (MultiTaskModel(CFG, 40, [TaskSpec("t", "frame", c)]).num_parameters() for c in (pdfs, 100))
     print(f"# training benchmark: {egs} ({schedule.egs[0].info['num_egs']} egs of {FPE} frames, {pdfs} pdfs), "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; {S} timed steps per run, best of {R} "
@@ -213,7 +216,8 @@ def main() -> None:
     ratio = t["loader"][0] / t["random"][0]
     print(f"1. loader  MergedSchedule.load {t['loader'][0]:6.0f} frames/s (loading {100 * t['loader'][1]:.1f}% of the"
           f" time), random tensors {t['random'][0]:6.0f} frames/s -> {ratio:.3f}x (target >= 0.9)")
-    table.append(("train step, real loader vs random tensors (CPU)", f"{t['loader'][0]:.0f} fr/s", f"{ratio:.2f}x", ">= 0.9x"))
+    table.append(("train step, real loader vs random tensors (CPU)", f"{t['loader'][0]:.0f} fr/s", f"{ratio:.2f}x",
+                  ">= 0.9x"))
 
     # 2. vs Kaldi nnet3-train, and longer chunks (random tensors, 100 outputs, ~2048 frames per minibatch)
     batches = {c: random_batches(4, c, 100, cpu) for c in CHUNKS}
@@ -225,7 +229,8 @@ def main() -> None:
                   f"{real / KALDI_FPS:.2f}x", "goal 1.5x"))
     for c in CHUNKS:
         expect = macs_per_frame(CHUNKS[0]) / macs_per_frame(c)
-        print(f"           random, {c:3d} frames/eg x {FRAMES_PER_MB // c:3d}: {t[c]:6.0f} frames/s = {t[c] / KALDI_FPS:.2f}x "
+        print(f"           random, {c:3d} frames/eg x {FRAMES_PER_MB // c:3d}: {t[c]:6.0f} frames/s ="
+              f" {t[c] / KALDI_FPS:.2f}x "
               f"Kaldi, {t[c] / t[CHUNKS[0]]:.2f}x the 8-frame chunks (MACs per frame predict {expect:.2f}x)")
         table.append((f"recipe TDNN, random {c} fr/eg, vs Kaldi (2000 fr/s)", f"{t[c]:.0f} fr/s",
                       f"{t[c] / KALDI_FPS:.2f}x ({t[c] / t[CHUNKS[0]]:.2f}x of 8)", "goal 1.5x" if c == 8 else "—"))
@@ -245,17 +250,20 @@ def main() -> None:
           f" the fake egs' index files {sz['fake_egs'] / 1e6:.1f} MB; real: merged {sz['merged'] / 1e3:.0f} kB vs egs dir"
           f" {sz['egs'] / 1e6:.1f} MB ({sz['merged'] / sz['egs']:.4f}x: no example data copied)")
     table.append(("merge_egs, 4 tasks, s per 1M egs (allocate alone)", f"{m:.2f} s ({a:.3f} s)", "—", "< 5 s"))
-    table.append(("merged dir size vs its egs dir (real)", f"{sz['merged'] / 1e3:.0f} kB", f"{sz['merged'] / sz['egs']:.4f}x", "no copy"))
+    table.append(("merged dir size vs its egs dir (real)", f"{sz['merged'] / 1e3:.0f} kB",
+                  f"{sz['merged'] / sz['egs']:.4f}x", "no copy"))
 
     # 4. peak RSS of a fresh training child
     runs = [rss_child(merged, W / "rss_train", S) for _ in range(R)]
     act_mb = saved_mb(MultiTaskModel(CFG, 40, [TaskSpec("t", "frame", pdfs)]).train(),
                       schedule.load(schedule.blocks("train")[0][0]))
     peak, torch_mb, state_mb = max(r["peak"] for r in runs), max(r["after_torch"] for r in runs), n_pdfs * 4 * 3 / 2**20
-    res["rss_mb"] = {"peak": peak, "after_torch": torch_mb, "model_adamw": state_mb, "saved_activations": act_mb, "runs": runs}
+    res["rss_mb"] = {"peak": peak, "after_torch": torch_mb, "model_adamw": state_mb, "saved_activations": act_mb,
+                     "runs": runs}
     print(f"\n4. memory  peak RSS of train() ({S} steps + diagnostics + outputs; max of {R}): {peak:.0f} MB; after import"
           f" torch {torch_mb:.0f} MB; model + AdamW {state_mb:.1f} MB -> growth over torch {peak - torch_mb:.0f} MB ="
-          f" {(peak - torch_mb) / state_mb:.1f}x model + AdamW\n           (of which activations autograd saves for one {BLOCK}-eg step: {act_mb:.0f} MB; egs dir mapped:"
+          f" {(peak - torch_mb) / state_mb:.1f}x model + AdamW\n           (activations autograd saves for one"
+          f" {BLOCK}-eg step: {act_mb:.0f} MB; egs dir mapped:"
           f" {du(egs) / 2**20:.0f} MB on disk)")
     table.append(("peak RSS of training vs after import torch", f"{peak:.0f} / {torch_mb:.0f} MB",
                   f"+{peak - torch_mb:.0f} MB = {(peak - torch_mb) / state_mb:.1f}x model+AdamW ({state_mb:.0f} MB); "
@@ -271,6 +279,10 @@ def main() -> None:
     else:
         print("\n5. GPU     no GPU present (torch.cuda.is_available() is False): skipped")
 
+    res["loadavg"] = load = (load0, os.getloadavg()[0])
+    busy = max(load) > os.cpu_count() + 0.5  # this run alone keeps about cpu_count threads busy
+    print(f"\n# 1-min load average at start / end: {load[0]:.1f} / {load[1]:.1f} on {os.cpu_count()} cores"
+          + (": other processes competed, absolute frames/s are low; interleaved ratios hold" if busy else ""))
     print(f"\n| measure (best of {R}, interleaved; {S} steps per run) | figure | ratio | target |\n|---|---|---|---|")
     print("\n".join("| " + " | ".join(row) + " |" for row in table))
     if args.json:

@@ -60,10 +60,18 @@ class TaskSource:
     classes: list[str] | None = None  # fixed label map (optional)
     ivectors: dict[str, Path] | None = None  # data set -> Kaldi online i-vector dir (optional)
 
-    def archives(self) -> list[list[tuple[str, Path, Path, int]]]:
-        """Archive J (1-based) holds features job J of every data set of the task, so that
-        an utterance task over several languages mixes them in every archive."""
-        return [[(name, d, f, job) for name, d, f in self.sets] for job in range(1, self.nj + 1)]
+    def archives(self) -> list[int]:
+        """Archive numbers 1..nj (one Snakemake job each)."""
+        return list(range(1, self.nj + 1))
+
+
+def archive_of_utterances(utts: list[str], nj: int, opts: EgsOptions, task: str) -> dict[str, int]:
+    """Utterance -> archive (1..nj), dealt round-robin over a seeded shuffle of all the task's
+    utterances. Kaldi sends every eg to a random archive; dealing utterances this way gives
+    each archive every data set and speaker (a data split is by speaker, so archives made
+    one per split would each hold one gender or one language)."""
+    rng = np.random.default_rng([opts.seed, zlib.crc32(task.encode()), 1])
+    return {utts[i]: 1 + k % nj for k, i in enumerate(rng.permutation(len(utts)))}
 
 
 def held_out_lists(utts: list[str], opts: EgsOptions, task: str) -> tuple[set[str], set[str]]:
@@ -160,10 +168,11 @@ def egs_job(src: TaskSource, archive: int, out_dir: str | os.PathLike, opts: Egs
             feat_type: str, progress: bool = True) -> dict:
     """Write archive ``archive`` (train, valid and train-diagnostic parts) of a task."""
     out_dir = Path(out_dir)
-    valid, subset = held_out_lists(task_utterances(src), opts, src.task)
+    utts = task_utterances(src)
+    valid, subset = held_out_lists(utts, opts, src.task)
+    mine = {u for u, a in archive_of_utterances(utts, src.nj, opts, src.task).items() if a == archive}
     frame = src.kind == "frame"
-    parts = src.archives()[archive - 1]
-    feat_dim = int(read_scalar(parts[0][2] / "info" / "feat_dim"))
+    feat_dim = int(read_scalar(src.sets[0][2] / "info" / "feat_dim"))
     if frame:
         pdfs = kaldiio.load_scp(str(out_dir / "ali_pdf.scp"))
         num_pdfs = int(read_scalar(out_dir / "num_pdfs"))
@@ -176,16 +185,17 @@ def egs_job(src: TaskSource, archive: int, out_dir: str | os.PathLike, opts: Egs
                                    shuffle_seed=int(rng.integers(2**31)))
                for part, prefix in (("train", "egs"), ("valid", "valid"), ("train_diagnostic", "train_diagnostic"))}
     try:
-        for name, data_dir, feats_dir, job in parts:
+        for name, data_dir, feats_dir in src.sets:
             means, variances = parse_cmvn_opts(read_scalar(feats_dir / "cmvn_opts"))
             cmvn = dict(kaldiio.load_scp(str(feats_dir / "cmvn.scp"))) if means else {}
             utt2spk = {k: v[0] for _, k, v in read_table(data_dir / "utt2spk", 2, 2)}
             ivec = IvectorSource.open(src.ivectors[name]) if src.ivectors else None
             if not frame:
                 utt2label = {k: v[0] for _, k, v in read_table(data_dir / src.labels, 2, 2)}
-            scp = feats_dir / f"raw_{feat_type}.{job}.scp"
-            for utt, feats in tqdm(kaldiio.load_scp_sequential(str(scp)), desc=f"egs {src.task}.{archive} {name}",
-                                   unit="utt", disable=not progress, mininterval=2.0):
+            entries = [(u, rx[0]) for _, u, rx in read_table(feats_dir / "feats.scp", 2, 2) if u in mine]
+            for utt, rx in tqdm(entries, desc=f"egs {src.task}.{archive} {name}", unit="utt",
+                                disable=not progress, mininterval=2.0):
+                feats = kaldiio.load_mat(rx)
                 if frame:
                     got = _frame_examples(utt, feats, pdfs, num_pdfs, opts, rng, counts)
                 else:
@@ -214,7 +224,7 @@ def egs_job(src: TaskSource, archive: int, out_dir: str | os.PathLike, opts: Egs
         raise
     for w in writers.values():
         w.close()
-    report = {"archive": archive, "data_sets": ",".join(p[0] for p in parts), "job": archive, "utts": counts.utts,
+    report = {"archive": archive, "data_sets": ",".join(n for n, _, _ in src.sets), "utts": counts.utts,
               "frames": counts.frames, "examples": counts.examples, "skipped": counts.skipped, "classes": counts.classes}
     write_text(out_dir / f"report.{archive}.json", json.dumps(report, indent=1) + "\n")
     return report

@@ -190,7 +190,8 @@ class TaskSpec:
 class MultiTaskModel(nn.Module):
     """Shared trunk (+ bottleneck) and heads ``output-0`` ... in task order."""
 
-    def __init__(self, config: ModelConfig, input_dim: int, tasks: list[TaskSpec], ivector_dim: int = 0):
+    def __init__(self, config: ModelConfig, input_dim: int, tasks: list[TaskSpec], ivector_dim: int = 0,
+                 head_names: list[str] | None = None):
         super().__init__()
         self.config, self.input_dim, self.ivector_dim = config, input_dim, ivector_dim
         self.tasks = list(tasks)
@@ -200,10 +201,11 @@ class MultiTaskModel(nn.Module):
             dim = cfg.dim
         self.trunk = nn.ModuleList(layers)
         self.embedding_dim = dim
+        self.head_names = head_names or [f"output-{i}" for i in range(len(tasks))]
         heads = {}
-        for i, t in enumerate(tasks):
+        for name, t in zip(self.head_names, tasks):
             cls, hidden = (FrameHead, config.frame_head) if t.kind == "frame" else (UtteranceHead, config.utterance_head)
-            heads[f"output-{i}"] = cls(dim, hidden, t.num_outputs, config.nonlinearity, config.norm)
+            heads[name] = cls(dim, hidden, t.num_outputs, config.nonlinearity, config.norm)
         self.heads = nn.ModuleDict(heads)
 
     @property
@@ -220,9 +222,18 @@ class MultiTaskModel(nn.Module):
             x = layer(x, ivector if i == 0 and self.ivector_dim else None)
         return x
 
-    def forward(self, x: torch.Tensor, task: int, ivector: torch.Tensor | None = None,
+    def forward(self, x: torch.Tensor, task: int = 0, ivector: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.heads[f"output-{task}"](self.embed(x, ivector), mask)
+        return self.heads[self.head_names[task]](self.embed(x, ivector), mask)
+
+    def split(self, task: int) -> "MultiTaskModel":
+        """The trunk plus one head renamed ``output`` (Kaldi: rename-node output-<i> -> output)."""
+        single = MultiTaskModel(self.config, self.input_dim, [self.tasks[task]], self.ivector_dim, ["output"])
+        state = {k: v for k, v in self.state_dict().items() if k.startswith("trunk.")}
+        prefix = f"heads.{self.head_names[task]}."
+        state.update({"heads.output." + k[len(prefix):]: v for k, v in self.state_dict().items() if k.startswith(prefix)})
+        single.load_state_dict(state)
+        return single
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,157 @@
+"""Per-task models (Kaldi stage 12): split, priors, and the model directory they live in.
+
+A task model dir is self-contained, like ``exp/<lang>/`` after ``nnet3-am-init`` +
+``adjust_priors.sh``: the trunk plus that task's head renamed ``output``, everything
+inference needs to reproduce the training features (feature type and Kaldi conf,
+``cmvn_opts``, left/right context, i-vector dim), the output labels (``num_pdfs`` or the
+class names) and, for frame tasks, the TransitionModel of the task's alignment dir::
+
+    model.pt      tensors + plain data (torch.load(weights_only=True): no code is unpickled)
+    trans.mdl     the TransitionModel (binary Kaldi), frame tasks
+    conf/<type>.conf  cmvn_opts  info/{kind,num_outputs,left_context,right_context,...}
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..egs.reader import EgsDir
+from ..errors import BabelflowError
+from ..io import atomic_open, write_text
+from .model import ModelConfig, MultiTaskModel, TaskSpec
+from .train import load_model
+
+log = logging.getLogger("babelflow")
+FORMAT = "babelflow-task-model"
+
+
+def split_model(multitask: str | Path, task: str, out_dir: str | Path, feats_dir: str | Path | None = None,
+                ali: str | None = None) -> dict:
+    """Write ``out_dir`` for ``task`` from the trained multi-task model (no priors yet)."""
+    model, blob = load_model(multitask)
+    names = [t.name for t in model.tasks]
+    if task not in names:
+        raise BabelflowError(f"{multitask}: no task '{task}' (tasks: {', '.join(names)})")
+    i = names.index(task)
+    single = model.split(i)
+    egs = EgsDir(blob["task_egs"][i])
+    out = Path(out_dir)
+    info = {"task": task, "kind": model.tasks[i].kind, "num_outputs": model.tasks[i].num_outputs,
+            "left_context": model.left_context, "right_context": model.right_context, "input_dim": model.input_dim,
+            "ivector_dim": model.ivector_dim, "feat_type": egs.info.get("feat_type", ""),
+            "cmvn_opts": egs.info.get("cmvn_opts", "--norm-means=false --norm-vars=false"),
+            "source_model": str(multitask), "source_output": f"output-{i}", "egs_dir": str(egs.path)}
+    labels = egs.classes() if info["kind"] == "utterance" else []
+    conf = ""
+    if feats_dir is not None:
+        confs = sorted((Path(feats_dir) / "conf").glob("*.conf"))
+        if confs:
+            conf = confs[0].read_text()
+            write_text(out / "conf" / confs[0].name, conf)
+    if info["kind"] == "frame" and ali and ":" not in ali:
+        from ..kaldi.transition_model import read_transition_model, write_transition_model
+
+        tm = read_transition_model(Path(ali) / "final.mdl")
+        if tm.num_pdfs != info["num_outputs"]:
+            raise BabelflowError(f"{ali}/final.mdl: {tm.num_pdfs} pdfs, but head '{task}' has {info['num_outputs']}")
+        write_transition_model(out / "trans.mdl", tm)
+    save_task_model(out, single, {**info, "labels": labels, "feature_conf": conf, "priors": None, "prior_method": ""})
+    write_text(out / "cmvn_opts", info["cmvn_opts"] + "\n")
+    for k in ("kind", "num_outputs", "left_context", "right_context", "ivector_dim", "feat_type", "input_dim"):
+        write_text(out / "info" / k, f"{info[k]}\n")
+    if labels:
+        write_text(out / "info" / "classes.txt", "".join(f"{c} {j}\n" for j, c in enumerate(labels)))
+    return info
+
+
+def save_task_model(out_dir: str | Path, model: MultiTaskModel, meta: dict) -> None:
+    blob = {"format": FORMAT, "version": 1, "model_config": model.config.to_dict(), "task_spec": vars(model.tasks[0]),
+            "state_dict": model.state_dict(), **meta}
+    with atomic_open(Path(out_dir) / "model.pt", "wb") as f:
+        torch.save(blob, f)
+
+
+def load_task_model(model_dir: str | Path) -> tuple[MultiTaskModel, dict]:
+    """Load ``model_dir/model.pt`` safely (weights_only); anything else is a clear error."""
+    path = Path(model_dir) / "model.pt" if Path(model_dir).is_dir() else Path(model_dir)
+    if not path.is_file():
+        raise BabelflowError(f"{path}: no task model here (run `babelflow split`)")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - pickled code, foreign or corrupt files all land here
+        raise BabelflowError(f"{path}: not a babelflow task model, refusing to load it "
+                             f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise BabelflowError(f"{path}: not a babelflow task model (format {blob.get('format') if isinstance(blob, dict) else type(blob).__name__})")
+    model = MultiTaskModel(ModelConfig.from_dict(blob["model_config"]), blob["input_dim"], [TaskSpec(**blob["task_spec"])],
+                           blob["ivector_dim"], ["output"])
+    model.load_state_dict(blob["state_dict"])
+    return model.eval(), blob
+
+
+def average_posteriors(model: MultiTaskModel, egs: EgsDir, num_egs: int, seed: int = 0, batch: int = 256) -> tuple[np.ndarray, int]:
+    """Kaldi adjust_priors.sh: the mean softmax output over (a random subset of) the task's own
+    training egs, every frame of each; returns (posterior sum normalised, frames used)."""
+    rng = np.random.default_rng(seed)
+    archives = list(egs.archives("train"))
+    sizes = np.array([len(a) for a in archives])
+    picks = rng.choice(sizes.sum(), size=min(num_egs, int(sizes.sum())), replace=False)
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    total = torch.zeros(model.tasks[0].num_outputs, dtype=torch.float64)
+    frames = 0
+    with torch.no_grad():
+        for a, arch in enumerate(archives):
+            ids = np.sort(picks[(picks >= offsets[a]) & (picks < offsets[a + 1])] - offsets[a])
+            for s in range(0, len(ids), batch):
+                part = ids[s:s + batch]
+                x, n = arch.inputs_padded(part, model.left_context, model.right_context)
+                iv = torch.from_numpy(arch.ivector[part]) if arch.ivector is not None else None
+                logp = model(torch.from_numpy(x), 0, iv)
+                mask = torch.arange(logp.shape[1])[None, :] < torch.from_numpy(n)[:, None]
+                total += (logp.exp() * mask[..., None]).sum(dim=(0, 1)).double()
+                frames += int(mask.sum())
+    if frames == 0:
+        raise BabelflowError(f"{egs.path}: no training examples to compute priors from")
+    return (total / total.sum()).numpy(), frames
+
+
+def count_priors(egs: EgsDir, floor: float) -> np.ndarray:
+    """pdf counts of the task's training labels (pytorch-kaldi style), floored and normalised."""
+    counts = np.zeros(egs.num_outputs)
+    for arch in egs.archives("train"):
+        lab = arch.labels[arch.labels["pdf"] >= 0]
+        np.add.at(counts, lab["pdf"], lab["weight"])
+    p = np.maximum(counts / max(counts.sum(), 1e-30), floor)
+    return p / p.sum()
+
+
+def compute_priors(model_dir: str | Path, egs_dir: str | Path | None = None, method: str = "posterior",
+                   num_egs: int = 20000, floor: float = 1e-8, seed: int = 0) -> dict:
+    """Store priors in a frame task's model (``adjust_priors.sh``), log KL to the count priors."""
+    model, blob = load_task_model(model_dir)
+    if blob["kind"] != "frame":
+        raise BabelflowError(f"{model_dir}: priors are for frame tasks (this is an utterance task)")
+    egs = EgsDir(egs_dir or blob["egs_dir"])
+    counts = count_priors(egs, floor)
+    if method == "posterior":
+        priors, frames = average_posteriors(model, egs, num_egs, seed)
+        priors = np.maximum(priors, floor)
+        priors /= priors.sum()
+    elif method == "counts":
+        priors, frames = counts, 0
+    else:
+        raise BabelflowError(f"priors.method: '{method}' (use posterior or counts)")
+    kl = float(np.sum(priors * np.log(priors / counts)))
+    log.info("priors (%s, %d frames): KL(priors || label counts) = %.4f nats; max |diff| %.4f", method, frames, kl,
+             float(np.abs(priors - counts).max()))
+    blob.update(priors=torch.from_numpy(priors.astype(np.float32)), prior_method=method)
+    save_task_model(model_dir, model, {k: v for k, v in blob.items() if k not in ("format", "version", "model_config",
+                                                                                  "task_spec", "state_dict")})
+    write_text(Path(model_dir) / "priors.txt", " [ " + " ".join(f"{p:.7g}" for p in priors) + " ]\n")
+    return {"method": method, "frames": frames, "kl_from_counts": kl, "num_pdfs": len(priors)}
+
+
