@@ -31,9 +31,11 @@ include: "rules/features.smk"
 include: "rules/egs.smk"
 include: "rules/merge.smk"
 include: "rules/train.smk"
+include: "rules/split.smk"
 
 
 rule all:
     default_target: True
     input:
-        f"{W}/train/final.pt",
+        f"{W}/models/metrics.json",
+        expand(f"{W}/models/{{task}}/final.mdl", task=frame_tasks()),

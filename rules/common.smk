@@ -55,3 +55,21 @@ def train_launcher():
     if n == 1:
         return "babelflow"
     return f"torchrun --standalone --nproc_per_node {n} -m babelflow.cli"
+
+
+# --- split step
+
+
+def priors_command(task):
+    """`&& babelflow priors ...` for frame tasks (adjust_priors.sh); nothing for utterance tasks."""
+    if PIPELINE.tasks[task].kind != "frame":
+        return ""
+    p = config["priors"]
+    return (
+        f"&& babelflow priors --method={p['method']} --num-egs={p['num_egs']}"
+        f" --floor={p['floor']} --seed={p['seed']} {W}/models/{task}"
+    )
+
+
+def frame_tasks():
+    return [t for t, spec in PIPELINE.tasks.items() if spec.kind == "frame"]

@@ -71,3 +71,88 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", required=True, help="the model: section as JSON")
     p.add_argument("out")
     p.set_defaults(func=cmd_model_config)
+
+
+def cmd_split(args: argparse.Namespace) -> None:
+    from .taskmodel import split_model
+
+    info = split_model(args.model, args.task, args.out_dir, args.feats_dir, args.ali)
+    log.info("split %s -> %s (%s, %d outputs, context %d/%d)", info["source_output"], args.out_dir, info["kind"],
+             info["num_outputs"], info["left_context"], info["right_context"])
+
+
+def cmd_priors(args: argparse.Namespace) -> None:
+    from .taskmodel import compute_priors
+
+    r = compute_priors(args.model_dir, args.egs_dir, args.method, args.num_egs, args.floor, args.seed)
+    log.info("priors: %s", r)
+
+
+def cmd_compute(args: argparse.Namespace) -> None:
+    from .infer import compute
+
+    n = compute(args.model_dir, args.feats_rspecifier, args.out_wspecifier, use_priors=not args.no_priors,
+                cmvn=args.cmvn, utt2spk=args.utt2spk, labels_out=args.labels_out)
+    log.info("computed %d utterances", n)
+
+
+def cmd_bottleneck(args: argparse.Namespace) -> None:
+    from .infer import bottleneck
+
+    n = bottleneck(args.model_dir, args.feats_rspecifier, args.out_wspecifier, cmvn=args.cmvn, utt2spk=args.utt2spk)
+    log.info("wrote bottleneck features of %d utterances", n)
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from .report import collect_metrics, evaluate_task_model
+
+    if args.collect:
+        collect_metrics(args.model_dirs, args.collect)
+        return
+    for d in args.model_dirs:
+        log.info("%s: %s", d, evaluate_task_model(d))
+
+
+def _inference_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cmvn", help="CMVN stats rspecifier, when the model's cmvn_opts normalise")
+    p.add_argument("--utt2spk", help="utt2spk file for --cmvn (per-speaker stats)")
+
+
+def register_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("split", help="one standalone model per task: trunk + head renamed output (nnet3-am-init)")
+    p.add_argument("--task", required=True)
+    p.add_argument("--ali", help="frame tasks: the alignment dir whose final.mdl TransitionModel to attach")
+    p.add_argument("--feats-dir", help="the features dir whose conf/ to carry along")
+    p.add_argument("model", help="the trained multi-task model (final.pt)")
+    p.add_argument("out_dir")
+    p.set_defaults(func=cmd_split)
+
+    p = sub.add_parser("priors", help="priors from average posteriors on the task's egs (adjust_priors.sh)")
+    p.add_argument("--method", choices=["posterior", "counts"], default="posterior")
+    p.add_argument("--num-egs", type=int, default=20000)
+    p.add_argument("--floor", type=float, default=1e-8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--egs-dir", help="default: the task's egs dir recorded in the model")
+    p.add_argument("model_dir")
+    p.set_defaults(func=cmd_priors)
+
+    p = sub.add_parser("compute", help="nnet3-compute: log-likelihoods (or class posteriors) as a Kaldi ark")
+    p.add_argument("--no-priors", action="store_true", help="write log-posteriors")
+    p.add_argument("--labels-out", help="utterance tasks: write the argmax label per utterance (text)")
+    _inference_args(p)
+    p.add_argument("model_dir")
+    p.add_argument("feats_rspecifier")
+    p.add_argument("out_wspecifier")
+    p.set_defaults(func=cmd_compute)
+
+    p = sub.add_parser("bottleneck", help="the shared bottleneck layer's outputs as Kaldi features")
+    _inference_args(p)
+    p.add_argument("model_dir")
+    p.add_argument("feats_rspecifier")
+    p.add_argument("out_wspecifier")
+    p.set_defaults(func=cmd_bottleneck)
+
+    p = sub.add_parser("eval", help="evaluation report of task models on their valid egs")
+    p.add_argument("--collect", metavar="METRICS_JSON", help="instead: gather the models' eval/metrics.json into one")
+    p.add_argument("model_dirs", nargs="+")
+    p.set_defaults(func=cmd_eval)
