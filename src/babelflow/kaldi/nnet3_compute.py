@@ -3,8 +3,9 @@
 It exists to check exported models (and Kaldi's own) without Kaldi: the feed-forward TDNN
 family only, i.e. descriptors made of node names, ``Append``, ``Offset``, ``ReplaceIndex``
 (plus ``Sum``, ``Scale``, ``Const``) and frame-wise components (affine, ReLU/sigmoid/tanh,
-NormalizeComponent, BatchNormComponent in test mode, (Log)Softmax). Anything else is a
-clear error rather than a silently wrong number.
+NormalizeComponent, BatchNormComponent, (Log)Softmax). Anything else is a clear error
+rather than a silently wrong number. BatchNorm always runs in test mode (stored stats),
+whatever ``<TestMode>`` says, as Kaldi's decoders and nnet3-compute force it.
 
 Every node is computed over the widest range of times its inputs allow: the input covers
 ``[-left, T - 1 + right]`` (edge frames repeated, as Kaldi's decodable pads), an i-vector

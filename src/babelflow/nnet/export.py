@@ -1,0 +1,167 @@
+"""Export a frame task model to Kaldi: the ``final.mdl`` that ``nnet3-am-init`` +
+``adjust_priors.sh`` would have left in ``exp/<lang>/``, decodable by Kaldi's
+``nnet3-latgen-faster`` / ``nnet3-compute`` with the task's HCLG.
+
+Nodes and components are named as the recipe's xconfig names them, so Kaldi-side tools
+and scripts that look for e.g. ``tdnn_bn.renorm`` (bottleneck features) keep working:
+``tdnn1.affine``, ``tdnn1.relu``, ``tdnn1.renorm`` | ``tdnn1.batchnorm``, ...,
+``tdnn_bn.*``, ``prefinal-affine.*`` (``prefinal-affine1.*``, ``prefinal-affine2.*``, ...
+when the head has several hidden layers), ``output.affine``, ``output.log-softmax``
+and ``output-node name=output``. BatchNorm layers are written in test mode with the
+running statistics, so every Kaldi binary computes what PyTorch's ``eval()`` computes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from ..errors import BabelflowError
+from ..kaldi.nnet3 import (AmNnetSimple, Component, Nnet, affine_component, batchnorm_component,
+                           descriptor_append_offsets, log_softmax_component, normalize_component, relu_component,
+                           write_am_nnet, write_nnet)
+from .model import FrameBatchNorm, MultiTaskModel, Renorm
+
+log = logging.getLogger("babelflow")
+
+# xconfig: hidden affines max-change 0.75, the output affine 1.5; ReLUs self-repair-scale 1e-5
+_HIDDEN_MAX_CHANGE, _OUTPUT_MAX_CHANGE, _SELF_REPAIR = 0.75, 1.5, 1e-5
+_ACTIVATIONS = {nn.ReLU: ("relu", "RectifiedLinearComponent"), nn.Sigmoid: ("sigmoid", "SigmoidComponent"),
+                nn.Tanh: ("tanh", "TanhComponent")}
+
+
+def _np(t) -> np.ndarray:
+    return t.detach().cpu().numpy().astype(np.float32)
+
+
+class _Builder:
+    """Accumulates config lines and components in Kaldi's (xconfig's) node order."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.components: list[tuple[str, Component]] = []
+
+    def add(self, name: str, comp: Component, descriptor: str) -> str:
+        self.lines.append(f"component-node name={name} component={name} input={descriptor}")
+        self.components.append((name, comp))
+        return name
+
+    def layer(self, name: str, linear: nn.Linear, act: nn.Module, norm: nn.Module, descriptor: str) -> str:
+        """xconfig's ``<act>-<norm>-layer``: affine, nonlinearity, normalisation; returns the last node."""
+        dim = linear.out_features
+        node = self.add(f"{name}.affine", affine_component(_np(linear.weight), _np(linear.bias),
+                                                           max_change=_HIDDEN_MAX_CHANGE), descriptor)
+        kind = _ACTIVATIONS.get(type(act))
+        if kind is None:
+            raise BabelflowError(f"export: layer {name}: activation {type(act).__name__} has no Kaldi component here")
+        relu = relu_component(dim, self_repair_scale=_SELF_REPAIR)
+        node = self.add(f"{name}.{kind[0]}", Component(kind[1], list(relu.fields)), node)
+        if isinstance(norm, Renorm):
+            node = self.add(f"{name}.renorm", normalize_component(dim), node)
+        elif isinstance(norm, FrameBatchNorm):
+            bn = norm.bn
+            if bn.running_mean is None or bn.running_var is None or bn.affine:
+                raise BabelflowError(f"export: layer {name}: BatchNorm without running statistics or with a "
+                                     f"learned affine cannot be written as Kaldi's BatchNormComponent")
+            # Kaldi needs count > 0 in test mode (else it invents stats); only mean/var enter the output
+            node = self.add(f"{name}.batchnorm", batchnorm_component(dim, _np(bn.running_mean), _np(bn.running_var),
+                                                                     epsilon=bn.eps, count=1.0, test_mode=True), node)
+        elif not isinstance(norm, nn.Identity):
+            raise BabelflowError(f"export: layer {name}: normalisation {type(norm).__name__} is not exportable")
+        return node
+
+
+def task_model_to_nnet(model: MultiTaskModel, blob: dict) -> Nnet:
+    """The Kaldi nnet3 network of a split frame-task model (trunk + head ``output``)."""
+    if blob.get("kind", model.tasks[0].kind) != "frame" or model.tasks[0].kind != "frame":
+        raise BabelflowError(f"export: task '{blob.get('task', model.tasks[0].name)}' is an utterance task; Kaldi's "
+                             f"AmNnetSimple (final.mdl) holds frame-level acoustic models only (one output per frame, "
+                             f"decoded with a TransitionModel), so only frame tasks can be exported")
+    if list(model.heads) != ["output"]:
+        raise BabelflowError(f"export: expected a split task model with one head 'output', got heads "
+                             f"{', '.join(model.heads)} (run `babelflow split` first)")
+    b = _Builder()
+    ivector = "ivector" if model.ivector_dim > 0 else None
+    if ivector:  # the recipe's xconfig declares the i-vector input first
+        b.lines.append(f"input-node name=ivector dim={model.ivector_dim}")
+    b.lines.append(f"input-node name=input dim={model.input_dim}")
+    node = "input"
+    cfg = model.config
+    names = [f"tdnn{i + 1}" for i in range(len(cfg.layers))] + (["tdnn_bn"] if cfg.bottleneck else [])
+    for i, (name, layer) in enumerate(zip(names, model.trunk)):
+        desc = descriptor_append_offsets(node, layer.offsets, ivector if i == 0 else None)
+        node = b.layer(name, layer.linear, layer.act, layer.norm, desc)
+    head = model.heads["output"]
+    mods = list(head.hidden)
+    hidden = [mods[j:j + 3] for j in range(0, len(mods), 3)]
+    for j, (linear, act, norm) in enumerate(hidden):
+        name = "prefinal-affine" if len(hidden) == 1 else f"prefinal-affine{j + 1}"
+        node = b.layer(name, linear, act, norm, node)
+    out = head.output
+    node = b.add("output.affine", affine_component(_np(out.weight), _np(out.bias), max_change=_OUTPUT_MAX_CHANGE), node)
+    node = b.add("output.log-softmax", log_softmax_component(out.out_features), node)
+    b.lines.append(f"output-node name=output input={node} objective=linear")
+    nnet = Nnet(b.lines, b.components)
+    nnet.nodes()  # validates the config lines
+    return nnet
+
+
+def export_kaldi(model_dir: str | Path, out_mdl: str | Path, binary: bool = True, raw: str | Path | None = None) -> dict:
+    """Write ``out_mdl`` (AmNnetSimple: the task's TransitionModel, the net, its context, the
+    priors or an empty vector) and optionally the raw nnet ``raw``; both atomically."""
+    from ..kaldi.transition_model import read_transition_model
+    from .taskmodel import load_task_model
+
+    model, blob = load_task_model(model_dir)
+    nnet = task_model_to_nnet(model, blob)
+    trans = Path(model_dir) / "trans.mdl"
+    if not trans.is_file():
+        raise BabelflowError(f"{model_dir}: no trans.mdl (the TransitionModel a Kaldi .mdl must carry, the one of the "
+                             f"task's alignment dir); re-run `babelflow split` with --ali=<alignment dir>")
+    tm = read_transition_model(trans)
+    priors = blob.get("priors")
+    priors = np.zeros(0, np.float32) if priors is None else np.asarray(priors, np.float32).reshape(-1)
+    if priors.size == 0:
+        log.warning("%s: the model has no priors: the .mdl gets an empty <Priors> vector (nnet3-compute "
+                    "--use-priors and decoding would then use raw log-posteriors)", model_dir)
+    am = AmNnetSimple.from_nnet(tm, nnet, priors)  # checks num_pdfs == output dim, priors' dim
+    if (am.left_context, am.right_context) != (model.left_context, model.right_context):
+        raise BabelflowError(f"export: Kaldi context ({am.left_context}, {am.right_context}) differs from the "
+                             f"model's ({model.left_context}, {model.right_context})")  # a bug, never user input
+    if raw is not None:
+        write_nnet(raw, nnet, binary)
+    write_am_nnet(out_mdl, am, binary)
+    info = {"mdl": str(out_mdl), "raw": str(raw) if raw is not None else None, "binary": binary,
+            "num_pdfs": tm.num_pdfs, "input_dim": model.input_dim, "ivector_dim": model.ivector_dim,
+            "left_context": am.left_context, "right_context": am.right_context,
+            "num_components": len(nnet.components), "priors": bool(priors.size)}
+    log.info("export %s -> %s: %d pdfs, context (%d, %d), %d components%s", model_dir, out_mdl, tm.num_pdfs,
+             am.left_context, am.right_context, len(nnet.components), "" if priors.size else ", no priors")
+    return info
+
+
+def _bool(s: str) -> bool:
+    if s.lower() in ("true", "1", "t"):
+        return True
+    if s.lower() in ("false", "0", "f"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got '{s}'")
+
+
+def cmd_export_kaldi(args: argparse.Namespace) -> None:
+    export_kaldi(args.model_dir, args.out_mdl, binary=args.binary, raw=args.raw)
+
+
+def register_export(sub: argparse._SubParsersAction) -> None:
+    """``babelflow export-kaldi MODEL_DIR OUT.mdl [--binary=true|false] [--raw OUT.raw]``."""
+    p = sub.add_parser("export-kaldi", help="a frame task model as a Kaldi nnet3 AmNnetSimple .mdl "
+                                            "(nnet3-am-init + priors), optionally also the raw nnet")
+    p.add_argument("--binary", type=_bool, default=True, metavar="BOOL", help="binary (default) or text Kaldi files")
+    p.add_argument("--raw", default=None, metavar="OUT.raw", help="also write the raw nnet (as nnet3-am-copy --raw=true)")
+    p.add_argument("model_dir", help="a task model dir (babelflow split [+ priors]) with trans.mdl")
+    p.add_argument("out_mdl")
+    p.set_defaults(func=cmd_export_kaldi)
