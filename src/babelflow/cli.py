@@ -220,10 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .egs.cli import register as register_egs
     from .nnet.cli import register as register_nnet
     from .nnet.cli import register_models
+    from .nnet.export import register_export
 
     register_egs(sub)
     register_nnet(sub)
     register_models(sub)
+    register_export(sub)
 
     s = sub.add_parser("merge", help="interleave task egs dirs into one schedule (combine_egs.sh)")
     s.add_argument("--weights", help="one weight per task, comma-separated (Kaldi's lang2weight; default 1.0)")
