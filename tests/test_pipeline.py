@@ -53,6 +53,21 @@ def test_training_ran_on_all_tasks(built):
     assert (proj / "exp" / "egs" / "en" / "info" / "left_context").read_text().strip() == "5"  # the model's
 
 
+def test_chain_ends_with_one_usable_model_per_task(built):
+    import json
+
+    from babelflow.kaldi.nnet3 import read_am_nnet
+
+    proj, _ = built
+    metrics = json.loads((proj / "exp" / "models" / "metrics.json").read_text())
+    assert list(metrics) == ["en", "de", "lang", "gender"]
+    for task in ("en", "de"):
+        am = read_am_nnet(proj / "exp" / "models" / task / "final.mdl")
+        assert am.priors.size == am.transition_model.num_pdfs and am.left_context == 5
+        assert (proj / "exp" / "models" / task / "eval" / "per_pdf.tsv").is_file()
+    assert (proj / "exp" / "models" / "lang" / "eval" / "confusion.png").is_file()
+
+
 def test_rerun_is_a_noop(built):
     proj, _ = built
     assert planned_jobs(proj) == {}
@@ -69,7 +84,8 @@ def test_feature_option_change_reruns_features_only(built):
         (proj / "params.yaml").write_text(edited.replace("num_mel_bins: 30", "num_mel_bins: 40"))
     # 2 languages x 2 jobs of features, then every egs archive (2 per task: one per features job)
     # and finalize; not the corpus, the data step or the alignments
-    assert jobs == {"features_job": 4, "features": 2, "egs_job": 8, "egs": 4, "merge": 1, "train": 1, "all": 1}
+    assert jobs == {"features_job": 4, "features": 2, "egs_job": 8, "egs": 4, "merge": 1, "train": 1,
+                    "split": 4, "eval": 4, "export_kaldi": 2, "metrics": 1, "all": 1}
 
 
 def test_bad_params_fail_before_any_job(tmp_path):

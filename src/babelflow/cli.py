@@ -142,7 +142,7 @@ def cmd_merge(args: argparse.Namespace) -> None:
     log.info("merge -> %s: %d archives, %s", args.out, info["num_archives"], info["examples_per_task"])
 
 
-def _bool(s: str) -> bool:
+def parse_bool(s: str) -> bool:
     if s.lower() in ("true", "1"):
         return True
     if s.lower() in ("false", "0"):
@@ -203,8 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_compute_cmvn_stats)
 
     s = sub.add_parser("apply-cmvn", help="apply-cmvn [--norm-means] [--norm-vars] [--utt2spk]")
-    s.add_argument("--norm-means", type=_bool, default=True)
-    s.add_argument("--norm-vars", type=_bool, default=False)
+    s.add_argument("--norm-means", type=parse_bool, default=True)
+    s.add_argument("--norm-vars", type=parse_bool, default=False)
     s.add_argument("--utt2spk")
     s.add_argument("cmvn_rspecifier")
     s.add_argument("feats_rspecifier")

@@ -297,3 +297,16 @@ def write_float_vector(f: BinaryIO, binary: bool, v: np.ndarray) -> None:
     else:
         vals = v.astype(np.float64 if double else np.float32).tolist()
         f.write((" [ " + "".join(f"{format_float(x)} " for x in vals) + "]\n").encode())
+
+
+def read_kaldi_file(path, what: str, read):
+    """Open ``path`` and ``read`` a Kaldi object from it; format and I/O errors name the file."""
+    try:
+        with open(path, "rb") as f:
+            return read(f)
+    except KaldiFormatError as e:
+        raise BabelflowError(f"{path}: not a readable Kaldi {what}: {e}") from None
+    except FileNotFoundError:
+        raise BabelflowError(f"{path}: file not found") from None
+    except OSError as e:
+        raise BabelflowError(f"{path}: cannot read ({e.strerror or e})") from None

@@ -24,7 +24,7 @@ import numpy as np
 from ..errors import BabelflowError
 from ..io import atomic_open
 from . import basic_io as bio
-from .basic_io import KaldiFormatError
+from .basic_io import KaldiFormatError, read_kaldi_file
 from .nnet3_components import (Component, affine_component, batchnorm_component, component_dims,
                                kaldi_copy_component, log_softmax_component, normalize_component,
                                read_component, relu_component)
@@ -570,25 +570,13 @@ class AmNnetSimple:
 
 
 # ----------------------------------------------------------------------------- files
-def _read_path(path: str | os.PathLike, what: str, read):
-    try:
-        with open(path, "rb") as f:
-            return read(f)
-    except KaldiFormatError as e:
-        raise BabelflowError(f"{path}: not a readable Kaldi {what}: {e}") from None
-    except FileNotFoundError:
-        raise BabelflowError(f"{path}: file not found") from None
-    except OSError as e:
-        raise BabelflowError(f"{path}: cannot read ({e.strerror or e})") from None
-
-
 def read_nnet(path: str | os.PathLike) -> Nnet:
     """A raw nnet3 (``.raw``) or the nnet inside an ``.mdl``, binary or text."""
-    return _read_path(path, "nnet3 model", lambda f: Nnet.read(f, bio.read_binary_header(f)))
+    return read_kaldi_file(path, "nnet3 model", lambda f: Nnet.read(f, bio.read_binary_header(f)))
 
 
 def read_am_nnet(path: str | os.PathLike) -> AmNnetSimple:
-    return _read_path(path, "nnet3 acoustic model (.mdl)", AmNnetSimple.read)
+    return read_kaldi_file(path, "nnet3 acoustic model (.mdl)", AmNnetSimple.read)
 
 
 def write_nnet(path: str | os.PathLike, nnet: Nnet, binary: bool = True) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import BabelflowError
 from ..io import atomic_open
 from . import basic_io as bio
-from .basic_io import KaldiFormatError
+from .basic_io import KaldiFormatError, read_kaldi_file
 
 NO_PDF = -1  # Kaldi's kNoPdf: a non-emitting state
 T = TypeVar("T")
@@ -400,26 +400,14 @@ class TransitionModel:
         token("</TransitionModel>")
 
 
-def _read_file(path: str | os.PathLike, what: str, read: Callable[[BinaryIO], T]) -> T:
-    try:
-        with open(path, "rb") as f:
-            return read(f)
-    except KaldiFormatError as e:
-        raise BabelflowError(f"{path}: not a readable Kaldi {what}: {e}") from None
-    except FileNotFoundError:
-        raise BabelflowError(f"{path}: file not found") from None
-    except OSError as e:
-        raise BabelflowError(f"{path}: cannot read ({e.strerror or e})") from None
-
-
 def read_transition_model(path: str | os.PathLike) -> TransitionModel:
     """The TransitionModel at the head of a Kaldi model file (GMM or nnet3 ``.mdl``, binary or text)."""
-    return _read_file(path, "model", TransitionModel.read)
+    return read_kaldi_file(path, "model", TransitionModel.read)
 
 
 def read_topology(path: str | os.PathLike) -> HmmTopology:
     """A standalone ``topo`` file (text as written by hand/prepare_lang, or binary)."""
-    return _read_file(path, "topology", lambda f: HmmTopology.read(f, bio.read_binary_header(f)))
+    return read_kaldi_file(path, "topology", lambda f: HmmTopology.read(f, bio.read_binary_header(f)))
 
 
 def write_transition_model(path: str | os.PathLike, tm: TransitionModel, binary: bool = True) -> None:

@@ -9,14 +9,6 @@ import logging
 log = logging.getLogger("babelflow")
 
 
-def _bool(s: str) -> bool:
-    if s.lower() in ("true", "1"):
-        return True
-    if s.lower() in ("false", "0"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got '{s}'")
-
-
 def cmd_train(args: argparse.Namespace) -> None:
     from .model import load_model_config
     from .options import TrainOptions
@@ -44,6 +36,7 @@ def cmd_model_config(args: argparse.Namespace) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from ..cli import parse_bool
     from .options import TrainOptions
 
     p = sub.add_parser("train", help="multi-task training on a merged egs dir (train_raw_dnn.py)")
@@ -53,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         value = getattr(defaults, f.name)
         flag = f"--{f.name.replace('_', '-')}"
         if isinstance(value, bool):
-            p.add_argument(flag, type=_bool, default=value, metavar="BOOL")
+            p.add_argument(flag, type=parse_bool, default=value, metavar="BOOL")
         elif isinstance(value, list):
             p.add_argument(flag, type=lambda s: [t for t in s.split(",") if t], default=value, metavar="A,B")
         elif f.name == "init":
