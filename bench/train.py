@@ -19,8 +19,8 @@ built the same way under ``--workdir``), merged by ``merge_egs`` into 256-exampl
    (params x 4 B x 3) and vs the child's RSS right after ``import torch``;
 5. GPU (bf16 autocast) loader vs random, when ``torch.cuda.is_available()``.
 
-Throughputs are the best of ``--repeats`` runs, interleaved (ABBA...) so drift on a noisy 2-core box
-hits all alike; read the ratios. RSS is the maximum over repeats.
+Throughputs are the best of ``--repeats`` runs; within a run the compared feeds' steps alternate
+(AB BA ...) so load on a noisy 2-core box hits all alike: read the ratios. RSS is the max over repeats.
 Run:  .venv/bin/python bench/train.py [--workdir bench/out/train] [--repeats 3] [--steps 20] [--json PATH]
 """
 
@@ -99,13 +99,6 @@ def fake_egs(path: Path, sizes: list[int]) -> Path:
     return path
 
 
-def neg_secs(fn, *a, **kw) -> float:
-    """Minus the seconds ``fn`` took (so that best() keeps the fastest)."""
-    t0 = time.perf_counter()
-    fn(*a, **kw)
-    return t0 - time.perf_counter()
-
-
 def du(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -117,38 +110,50 @@ def random_batches(num: int, chunk: int, num_outputs: int, device) -> list[Batch
                   torch.ones(b, chunk, device=device), None) for _ in range(num)]
 
 
-def train_fps(get_batch, num_outputs: int, steps: int, device, warmup: int = 2) -> tuple[float, float]:
-    """(output frames/s, share of the time spent getting batches) over ``steps`` timed steps."""
-    torch.manual_seed(0)
-    model = MultiTaskModel(CFG, 40, [TaskSpec("t", "frame", num_outputs)]).to(device).train()
-    optim = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    frames = load = 0.0
+def train_fps(feeds: dict, steps: int, device, warmup: int = 2) -> dict:
+    """Per feed ``name: (get_batch, num_outputs)``, its own model + AdamW; the feeds' steps alternate
+    (AB BA ...) so load on the box hits all alike. Returns name: (output frames/s, share of time in get_batch)."""
+    runs = {}
+    for name, (get, num_outputs) in feeds.items():
+        torch.manual_seed(0)
+        model = MultiTaskModel(CFG, 40, [TaskSpec("t", "frame", num_outputs)]).to(device).train()
+        runs[name] = (get, model, torch.optim.AdamW(model.parameters(), lr=1e-3), [0.0, 0.0, 0.0])
     for k in range(warmup + steps):
-        if k == warmup:
+        for name in (list(runs) if k % 2 == 0 else list(runs)[::-1]):
+            get, model, optim, acc = runs[name]
+            t0 = time.perf_counter()
+            b = get(k)
+            tl = time.perf_counter()
+            optim.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                loss, *_ = _step_loss(model, b)  # forward + loss, as train() runs it
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 2.0)
+            optim.step()
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            frames, load, t0 = 0.0, 0.0, time.perf_counter()
-        tl = time.perf_counter()
-        b = get_batch(k)
-        load += time.perf_counter() - tl
-        optim.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            loss, *_ = _step_loss(model, b)  # its float() calls sync the GPU each step, as in train()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 2.0)
-        optim.step()
-        frames += b.target.numel()
-    dt = time.perf_counter() - t0
-    return frames / dt, load / dt
+            if k >= warmup:
+                acc[0] += b.target.numel()
+                acc[1] += time.perf_counter() - t0
+                acc[2] += tl - t0
+    return {name: (a[0] / a[1], a[2] / a[1]) for name, (*_, a) in runs.items()}
 
 
-def best(fns: dict, repeats: int) -> dict:
-    """Highest frames/s of each fn over ``repeats`` interleaved rounds (AB, BA, ...)."""
+def best_fps(feeds: dict, steps: int, repeats: int, device) -> dict:
+    """Best (max frames/s) of ``repeats`` runs of :func:`train_fps`, and every run."""
+    runs = [train_fps(feeds, steps, device) for _ in range(repeats)]
+    return {n: max(r[n] for r in runs) for n in feeds} | {f"{n}_all": [r[n] for r in runs] for n in feeds}
+
+
+def fastest(fns: dict, repeats: int) -> dict:
+    """Least seconds of each fn over ``repeats`` interleaved rounds (AB, BA, ...)."""
     runs: dict = {name: [] for name in fns}
     for r in range(repeats):
         for name in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
-            runs[name].append(fns[name]())
-    return {name: max(v) for name, v in runs.items()} | {f"{n}_all": v for n, v in runs.items()}
+            t0 = time.perf_counter()
+            fns[name]()
+            runs[name].append(time.perf_counter() - t0)
+    return {name: min(v) for name, v in runs.items()} | {f"{n}_all": v for n, v in runs.items()}
 
 
 def macs_per_frame(chunk: int) -> float:
@@ -184,9 +189,8 @@ def rss_child(merged: Path, out: Path, steps: int) -> dict:
 def loader_vs_random(schedule: MergedSchedule, num_outputs: int, steps: int, R: int, device) -> dict:
     plan = epoch_plan(schedule.blocks("train"), 0, 0)
     rand = random_batches(8, FPE, num_outputs, device)
-    return best({"loader": lambda: train_fps(lambda k: schedule.load(plan[k % len(plan)], "train", device),
-                                             num_outputs, steps, device),
-                 "random": lambda: train_fps(lambda k: rand[k % len(rand)], num_outputs, steps, device)}, R)
+    return best_fps({"loader": (lambda k: schedule.load(plan[k % len(plan)], "train", device), num_outputs),
+                     "random": (lambda k: rand[k % len(rand)], num_outputs)}, steps, R, device)
 
 
 def main() -> None:
@@ -204,7 +208,7 @@ def main() -> None:
     schedule = MergedSchedule(merged)
     pdfs = schedule.egs[0].num_outputs
     cpu = torch.device("cpu")
-    train_fps(lambda k: random_batches(1, FPE, pdfs, cpu)[0], pdfs, 3, cpu)  # untimed: first-use costs (oneDNN...)
+    train_fps({"warm-up": (lambda k, b=random_batches(1, FPE, pdfs, cpu)[0]: b, pdfs)}, 1, cpu)  # untimed first use
     n_pdfs, n_100 = (MultiTaskModel(CFG, 40, [TaskSpec("t", "frame", c)]).num_parameters() for c in (pdfs, 100))
     print(f"# training benchmark: {egs} ({schedule.egs[0].info['num_egs']} egs of {FPE} frames, {pdfs} pdfs), "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; {S} timed steps per run, best of {R} "
@@ -221,7 +225,8 @@ def main() -> None:
 
     # 2. vs Kaldi nnet3-train, and longer chunks (random tensors, 100 outputs, ~2048 frames per minibatch)
     batches = {c: random_batches(4, c, 100, cpu) for c in CHUNKS}
-    t = res["chunks"] = best({c: (lambda c=c: train_fps(lambda k: batches[c][k % 4], 100, S, cpu)[0]) for c in CHUNKS}, R)
+    t = best_fps({c: (lambda k, c=c: batches[c][k % 4], 100) for c in CHUNKS}, S, R, cpu)
+    t = res["chunks"] = {c: t[c][0] for c in CHUNKS} | {f"{c}_all": [x[0] for x in t[f"{c}_all"]] for c in CHUNKS}
     real = res["loader"]["loader"][0]
     print(f"\n2. Kaldi   nnet3-train ~{KALDI_FPS} frames/s on 8-frame egs (2 cores); goal 1.5x = {1.5 * KALDI_FPS:.0f}\n"
           f"           real loader, {pdfs} pdfs: {real:6.0f} frames/s = {real / KALDI_FPS:.2f}x Kaldi")
@@ -240,9 +245,9 @@ def main() -> None:
     fakes = [fake_egs(W / "fake" / f"t{i}", s) for i, s in enumerate(sizes)]
     counts, n_ex = [sum(s) for s in sizes], sum(map(sum, sizes))
 
-    t = best({"merge": lambda: neg_secs(merge_egs, fakes, W / "merged_1m", block_size=BLOCK),
-              "allocate": lambda: neg_secs(allocate, counts, 16, BLOCK)}, R)
-    m, a = -t["merge"] * 1e6 / n_ex, -t["allocate"] * 1e6 / n_ex
+    t = fastest({"merge": lambda: merge_egs(fakes, W / "merged_1m", block_size=BLOCK),
+                 "allocate": lambda: allocate(counts, 16, BLOCK)}, R)
+    m, a = t["merge"] * 1e6 / n_ex, t["allocate"] * 1e6 / n_ex
     sz = {"merged_1m": du(W / "merged_1m"), "fake_egs": sum(du(f) for f in fakes), "merged": du(merged), "egs": du(egs)}
     res["merge"] = {"merge_s_per_1M": m, "allocate_s_per_1M": a, "bytes": sz, **t}
     print(f"\n3. merge   {n_ex} egs (4 tasks x 4 archives): merge_egs {m:.2f} s per 1M egs, allocate {a:.3f} s"
