@@ -15,7 +15,8 @@ from babelflow.kaldi.nnet3 import (AmNnetSimple, Component, Nnet, affine_compone
                                    read_nnet)
 from babelflow.kaldi.nnet3_compute import compute
 from babelflow.kaldi.transition_model import TransitionModel, write_transition_model
-from babelflow.nnet.export import export_kaldi, register_export, task_model_to_nnet
+from babelflow.nnet.cli import register_export
+from babelflow.nnet.export import export_kaldi, task_model_to_nnet
 from babelflow.nnet.infer import padded
 from babelflow.nnet.model import FrameBatchNorm, ModelConfig, MultiTaskModel, TaskSpec
 from babelflow.nnet.taskmodel import load_task_model, save_task_model

@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .egs.cli import register as register_egs
     from .nnet.cli import register as register_nnet
     from .nnet.cli import register_models
-    from .nnet.export import register_export
+    from .nnet.cli import register_export
 
     register_egs(sub)
     register_nnet(sub)

@@ -149,3 +149,22 @@ def register_models(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--collect", metavar="METRICS_JSON", help="instead: gather the models' eval/metrics.json into one")
     p.add_argument("model_dirs", nargs="+")
     p.set_defaults(func=cmd_eval)
+
+
+def cmd_export_kaldi(args: argparse.Namespace) -> None:
+    from .export import export_kaldi  # imports torch: only when the command runs
+
+    export_kaldi(args.model_dir, args.out_mdl, binary=args.binary, raw=args.raw)
+
+
+def register_export(sub: argparse._SubParsersAction) -> None:
+    """``babelflow export-kaldi MODEL_DIR OUT.mdl [--binary=true|false] [--raw OUT.raw]``."""
+    from ..cli import parse_bool
+
+    p = sub.add_parser("export-kaldi", help="a frame task model as a Kaldi nnet3 AmNnetSimple .mdl "
+                                            "(nnet3-am-init + priors), optionally also the raw nnet")
+    p.add_argument("--binary", type=parse_bool, default=True, metavar="BOOL", help="binary (default) or text Kaldi files")
+    p.add_argument("--raw", default=None, metavar="OUT.raw", help="also write the raw nnet (as nnet3-am-copy --raw=true)")
+    p.add_argument("model_dir", help="a task model dir (babelflow split [+ priors]) with trans.mdl")
+    p.add_argument("out_mdl")
+    p.set_defaults(func=cmd_export_kaldi)

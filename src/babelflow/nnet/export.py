@@ -13,7 +13,6 @@ running statistics, so every Kaldi binary computes what PyTorch's ``eval()`` com
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
@@ -142,20 +141,3 @@ def export_kaldi(model_dir: str | Path, out_mdl: str | Path, binary: bool = True
     log.info("export %s -> %s: %d pdfs, context (%d, %d), %d components%s", model_dir, out_mdl, tm.num_pdfs,
              am.left_context, am.right_context, len(nnet.components), "" if priors.size else ", no priors")
     return info
-
-
-def cmd_export_kaldi(args: argparse.Namespace) -> None:
-    export_kaldi(args.model_dir, args.out_mdl, binary=args.binary, raw=args.raw)
-
-
-def register_export(sub: argparse._SubParsersAction) -> None:
-    """``babelflow export-kaldi MODEL_DIR OUT.mdl [--binary=true|false] [--raw OUT.raw]``."""
-    from ..cli import parse_bool
-
-    p = sub.add_parser("export-kaldi", help="a frame task model as a Kaldi nnet3 AmNnetSimple .mdl "
-                                            "(nnet3-am-init + priors), optionally also the raw nnet")
-    p.add_argument("--binary", type=parse_bool, default=True, metavar="BOOL", help="binary (default) or text Kaldi files")
-    p.add_argument("--raw", default=None, metavar="OUT.raw", help="also write the raw nnet (as nnet3-am-copy --raw=true)")
-    p.add_argument("model_dir", help="a task model dir (babelflow split [+ priors]) with trans.mdl")
-    p.add_argument("out_mdl")
-    p.set_defaults(func=cmd_export_kaldi)
