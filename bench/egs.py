@@ -239,11 +239,16 @@ def main() -> None:
     table.append(("peak RSS of egs job, 2000 vs 200 utts", f"{m['large']:.0f} / {m['default']:.0f} MB",
                   f"{m['large'] / m['default']:.2f}x", "~1x"))
 
-    print(f"\n| measure ({frames} frames; best of {R}, interleaved) | figure | ratio | target |\n|---|---|---|---|")
+    report(f"measure ({frames} frames; best of {R}, interleaved)", table, res, args.json)
+
+
+def report(title: str, table: list[tuple[str, ...]], res: dict, json_path: Path | None) -> None:
+    """The README-ready markdown table of a benchmark, and every figure as JSON (shared by bench/*.py)."""
+    print(f"\n| {title} | figure | ratio | target |\n|---|---|---|---|")
     print("\n".join("| " + " | ".join(row) + " |" for row in table))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(res, indent=1, default=float) + "\n")
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(res, indent=1, default=float) + "\n")
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from egs import ENV, LANG, egs_dir, prepare  # noqa: E402  (bench/egs.py: the same corpus/egs setup)
+from egs import ENV, LANG, egs_dir, prepare, report  # noqa: E402  (bench/egs.py: the same corpus/egs setup)
 
 from babelflow.egs.format import INDEX_DTYPE  # noqa: E402
 from babelflow.egs.make import EgsOptions, egs_job, finalize_egs_dir  # noqa: E402
@@ -288,11 +288,7 @@ def main() -> None:
     busy = max(load) > os.cpu_count() + 0.5  # this run alone keeps about cpu_count threads busy
     print(f"\n# 1-min load average at start / end: {load[0]:.1f} / {load[1]:.1f} on {os.cpu_count()} cores"
           + (": other processes competed, absolute frames/s are low; interleaved ratios hold" if busy else ""))
-    print(f"\n| measure (best of {R}, interleaved; {S} steps per run) | figure | ratio | target |\n|---|---|---|---|")
-    print("\n".join("| " + " | ".join(row) + " |" for row in table))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(res, indent=1, default=float) + "\n")
+    report(f"measure (best of {R}, interleaved; {S} steps per run)", table, res, args.json)
 
 
 if __name__ == "__main__":
