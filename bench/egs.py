@@ -158,7 +158,7 @@ def main() -> None:
     print(f"# egs benchmark: {LANG}, {SIZES['large']} utts, {frames} frames (fbank 40); best of {R} runs each\n")
 
     # 1. write throughput
-    jobs = {dt: (lambda dt=dt: egs_job(big, 1, outs[dt], opts[dt], "fbank", progress=False)) for dt in opts}
+    jobs = {dt: (lambda dt=dt: egs_job(big, 1, outs[dt], opts[dt], progress=False)) for dt in opts}
     t = timed({"copy": lambda: copy_feats(feats / "feats.scp", root / "copy" / "feats"), **jobs}, R)
     w = res["write"] = {k: frames / v for k, v in t.items() if not k.endswith("_all")} | {"times_s": t}
     print(f"1. write   copy-feats (kaldiio) {w['copy'] / 1e3:6.0f}k frames/s  [baseline]")

@@ -80,7 +80,7 @@ def large_egs(workdir: Path) -> Path:
     out = egs_dir(workdir / "large", "egs_float16")
     opts = EgsOptions(frames_per_eg=FPE, left_context=LC, right_context=RC)
     if not (out / "info" / "num_egs").is_file():
-        egs_job(src, 1, out, opts, "fbank", progress=False)
+        egs_job(src, 1, out, opts, progress=False)
         finalize_egs_dir(src, out, opts)
     return out.resolve()
 

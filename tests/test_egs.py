@@ -47,7 +47,7 @@ def _frame_task(tiny_corpus, work, out, lang="en", opts=OPTS, ali=None):
     src = TaskSource(lang, "frame", [(lang, work / "data" / lang, work / "feats" / lang)], nj=2)
     prepare_pdf_alignments(str(ali or tiny_corpus / lang / "ali"), out)
     for a in (1, 2):
-        egs_job(src, a, out, opts, "fbank", progress=False)
+        egs_job(src, a, out, opts, progress=False)
     return src, finalize_egs_dir(src, out, opts)
 
 
@@ -111,7 +111,7 @@ def test_utterance_task_two_sets(tiny_features, tmp_path):
                      nj=2, labels="utt2lang")
     opts = EgsOptions(valid_fraction=0.25, chunking="random", min_chunk=20, max_chunk=40, dtype="float32")
     for a in (1, 2):
-        egs_job(src, a, tmp_path, opts, "fbank", progress=False)
+        egs_job(src, a, tmp_path, opts, progress=False)
     info = finalize_egs_dir(src, tmp_path, opts)
     assert info["num_classes"] == 2 and info["num_archives"] == 2
     assert (tmp_path / "info" / "classes.txt").read_text() == "de 0\nen 1\n"
@@ -158,7 +158,7 @@ def test_pdf_out_of_range_leaves_no_archive(tiny_corpus, tiny_features, tmp_path
     prepare_pdf_alignments(f"ark:{tmp_path / 'pdf.ark'}", tmp_path / "egs")
     (tmp_path / "egs" / "num_pdfs").write_text("5\n")  # fewer pdfs than the alignment uses
     with pytest.raises(BabelflowError, match=r"utterance '.*-en-\d+': pdf id \d+ outside \[0, 5\)"):
-        egs_job(src, 1, tmp_path / "egs", OPTS, "fbank", progress=False)
+        egs_job(src, 1, tmp_path / "egs", OPTS, progress=False)
     assert not list((tmp_path / "egs").glob("egs.1.*")) and not list((tmp_path / "egs").glob(".*tmp"))
 
 
@@ -166,7 +166,7 @@ def test_label_not_in_fixed_map(tiny_features, tmp_path):
     src = TaskSource("lang", "utterance", [("en", tiny_features / "data" / "en", tiny_features / "feats" / "en")],
                      nj=2, labels="utt2lang", classes=["de", "fr"])
     with pytest.raises(BabelflowError, match=r"utt2lang: utterance '.*': label 'en' is not in the label map \(de, fr\)"):
-        egs_job(src, 1, tmp_path, OPTS, "fbank", progress=False)
+        egs_job(src, 1, tmp_path, OPTS, progress=False)
 
 
 def test_info_disagreeing_with_archives(en_egs, tmp_path):
@@ -191,7 +191,7 @@ def test_duplicate_utterance_across_sets(tiny_features, tmp_path):
     src = TaskSource("lang", "utterance", [(s, tiny_features / "data" / "en", tiny_features / "feats" / "en")
                                            for s in ("a", "b")], nj=2, labels="utt2lang")
     with pytest.raises(BabelflowError, match="is in data sets 'a' and 'b'"):
-        egs_job(src, 1, tmp_path, OPTS, "fbank", progress=False)
+        egs_job(src, 1, tmp_path, OPTS, progress=False)
 
 
 def _ivector_dir(path, feats_dir, dim=5, period=10, drop=()):
@@ -216,7 +216,7 @@ def test_ivectors_travel_with_examples(tiny_corpus, tiny_features, tmp_path):
                      ivectors={"en": ivdir})
     out = tmp_path / "egs"
     prepare_pdf_alignments(str(tiny_corpus / "en" / "ali"), out)
-    reports = [egs_job(src, a, out, OPTS, "fbank", progress=False) for a in (1, 2)]
+    reports = [egs_job(src, a, out, OPTS, progress=False) for a in (1, 2)]
     info = finalize_egs_dir(src, out, OPTS)
     assert info["ivector_dim"] == 5
     assert sum(r["skipped"].get("no_ivector", 0) for r in reports) == 1

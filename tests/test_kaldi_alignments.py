@@ -20,14 +20,9 @@ from babelflow.kaldi.alignments import (
     write_int_vectors,
 )
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "kaldi-fixtures"
-
-
 @pytest.fixture
-def lang0() -> Path:
-    if not (FIXTURES / "lang0" / "ali.1.gz").is_file():
-        pytest.skip(f"Kaldi fixtures not found at {FIXTURES} (they live outside the repo, in /work/shared)")
-    return FIXTURES / "lang0"
+def lang0(kaldi_fixtures) -> Path:
+    return kaldi_fixtures / "lang0"
 
 
 def parse_text_table(path: Path) -> dict[str, list[int]]:

@@ -19,14 +19,9 @@ from babelflow.kaldi.transition_model import (
     write_transition_model,
 )
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "kaldi-fixtures"
-
-
 @pytest.fixture
-def lang0() -> Path:
-    if not (FIXTURES / "lang0" / "final.mdl").is_file():
-        pytest.skip(f"Kaldi fixtures not found at {FIXTURES} (they live outside the repo, in /work/shared)")
-    return FIXTURES / "lang0"
+def lang0(kaldi_fixtures) -> Path:
+    return kaldi_fixtures / "lang0"
 
 
 def tm_end(path: Path) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -40,13 +39,13 @@ def merged(tiny_corpus, tiny_features, tmp_path_factory):
         src = TaskSource(lang, "frame", [(lang, tiny_features / "data" / lang, tiny_features / "feats" / lang)], nj=2)
         prepare_pdf_alignments(str(tiny_corpus / lang / "ali"), root / lang)
         for a in (1, 2):
-            egs_job(src, a, root / lang, OPTS, "fbank", progress=False)
+            egs_job(src, a, root / lang, OPTS, progress=False)
         finalize_egs_dir(src, root / lang, OPTS)
         dirs.append(root / lang)
     src = TaskSource("lang", "utterance", [(s, tiny_features / "data" / s, tiny_features / "feats" / s) for s in ("en", "de")],
                      nj=2, labels="utt2lang")
     for a in range(1, 5):
-        egs_job(src, a, root / "lang", OPTS, "fbank", progress=False)
+        egs_job(src, a, root / "lang", OPTS, progress=False)
     finalize_egs_dir(src, root / "lang", OPTS)
     dirs.append(root / "lang")
     merge_egs(dirs, root / "merged", weights=[1.0, 0.5, 1.0], block_size=16, task_names=["en", "de", "lang"])

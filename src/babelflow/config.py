@@ -111,8 +111,7 @@ class Pipeline:
     def egs_args(self, task: str) -> str:
         """The flags of `babelflow egs job/finalize` for a task, as the rules pass them."""
         t, e, w = self.tasks[task], self.config["egs"], self.workdir
-        args = [f"--task={task}", f"--kind={t.kind}", f"--nj={self.config['data']['nj']}",
-                f"--feat-type={self.config['features']['type']}"]
+        args = [f"--task={task}", f"--kind={t.kind}", f"--nj={self.config['data']['nj']}"]
         args += [f"--set={s}:{w}/data/{s}:{w}/feats/{s}" for s in t.data]
         for s, d in (t.ivectors or {}).items():
             args.append(f"--ivectors={s}:{d}")

@@ -196,7 +196,7 @@ def _open_tasks(egs_dirs: list, weights: list[float] | None, names: list[str] | 
                 raise BabelflowError(f"merge: {label[i]}: {field} is '{v}', but {label[0]} has '{ref}'")
     ie = [(i, egs.info.get("final.ie.id")) for i, egs in enumerate(dirs) if egs.ivector_dim]
     if len({v for _, v in ie}) > 1:
-        raise BabelflowError(f"merge: i-vector extractor ids (info/final.ie.id) differ: "
+        raise BabelflowError("merge: i-vector extractor ids (info/final.ie.id) differ: "
                              + ", ".join(f"{label[i]}: {v}" for i, v in ie))
     frame = [i for i, egs in enumerate(dirs) if egs.kind == "frame"]
     for i in frame[1:]:

@@ -41,7 +41,7 @@ def cmd_ali(args: argparse.Namespace) -> None:
 def cmd_job(args: argparse.Namespace) -> None:
     from .make import egs_job
 
-    r = egs_job(_source(args), args.archive, args.out, _options(args), args.feat_type)
+    r = egs_job(_source(args), args.archive, args.out, _options(args))
     log.info("egs %s archive %d: %s", args.task, args.archive, r)
 
 
@@ -83,7 +83,6 @@ def _add_step_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classes", help="utterance tasks: fixed label map, comma-separated")
     p.add_argument("--ivectors", action="append", metavar="NAME:DIR",
                    help="online i-vector dir (ivector_online.scp + ivector_period) of a data set; repeatable")
-    p.add_argument("--feat-type", default="fbank")
     for name in EgsOptions.__dataclass_fields__:
         default = getattr(d, name)
         p.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)

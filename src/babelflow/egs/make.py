@@ -165,7 +165,7 @@ class _Counts:
 
 
 def egs_job(src: TaskSource, archive: int, out_dir: str | os.PathLike, opts: EgsOptions,
-            feat_type: str, progress: bool = True) -> dict:
+            progress: bool = True) -> dict:
     """Write archive ``archive`` (train, valid and train-diagnostic parts) of a task."""
     out_dir = Path(out_dir)
     utts = task_utterances(src)

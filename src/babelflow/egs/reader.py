@@ -7,10 +7,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 
 from ..errors import BabelflowError
-from ..io import read_scalar
 from .format import Archive
 
 PARTS = {"train": "egs", "valid": "valid", "train_diagnostic": "train_diagnostic"}
@@ -86,8 +84,7 @@ class EgsDir:
         if "num_egs" in self.info and n != self._int("num_egs"):
             raise BabelflowError(f"{self.path}: info/num_egs says {self.info['num_egs']}, archives hold {n}")
         for part in ("valid", "train_diagnostic"):
-            for a in self.archives(part):
-                pass
+            list(self.archives(part))  # opening an archive checks its sizes against info/
         if self.kind == "frame":
             for a in self.archives("train"):
                 if a.labels is not None and len(a.labels) and a.labels["pdf"].max() >= self.num_outputs:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, NamedTuple, Sequence, TypeVar
+from typing import BinaryIO, NamedTuple, Sequence, TypeVar
 
 import numpy as np
 
