@@ -8,6 +8,9 @@ from babelflow.errors import BabelflowError
 min_version("9.0")
 
 
+report: "workflow/report/workflow.rst"
+
+
 configfile: "params.yaml"
 
 
@@ -32,10 +35,11 @@ include: "rules/egs.smk"
 include: "rules/merge.smk"
 include: "rules/train.smk"
 include: "rules/split.smk"
+include: "rules/export.smk"
 
 
 rule all:
     default_target: True
     input:
         f"{W}/models/metrics.json",
-        expand(f"{W}/models/{{task}}/final.mdl", task=frame_tasks()),
+        expand(f"{W}/kaldi/{{task}}/final.mdl", task=frame_tasks()),

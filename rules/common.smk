@@ -3,11 +3,18 @@
 import json
 import os
 
+from babelflow.steps import code_files
+
 
 wildcard_constraints:
     name="[A-Za-z0-9][A-Za-z0-9_.+-]*",
     job="[0-9]+",
     archive="[0-9]+",
+
+
+def step_code(step):
+    """The step's modules, as inputs: Snakemake does not see code called from shell:."""
+    return code_files(step, workflow.basedir)
 
 
 def data_source(wildcards):
@@ -28,6 +35,7 @@ def egs_job_inputs(wildcards):
         ins["ali"] = f"{W}/egs/{wildcards.task}/ali_pdf.scp"
     if task.ivectors:
         ins["ivectors"] = list(task.ivectors.values())
+    ins["code"] = step_code("egs")
     return ins
 
 

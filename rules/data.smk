@@ -4,7 +4,8 @@
 
 rule data:
     input:
-        data_source,
+        src=data_source,
+        code=step_code("data"),
     output:
         directory(f"{W}/data/{{name}}"),
     params:
@@ -14,4 +15,4 @@ rule data:
     log:
         "logs/data/{name}.log",
     shell:
-        "babelflow data --nj {params.nj} {input} {output} > {log} 2>&1"
+        "babelflow data --nj {params.nj} {input.src} {output} > {log} 2>&1"

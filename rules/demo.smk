@@ -2,6 +2,8 @@
 
 
 rule demo_corpus:
+    input:
+        code=step_code("corpus"),
     output:
         data=directory("corpus/{lang}/data"),
         ali=directory("corpus/{lang}/ali"),

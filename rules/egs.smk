@@ -4,7 +4,8 @@
 
 rule egs_ali:
     input:
-        frame_task_ali,
+        ali=frame_task_ali,
+        code=step_code("egs"),
     output:
         ark=f"{W}/egs/{{task}}/ali_pdf.ark",
         scp=f"{W}/egs/{{task}}/ali_pdf.scp",
@@ -44,7 +45,8 @@ rule egs_job:
 
 rule egs:
     input:
-        egs_archives,
+        archives=egs_archives,
+        code=step_code("egs"),
     output:
         num_archives=f"{W}/egs/{{task}}/info/num_archives",
         report=f"{W}/egs/{{task}}/report.tsv",

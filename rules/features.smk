@@ -4,7 +4,8 @@
 
 rule features_job:
     input:
-        f"{W}/data/{{name}}",
+        data=f"{W}/data/{{name}}",
+        code=step_code("features"),
     output:
         ark=f"{W}/feats/{{name}}/raw_{FEAT_TYPE}.{{job}}.ark",
         scp=f"{W}/feats/{{name}}/raw_{FEAT_TYPE}.{{job}}.scp",
@@ -19,7 +20,7 @@ rule features_job:
         "logs/features/{name}.{job}.log",
     shell:
         "babelflow features {params.opts} --nj {params.nj} --job {wildcards.job}"
-        " {input} {params.out} > {log} 2>&1"
+        " {input.data} {params.out} > {log} 2>&1"
 
 
 rule features:
@@ -28,6 +29,7 @@ rule features:
         jobs=expand(
             f"{W}/feats/{{{{name}}}}/raw_{FEAT_TYPE}.{{job}}.scp", job=range(1, NJ + 1)
         ),
+        code=step_code("features"),
     output:
         scp=f"{W}/feats/{{name}}/feats.scp",
         frames=f"{W}/feats/{{name}}/utt2num_frames",

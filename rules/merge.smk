@@ -4,7 +4,8 @@
 
 rule merge:
     input:
-        expand(f"{W}/egs/{{task}}/info/num_archives", task=PIPELINE.tasks),
+        egs=expand(f"{W}/egs/{{task}}/info/num_archives", task=PIPELINE.tasks),
+        code=step_code("merge"),
     output:
         directory(f"{W}/merged"),
     params:

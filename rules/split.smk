@@ -1,6 +1,6 @@
 # Per-task models (run_tdnn_multilingual.sh stage 12): split the trained network into one
 # model per task (head renamed `output`, TransitionModel attached), recompute priors
-# (adjust_priors.sh), evaluate on the task's valid egs, export frame tasks to Kaldi.
+# (adjust_priors.sh), evaluate on the task's valid egs.
 
 
 rule split:
@@ -8,6 +8,7 @@ rule split:
         model=f"{W}/train/final.pt",
         egs=f"{W}/egs/{{task}}/info/num_archives",
         feats=lambda wc: f"{W}/feats/{PIPELINE.tasks[wc.task].data[0]}/feats.scp",
+        code=step_code("models"),
     output:
         f"{W}/models/{{task}}/model.pt",
     params:
@@ -31,11 +32,18 @@ rule split:
 
 rule eval:
     input:
-        f"{W}/models/{{task}}/model.pt",
+        model=f"{W}/models/{{task}}/model.pt",
+        code=step_code("models"),
     output:
-        metrics=f"{W}/models/{{task}}/eval/metrics.json",
+        report(
+            directory(f"{W}/models/{{task}}/eval"),
+            patterns=["{plot}.png"],
+            caption="../workflow/report/confusion.rst",
+            category="Per-task models",
+            subcategory="{task}",
+        ),
     params:
-        out=lambda wc, input: os.path.dirname(input[0]),
+        out=lambda wc, input: os.path.dirname(input.model),
     conda:
         "../workflow/envs/babelflow.yaml"
     log:
@@ -44,24 +52,10 @@ rule eval:
         "babelflow eval {params.out} > {log} 2>&1"
 
 
-rule export_kaldi:
-    input:
-        f"{W}/models/{{task}}/model.pt",
-    output:
-        f"{W}/models/{{task}}/final.mdl",
-    params:
-        out=lambda wc, input: os.path.dirname(input[0]),
-    conda:
-        "../workflow/envs/babelflow.yaml"
-    log:
-        "logs/models/{task}.export.log",
-    shell:
-        "babelflow export-kaldi {params.out} {output} > {log} 2>&1"
-
-
 rule metrics:
     input:
-        expand(f"{W}/models/{{task}}/eval/metrics.json", task=PIPELINE.tasks),
+        evals=expand(f"{W}/models/{{task}}/eval", task=PIPELINE.tasks),
+        code=step_code("models"),
     output:
         f"{W}/models/metrics.json",
     params:

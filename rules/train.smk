@@ -3,6 +3,8 @@
 
 
 rule model_config:
+    input:
+        code=step_code("train"),
     output:
         f"{W}/train/model.yaml",
     params:
@@ -20,12 +22,15 @@ rule train:
         merged=f"{W}/merged",
         model=f"{W}/train/model.yaml",
         init=train_init,
+        code=step_code("train"),
     output:
         model=f"{W}/train/final.pt",
         metrics=f"{W}/train/metrics.json",
         log=f"{W}/train/train_log.tsv",
         diagnostics=f"{W}/train/diagnostics.tsv",
-        curves=report(f"{W}/train/curves.png", category="Training"),
+        curves=report(f"{W}/train/curves.png", caption="../workflow/report/curves.rst", category="Training"),
+        tables=directory(f"{W}/train/curves"),
+        info=directory(f"{W}/train/info"),
     params:
         launcher=train_launcher(),
         args=PIPELINE.train_args(),

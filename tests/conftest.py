@@ -53,10 +53,29 @@ def project_copy(dest: Path, **params_edits) -> Path:
     return dest
 
 
+def dvc_project(dest: Path, **params_edits) -> Path:
+    """A git + DVC repo made of a copy of the project (its .dvc/config, .dvcignore, .gitignore and
+    src/, so code deps resolve inside the repo), with dvc.yaml regenerated for the edited params."""
+    project_copy(dest, **params_edits)
+    shutil.copytree(REPO / "src" / "babelflow", dest / "src" / "babelflow",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (dest / ".dvc").mkdir()
+    for item in (".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore"):
+        shutil.copy(REPO / item, dest / item)
+    run(["git", "init", "-q", "-b", "main"], dest)
+    run(["git", "config", "user.name", "babelflow-tests"], dest)
+    run(["git", "config", "user.email", "tests@example.com"], dest)
+    run(["babelflow", "dvc-sync"], dest)
+    run(["git", "add", "-A"], dest)
+    run(["git", "commit", "-q", "-m", "project"], dest)
+    return dest
+
+
 def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
     """Run a command with the venv's bin first on PATH (rules call `babelflow`)."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["DVC_NO_ANALYTICS"] = "1"
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")

@@ -14,7 +14,8 @@ pytestmark = pytest.mark.slow
 TINY = dict(demo__utts_per_lang=16, demo__langs={"en": "en-us", "de": "de"}, demo__utterance_tasks=["lang", "gender"],
             model__layers=[{"dim": 32, "splice": [-2, 0, 2]}, {"dim": 32, "splice": [-3, 3]}],
             model__bottleneck={"dim": 16}, model__frame_head={"hidden": [32]}, model__utterance_head={"hidden": [32]},
-            train__num_epochs=2, merge__block_size=16)
+            train__num_epochs=2, merge__block_size=16,
+            merge__weights={"en": 1.0, "de": 1.0, "lang": 1.0, "gender": 1.0})
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,7 @@ def test_chain_ends_with_one_usable_model_per_task(built):
     metrics = json.loads((proj / "exp" / "models" / "metrics.json").read_text())
     assert list(metrics) == ["en", "de", "lang", "gender"]
     for task in ("en", "de"):
-        am = read_am_nnet(proj / "exp" / "models" / task / "final.mdl")
+        am = read_am_nnet(proj / "exp" / "kaldi" / task / "final.mdl")
         assert am.priors.size == am.transition_model.num_pdfs and am.left_context == 5
         assert (proj / "exp" / "models" / task / "eval" / "per_pdf.tsv").is_file()
     assert (proj / "exp" / "models" / "lang" / "eval" / "confusion.png").is_file()
@@ -89,7 +90,7 @@ def test_feature_option_change_reruns_features_only(built):
 
 
 def test_bad_params_fail_before_any_job(tmp_path):
-    proj = project_copy(tmp_path, merge__weights={"en": 1.0, "klingon": 0.5}, **TINY)
+    proj = project_copy(tmp_path, **{**TINY, "merge__weights": {"en": 1.0, "klingon": 0.5}})
     proc = run(["snakemake", "--cores", "1"], proj, check=False)
     assert proc.returncode != 0
     assert "merge.weights.klingon: no such task" in proc.stdout + proc.stderr

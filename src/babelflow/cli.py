@@ -240,11 +240,34 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("out", metavar="OUT_DIR")
     s.set_defaults(func=cmd_merge)
 
+    s = sub.add_parser("dvc-sync", help="write dvc.yaml from the Snakemake DAG (--check: fail if it is stale)")
+    s.add_argument("project", nargs="?", default=".")
+    s.add_argument("--check", action="store_true", help="only compare; exit 1 with a diff when dvc.yaml is stale")
+    s.set_defaults(func=cmd_dvc_sync)
+
+    s = sub.add_parser("touch", help="after dvc pull/checkout: mark the restored outputs up to date for Snakemake")
+    s.add_argument("project", nargs="?", default=".")
+    s.set_defaults(func=cmd_touch)
+
     s = sub.add_parser("check-config", help="validate params.yaml (schema + references + paths)")
     s.add_argument("params", nargs="?", default="params.yaml")
     s.add_argument("--no-paths", action="store_true", help="skip checks that paths exist")
     s.set_defaults(func=cmd_check_config)
     return p
+
+
+def cmd_dvc_sync(args: argparse.Namespace) -> None:
+    from .dvcsync import dvc_sync
+
+    current = dvc_sync(args.project, check=args.check)
+    log.info("dvc.yaml %s", "is current" if current else "written")
+
+
+def cmd_touch(args: argparse.Namespace) -> None:
+    from .smk import touch_outputs
+
+    n = touch_outputs(args.project)
+    log.info("%d job(s) marked up to date: `snakemake -n` has nothing to do", n)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,8 @@ import argparse
 import dataclasses
 import logging
 
+from ..errors import BabelflowError
+
 log = logging.getLogger("babelflow")
 
 
@@ -152,19 +154,26 @@ def register_models(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_export_kaldi(args: argparse.Namespace) -> None:
-    from .export import export_kaldi  # imports torch: only when the command runs
+    from .export import export_kaldi, export_kaldi_dir  # imports torch: only when the command runs
 
-    export_kaldi(args.model_dir, args.out_mdl, binary=args.binary, raw=args.raw)
+    if args.dir:
+        if args.raw:
+            raise BabelflowError("export-kaldi: --raw goes with a .mdl output, not with --dir")
+        export_kaldi_dir(args.model_dir, args.out, binary=args.binary)
+    else:
+        export_kaldi(args.model_dir, args.out, binary=args.binary, raw=args.raw)
 
 
 def register_export(sub: argparse._SubParsersAction) -> None:
-    """``babelflow export-kaldi MODEL_DIR OUT.mdl [--binary=true|false] [--raw OUT.raw]``."""
+    """``babelflow export-kaldi [--dir] MODEL_DIR OUT.mdl|OUT_DIR [--binary=true|false] [--raw OUT.raw]``."""
     from ..cli import parse_bool
 
     p = sub.add_parser("export-kaldi", help="a frame task model as a Kaldi nnet3 AmNnetSimple .mdl "
                                             "(nnet3-am-init + priors), optionally also the raw nnet")
     p.add_argument("--binary", type=parse_bool, default=True, metavar="BOOL", help="binary (default) or text Kaldi files")
     p.add_argument("--raw", default=None, metavar="OUT.raw", help="also write the raw nnet (as nnet3-am-copy --raw=true)")
+    p.add_argument("--dir", action="store_true",
+                   help="OUT is a Kaldi model dir: final.mdl + the model's cmvn_opts, conf/ and info/")
     p.add_argument("model_dir", help="a task model dir (babelflow split [+ priors]) with trans.mdl")
-    p.add_argument("out_mdl")
+    p.add_argument("out", metavar="OUT.mdl|OUT_DIR")
     p.set_defaults(func=cmd_export_kaldi)

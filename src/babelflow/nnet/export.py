@@ -141,3 +141,22 @@ def export_kaldi(model_dir: str | Path, out_mdl: str | Path, binary: bool = True
     log.info("export %s -> %s: %d pdfs, context (%d, %d), %d components%s", model_dir, out_mdl, tm.num_pdfs,
              am.left_context, am.right_context, len(nnet.components), "" if priors.size else ", no priors")
     return info
+
+
+def export_kaldi_dir(model_dir: str | Path, out_dir: str | Path, binary: bool = True) -> dict:
+    """A Kaldi model dir for decoding (what steps/nnet3/decode.sh reads): ``final.mdl``, the
+    model's ``cmvn_opts``, ``conf/`` and ``info/``; built under a temp name, then renamed."""
+    import shutil
+
+    from ..io import atomic_dir
+
+    src = Path(model_dir)
+    with atomic_dir(out_dir) as tmp:
+        info = export_kaldi(src, tmp / "final.mdl", binary=binary)
+        for name in ("cmvn_opts", "conf", "info"):
+            if (src / name).is_dir():
+                shutil.copytree(src / name, tmp / name)
+            elif (src / name).is_file():
+                shutil.copyfile(src / name, tmp / name)
+    info["mdl"] = str(Path(out_dir) / "final.mdl")
+    return info

@@ -41,3 +41,17 @@ def plot_curves(train_log: Path, diagnostics: Path, out_png: Path) -> None:
     fig.savefig(tmp, dpi=90)
     plt.close(fig)
     tmp.replace(out_png)
+
+
+def write_curve_tables(diagnostics: Path, out_dir: Path) -> None:
+    """``<task>.tsv`` per task, one row per epoch (what ``dvc plots`` draws, one line per file)."""
+    from ..io import atomic_dir
+
+    diag = pd.read_csv(diagnostics, sep="\t")
+    wide = diag.pivot_table(index=["task", "epoch"], columns="set", values=["accuracy", "objective"])
+    wide.columns = [f"{part.replace('_diagnostic', '')}_{what}" for what, part in wide.columns]
+    base = diag[diag["set"] == "valid"].set_index(["task", "epoch"])["baseline_accuracy"]
+    wide = wide.join(base).reset_index()
+    with atomic_dir(out_dir) as tmp:
+        for task, rows in wide.groupby("task", sort=False):
+            rows.drop(columns="task").to_csv(tmp / f"{task}.tsv", sep="\t", index=False, float_format="%.5f")

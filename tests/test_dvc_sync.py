@@ -1,0 +1,182 @@
+"""dvc.yaml and the Snakemake rules agree: generated outs/deps, and params checked by probing.
+
+The probe changes one params.yaml key at a time, rebuilds the Snakemake DAG in-process and
+sees which rules' jobs (outputs or rendered params) change: each such rule's step must list
+the key in its DVC ``params``, and each key a step lists must change one of its rules.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from babelflow.dvcsync import build_stages, dvc_sync
+from babelflow.errors import BabelflowError
+from babelflow.smk import Job, workflow_jobs
+from babelflow.steps import STEP_OF_RULE, STEPS
+
+from .conftest import REPO
+
+
+def test_committed_dvc_yaml_is_current():
+    assert dvc_sync(REPO, check=True)
+
+
+def test_every_rule_belongs_to_a_step():
+    rules = {j.rule for j in workflow_jobs(REPO)} - {"all"}
+    assert rules == set(STEP_OF_RULE), "rules/*.smk and babelflow.steps.STEPS list different rules"
+
+
+def test_an_output_outside_the_step_outs_is_an_error():
+    jobs = [Job("merge", ("exp/elsewhere/merged.tsv",), ("exp/egs/en/info/num_archives",), ())]
+    with pytest.raises(BabelflowError, match=r"step merge: rule output exp/elsewhere/merged.tsv is under none"):
+        build_stages(jobs, "exp", ["en"])
+
+
+def test_stage_cmd_asks_snakemake_for_the_step_only():
+    doc = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    for step in STEPS:
+        cmd = doc["stages"][step.name]["cmd"]
+        assert cmd.startswith(f"snakemake --cores all --allowed-rules {' '.join(step.rules)} -- ")
+        for code in step.code:
+            assert f"src/babelflow/{code}" in doc["stages"][step.name]["deps"]
+
+
+# key -> a schema-valid other value (a callable gets the tiny corpus dir). Every leaf of
+# params.yaml must be covered, so a new parameter cannot slip past this test.
+def _user_data(corpus):
+    return {
+        "data.dirs": {"en": str(corpus / "en" / "data"), "de": str(corpus / "de" / "data")},
+        "tasks": {"en": {"kind": "frame", "data": "en", "ali": str(corpus / "en" / "ali")},
+                  "de": {"kind": "frame", "data": "de", "ali": str(corpus / "de" / "ali")}},
+    }
+
+
+def _user_data_one_task(corpus):
+    edits = _user_data(corpus)
+    del edits["tasks"]["de"]
+    return edits
+
+
+REFERENCE = {"tasks": _user_data}  # probed against user data, not against the demo's derived tasks
+PERTURB = {
+    "demo.size": "large", "demo.utts_per_lang": 50, "demo.langs": {"en": "en-gb", "de": "de", "es": "es"},
+    "demo.voices": ["m1", "f1"], "demo.seed": 1, "demo.ali_jobs": 1, "demo.utterance_tasks": ["lang"],
+    "data.nj": 3, "data.dirs": _user_data, "tasks": _user_data_one_task,
+    "features.type": "mfcc", "features.config": "conf", "features.options": {"num_mel_bins": 30, "dither": 0},
+    "features.cmvn_opts": "--norm-means=true --norm-vars=false",
+    "egs.frames_per_eg": 16, "egs.left_context": 20, "egs.right_context": 20, "egs.num_valid_utts": 100,
+    "egs.num_train_subset_utts": 100, "egs.valid_fraction": 0.2, "egs.length_tolerance": 3, "egs.dtype": "float32",
+    "egs.seed": 1, "egs.utterance": {"chunking": "random", "min_chunk": 50, "max_chunk": 200},
+    "merge.weights": {"en": 0.3, "de": 1.0, "es": 1.0, "fr": 1.0, "lang": 1.0, "voice": 1.0, "gender": 1.0, "rate": 1.0},
+    "merge.block_size": 32, "merge.sampler": "temperature", "merge.temperature": 2.0, "merge.num_archives": 5,
+    "model.config": "model_conf",
+    "model.layers": [{"dim": 192, "splice": [-4, 0, 4]}], "model.bottleneck": {"dim": 64},
+    "model.frame_head": {"hidden": [128]}, "model.utterance_head": {"hidden": [128]}, "model.nonlinearity": "tanh",
+    "model.norm": "renorm",
+    "train.num_epochs": 5, "train.optimizer": "sgd", "train.lr_initial": 1e-3, "train.lr_final": 1e-4,
+    "train.max_grad_norm": 1.0, "train.blocks_per_step": 2, "train.batching": "mixed", "train.checkpoint_every": 100,
+    "train.nproc": 2, "train.freeze_trunk": True, "train.init": "init", "train.tasks": ["en"], "train.seed": 1,
+    "priors.method": "counts", "priors.num_egs": 100, "priors.floor": 1e-6, "priors.seed": 1,
+}
+STRUCTURAL = {"workdir"}  # changes every path: dvc.yaml is regenerated (`babelflow dvc-sync`), not re-run
+
+
+def _leaves(d, prefix=""):
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v and key not in PERTURB:
+            yield from _leaves(v, key + ".")
+        else:
+            yield key
+
+
+def _set(cfg, dotted, value):
+    *parents, leaf = dotted.split(".")
+    node = cfg
+    for p in parents:
+        node = node[p]
+    node[leaf] = value
+
+
+def _signature(jobs):
+    sig: dict[str, set] = {}
+    for j in jobs:
+        sig.setdefault(j.rule, set()).add((j.output, j.params))
+    return sig
+
+
+@pytest.fixture(scope="module")
+def probe(tiny_corpus, tmp_path_factory):
+    """key -> the rules whose jobs change when only that key changes."""
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    tmp = tmp_path_factory.mktemp("probe")
+    (tmp / "fbank.conf").write_text("--num-mel-bins=30\n")
+    model = yaml.safe_load((REPO / "workflow" / "configs" / "babel_multilang.yaml").read_text())
+    model["layers"] = model["layers"][:2]  # another context: the egs step reads it too
+    (tmp / "model.yaml").write_text(yaml.safe_dump(model))
+    from babelflow.nnet.model import ModelConfig  # noqa: F401  (torch import outside the timed loop)
+
+    init = tmp / "init.pt"
+    init.write_bytes(b"")  # only its path is read at DAG time
+    default_ref = _signature(workflow_jobs(REPO, copy.deepcopy(base)))
+    changed = {}
+    for key, value in PERTURB.items():
+        cfg = copy.deepcopy(base)
+        ref = default_ref
+        if key in REFERENCE:
+            for k, v in REFERENCE[key](tiny_corpus).items():
+                _set(cfg, k, v)
+            cfg["merge"]["weights"] = {}
+            ref = _signature(workflow_jobs(REPO, copy.deepcopy(cfg)))
+        if callable(value):
+            for k, v in value(tiny_corpus).items():
+                _set(cfg, k, v)
+            cfg["merge"]["weights"] = {}
+        else:
+            files = {"conf": tmp / "fbank.conf", "init": init, "model_conf": tmp / "model.yaml"}
+            value = str(files[value]) if isinstance(value, str) and value in files else value
+            _set(cfg, key, value)
+            if key in ("demo.utterance_tasks", "demo.langs"):
+                cfg["merge"]["weights"] = {}
+            if key == "train.freeze_trunk":
+                cfg["train"]["init"] = str(init)
+        sig = _signature(workflow_jobs(REPO, cfg))
+        changed[key] = {r for r in set(ref) | set(sig) if ref.get(r) != sig.get(r)} - {"all"}
+    return changed
+
+
+def test_perturbations_cover_every_parameter():
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    missing = [k for k in _leaves(params) if k not in PERTURB and k not in STRUCTURAL
+               and not any(k.startswith(p + ".") for p in PERTURB)]
+    assert not missing, f"params.yaml keys with no probe value in PERTURB: {missing}"
+
+
+def test_each_rule_reads_only_keys_its_stage_declares(probe):
+    errors = []
+    for key, rules in probe.items():
+        for rule in rules:
+            step = STEP_OF_RULE[rule]
+            if not any(key == p or key.startswith(p + ".") for p in step.params):
+                errors.append(f"rule {rule} (stage {step.name}) changes with {key}, not in its params")
+    assert not errors, "\n".join(errors)
+
+
+def test_each_declared_key_is_read_by_its_stage(probe):
+    errors = []
+    for step in STEPS:
+        for p in step.params:
+            hit = {r for key, rules in probe.items() if key == p or key.startswith(p + ".") for r in rules}
+            if not hit & set(step.rules):
+                errors.append(f"stage {step.name} declares {p}, but none of its rules changes with it")
+    assert not errors, "\n".join(errors)
+
+
+def test_probe_sees_the_obvious(probe):
+    """Sanity of the probe itself: a weight moves merge, a feature option moves the features jobs."""
+    assert probe["merge.weights"] == {"merge"}
+    assert {"features_job", "features"} <= probe["features.options"]
+    assert "merge" not in probe["features.options"]
