@@ -237,3 +237,24 @@ def test_cli_export_kaldi(tmp_path):
     feats = np.random.default_rng(0).standard_normal((9, 7)).astype(np.float32)
     iv = np.ones(5, np.float32)
     np.testing.assert_allclose(compute(am.nnet, feats, iv), torch_forward(loaded, feats, iv), atol=TOL, rtol=0)
+
+
+def test_cli_export_kaldi_dir(tmp_path):
+    """--dir: a model dir decode.sh can use; a failed export leaves no partial dir behind."""
+    d = save_dir(tmp_path / "m", make_model("batchnorm", 0, False, [8]))
+    (d / "cmvn_opts").write_text("--norm-means=false --norm-vars=false\n")
+    (d / "conf").mkdir()
+    (d / "conf" / "fbank.conf").write_text("--num-mel-bins=7\n")
+    parser = argparse.ArgumentParser()
+    register_export(parser.add_subparsers(dest="cmd"))
+    args = parser.parse_args(["export-kaldi", "--dir", str(d), str(tmp_path / "kaldi")])
+    args.func(args)
+    out = tmp_path / "kaldi"
+    assert isinstance(read_am_nnet(out / "final.mdl"), AmNnetSimple)
+    assert (out / "cmvn_opts").read_text() == (d / "cmvn_opts").read_text()
+    assert (out / "conf" / "fbank.conf").read_text() == "--num-mel-bins=7\n"
+    bad = save_dir(tmp_path / "bad", make_model("renorm", 0, False, []), trans=False)
+    with pytest.raises(BabelflowError, match="no trans.mdl"):
+        args = parser.parse_args(["export-kaldi", "--dir", str(bad), str(tmp_path / "kaldi2")])
+        args.func(args)
+    assert not (tmp_path / "kaldi2").exists() and not list(tmp_path.glob(".kaldi2.*"))
