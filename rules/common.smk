@@ -58,11 +58,8 @@ def train_init(wildcards):
 
 
 def train_launcher():
-    """`babelflow`, or torchrun over it when train.nproc > 1 (one node; SLURM adds nodes)."""
-    n = config["train"]["nproc"]
-    if n == 1:
-        return "babelflow"
-    return f"torchrun --standalone --nproc_per_node {n} -m babelflow.cli"
+    """torchrun with train.nproc processes per node; under SLURM, srun + torchrun per node."""
+    return f"babelflow torchrun --nproc-per-node {config['train']['nproc']} --"
 
 
 # --- split step

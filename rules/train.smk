@@ -1,5 +1,6 @@
 # Training step (steps/nnet3/train_raw_dnn.py on multilingual egs): one shared trunk,
-# one head per task (output-<i>). nproc > 1 runs torchrun (gloo on CPU, nccl on GPU).
+# one head per task (output-<i>). nproc > 1 runs torchrun (gloo on CPU, nccl on GPU); in a
+# SLURM job `babelflow torchrun` starts one torchrun per node through srun.
 
 
 rule model_config:
@@ -38,6 +39,8 @@ rule train:
     threads: workflow.cores
     resources:
         train_slots=1,
+        nodes=config["train"]["nnodes"],
+        tasks=config["train"]["nnodes"],  # one launcher per node (babelflow torchrun)
     conda:
         "../workflow/envs/babelflow.yaml"
     log:

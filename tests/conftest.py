@@ -71,12 +71,17 @@ def dvc_project(dest: Path, **params_edits) -> Path:
     return dest
 
 
-def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
-    """Run a command with the venv's bin first on PATH (rules call `babelflow`)."""
+def tool_env() -> dict[str, str]:
+    """The environment for snakemake/dvc/babelflow subprocesses: the venv first on PATH."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["DVC_NO_ANALYTICS"] = "1"
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return env
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run a command with the venv's bin first on PATH (rules call `babelflow`)."""
+    proc = subprocess.run(cmd, cwd=cwd, env=tool_env(), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc

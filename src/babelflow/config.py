@@ -100,7 +100,7 @@ class Pipeline:
         """The flags of `babelflow train`, as the rule passes them."""
         args = []
         for k, v in self.config["train"].items():
-            if k == "nproc" or v is None:
+            if k in ("nproc", "nnodes") or v is None:
                 continue
             v = ",".join(v) if isinstance(v, list) else str(v).lower() if isinstance(v, bool) else v
             if v == "":

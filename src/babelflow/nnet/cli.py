@@ -37,9 +37,24 @@ def cmd_model_config(args: argparse.Namespace) -> None:
     log.info("model: context (%d, %d), %d layers", cfg.left_context, cfg.right_context, len(cfg.layers))
 
 
+def cmd_torchrun(args: argparse.Namespace) -> None:
+    from .launch import torchrun
+
+    argv = args.command[1:] if args.command[:1] == ["--"] else args.command
+    rc = torchrun(args.nproc_per_node, argv)
+    if rc:
+        raise SystemExit(rc)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from ..cli import parse_bool
     from .options import TrainOptions
+
+    p = sub.add_parser("torchrun", help="run a babelflow command on N processes per node: torchrun locally, "
+                                        "srun + torchrun per node inside a SLURM job")
+    p.add_argument("--nproc-per-node", type=int, default=1, metavar="N")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- train ...")
+    p.set_defaults(func=cmd_torchrun)
 
     p = sub.add_parser("train", help="multi-task training on a merged egs dir (train_raw_dnn.py)")
     p.add_argument("--model-config", required=True, help="YAML: layers, bottleneck, frame_head, utterance_head")
