@@ -27,6 +27,16 @@ FEAT_TYPE = config["features"]["type"]
 DATASETS = PIPELINE.datasets
 
 
+# Bookkeeping steps that only write a few small files run on the submit host (a queue round
+# trip each would cost more than they do).
+localrules:
+    all,
+    egs,
+    merge,
+    model_config,
+    metrics,
+
+
 include: "rules/common.smk"
 include: "rules/demo.smk"
 include: "rules/data.smk"

@@ -57,6 +57,17 @@ def train_init(wildcards):
     return [init] if init else []
 
 
+def train_mpi():
+    """Several nodes: the SLURM plugin runs the shell in the batch step (``mpi``), where
+    ``babelflow torchrun`` calls srun itself; one node: the plugin's own ``srun -n1`` is enough."""
+    return {"mpi": "srun"} if config["train"]["nnodes"] > 1 else {}
+
+
+def local_cores():
+    """Every core of a local run; on a cluster (no --cores) the profile's set-threads decides."""
+    return workflow._cores or 1
+
+
 def train_launcher():
     """torchrun with train.nproc processes per node; under SLURM, srun + torchrun per node."""
     return f"babelflow torchrun --nproc-per-node {config['train']['nproc']} --"

@@ -36,11 +36,12 @@ rule train:
         launcher=train_launcher(),
         args=PIPELINE.train_args(),
         out=lambda wc, output: os.path.dirname(output.model),
-    threads: workflow.cores
+    threads: local_cores()
     resources:
         train_slots=1,
         nodes=config["train"]["nnodes"],
         tasks=config["train"]["nnodes"],  # one launcher per node (babelflow torchrun)
+        **train_mpi(),
     conda:
         "../workflow/envs/babelflow.yaml"
     log:

@@ -167,3 +167,17 @@ def test_two_processes_match_one(merged):
     b, _ = load_model(two / "final.pt")
     for k, v in a.state_dict().items():
         assert torch.allclose(v.float(), b.state_dict()[k].float(), atol=1e-4), k
+
+
+def test_two_processes_start_over_from_a_stale_checkpoint(merged):
+    """Changed options + the old run's checkpoint: every rank starts over (none may resume alone,
+    which would leave the other waiting in a collective forever)."""
+    out = merged / "p2"  # the 2-process run of the test above, or a fresh one
+    if not (out / "checkpoint.pt").exists():
+        cmd, env = _cli(merged, out, "--blocks-per-step=2", nproc=2)
+        subprocess.run(cmd, env=env, check=True, capture_output=True)
+    cmd, env = _cli(merged, out, "--blocks-per-step=2", "--seed=7", "--fresh-on-config-change", nproc=2)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "starting over" in proc.stderr and "resuming from" not in proc.stderr
+    assert (out / "checkpoint.pt.old").exists()

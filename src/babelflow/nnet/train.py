@@ -221,11 +221,13 @@ def train(merged_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig, o
     chash = _config_hash(model_cfg, specs, opts, Path(merged_dir))
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "frames": 0.0, "history": []}
     ckpt = out / "checkpoint.pt"
-    if ckpt.exists() and fresh_on_config_change and _checkpoint_hash(ckpt) != chash:
-        log.warning("%s was written with another config: starting over (kept as checkpoint.pt.old)", ckpt)
+    stale = ckpt.exists() and fresh_on_config_change and _checkpoint_hash(ckpt) != chash
+    d.barrier()  # every rank has looked before rank 0 moves it (else they would disagree, and hang)
+    if stale:
+        log.warning("%s was written with another config or data: starting over (kept as checkpoint.pt.old)", ckpt)
         if d.rank == 0:
             os.replace(ckpt, ckpt.with_suffix(".pt.old"))
-        d.barrier()
+    d.barrier()
     if ckpt.exists():
         state = _resume(ckpt, chash, model, optim)
         log.info("resuming from %s: epoch %d, step %d of that epoch", ckpt, state["epoch"] + 1, state["step_in_epoch"])
