@@ -227,6 +227,8 @@ def train(merged_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig, o
         log.warning("%s was written with another config or data: starting over (kept as checkpoint.pt.old)", ckpt)
         if d.rank == 0:
             os.replace(ckpt, ckpt.with_suffix(".pt.old"))
+            if (out / "checkpoint_log.tsv").exists():
+                os.replace(out / "checkpoint_log.tsv", out / "checkpoint_log.tsv.old")
     d.barrier()
     if ckpt.exists():
         state = _resume(ckpt, chash, model, optim)
@@ -238,10 +240,12 @@ def train(merged_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig, o
     steps_per_epoch = len(_steps(epoch_plan(archives, 0, opts.seed, opts.shuffle_window), opts, d.world, len(specs)))
     total_steps = max(1, steps_per_epoch * opts.num_epochs)
     majority = majority_labels(schedule)
-    log_path = out / "train_log.tsv"
-    if d.rank == 0 and state["global_step"] == 0:
+    # The step log goes with the checkpoint (train_log.tsv is an output, which Snakemake deletes
+    # before it retries a killed job); it becomes train_log.tsv when training ends.
+    log_path = out / "checkpoint_log.tsv"
+    if d.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        write_text(log_path, "step\tepoch\ttask\toutput\tobjective\taccuracy\tframes\tweight\tlr\n")
+        _restart_log(log_path, state["global_step"])
     t_start = time.time()
     for epoch in range(state["epoch"], opts.num_epochs):
         steps = _steps(epoch_plan(archives, epoch, opts.seed, opts.shuffle_window), opts, d.world, len(specs))
@@ -358,6 +362,13 @@ def _checkpoint(path: Path, chash: str, model, optim, state: dict, d: _Dist) -> 
                     "state": json.dumps(state)}, f)
 
 
+def _restart_log(path: Path, global_step: int) -> None:
+    """A new step log, or the resumed one without the rows after the checkpoint's step."""
+    header = "step\tepoch\ttask\toutput\tobjective\taccuracy\tframes\tweight\tlr\n"
+    lines = path.read_text().splitlines(keepends=True)[1:] if global_step and path.exists() else []
+    write_text(path, header + "".join(ln for ln in lines if int(ln.split("\t", 1)[0]) < global_step))
+
+
 def _flush_log(path: Path, rows: list[str], d: _Dist) -> None:
     if d.rank == 0 and rows:
         with open(path, "a") as f:
@@ -388,6 +399,8 @@ def _write_outputs(out: Path, model, schedule: MergedSchedule, state: dict, seco
                             f"{r['baseline_accuracy']:.5f}\t{r['frames']:.1f}\n")
     write_text(out / "diagnostics.tsv", "".join(rows))
     from .plots import plot_curves, write_curve_tables
+
+    write_text(out / "train_log.tsv", (out / "checkpoint_log.tsv").read_text())
 
     plot_curves(out / "train_log.tsv", out / "diagnostics.tsv", out / "curves.png")
     write_curve_tables(out / "diagnostics.tsv", out / "curves")
