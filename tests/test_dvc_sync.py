@@ -117,8 +117,6 @@ def probe(tiny_corpus, tmp_path_factory):
     model = yaml.safe_load((REPO / "workflow" / "configs" / "babel_multilang.yaml").read_text())
     model["layers"] = model["layers"][:2]  # another context: the egs step reads it too
     (tmp / "model.yaml").write_text(yaml.safe_dump(model))
-    from babelflow.nnet.model import ModelConfig  # noqa: F401  (torch import outside the timed loop)
-
     init = tmp / "init.pt"
     init.write_bytes(b"")  # only its path is read at DAG time
     default_ref = _signature(workflow_jobs(REPO, copy.deepcopy(base)))

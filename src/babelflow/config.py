@@ -70,7 +70,7 @@ class Pipeline:
     @property
     def model_config(self):
         """The network (ModelConfig) from ``model:`` or the file ``model.config`` names."""
-        from .nnet.model import ModelConfig, load_model_config
+        from .nnet.modelconfig import ModelConfig, load_model_config
 
         m = self.config["model"]
         if m.get("config"):

@@ -51,7 +51,7 @@ STEPS: tuple[Step, ...] = (
          ("{workdir}/merged",),
          "combine_egs.sh with task weights: exp/merged"),
     Step("train", ("model_config", "train"),
-         ("nnet/model.py", "nnet/options.py", "nnet/data.py", "nnet/train.py", "nnet/plots.py"),
+         ("nnet/model.py", "nnet/modelconfig.py", "nnet/options.py", "nnet/data.py", "nnet/train.py", "nnet/plots.py"),
          ("train", "model"),
          ("{workdir}/train/final.pt", "{workdir}/train/model.yaml", "{workdir}/train/train_log.tsv",
           "{workdir}/train/diagnostics.tsv", "{workdir}/train/curves", "{workdir}/train/info"),

@@ -331,6 +331,10 @@ cmd_start() {
 
 cmd_stop() {
   stop_daemons slurmd slurmctld slurmdbd mariadbd munged
+  # Our config would point every SLURM client at a controller that is gone: the snakemake
+  # SLURM plugin runs `scontrol show config` when snakemake starts and waits 10 s for it.
+  # `start` writes the config anew; a config we did not write is never touched.
+  if [[ -f $CONF ]] && grep -qF "$MARKER" "$CONF"; then rm -f "$CONF" "$DBDCONF"; fi
   echo "slurm stopped"
 }
 

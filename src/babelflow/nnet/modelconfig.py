@@ -1,0 +1,99 @@
+"""The network's description (``params.yaml`` ``model:`` or a file), without torch.
+
+The Snakefile reads the model's context from it for the egs step; importing torch there
+would add seconds to every ``snakemake -n``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import BabelflowError
+
+NONLINEARITIES = ("relu", "sigmoid", "tanh")
+
+
+@dataclass
+class LayerConfig:
+    dim: int
+    splice: list[int] = field(default_factory=lambda: [0])
+    nonlinearity: str = "relu"
+    norm: str | None = "renorm"
+
+    @property
+    def left(self) -> int:
+        return -min(self.splice)
+
+    @property
+    def right(self) -> int:
+        return max(self.splice)
+
+
+@dataclass
+class ModelConfig:
+    """The network, as ``params.yaml``'s ``model:`` (or a file it names) describes it."""
+
+    layers: list[LayerConfig]
+    bottleneck: LayerConfig | None = None
+    frame_head: list[int] = field(default_factory=list)  # hidden (prefinal) dims per frame task
+    utterance_head: list[int] = field(default_factory=list)  # hidden dims after statistics pooling
+    nonlinearity: str = "relu"
+    norm: str | None = "renorm"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], origin: str = "model") -> "ModelConfig":
+        nonlin, norm = d.get("nonlinearity", "relu"), d.get("norm", "renorm")
+
+        def layer(item: dict, where: str) -> LayerConfig:
+            unknown = set(item) - {"dim", "splice", "nonlinearity", "norm"}
+            if unknown or "dim" not in item:
+                raise BabelflowError(f"{origin}: {where}: expected keys dim, splice, nonlinearity, norm "
+                                     f"(got {', '.join(sorted(item))})")
+            cfg = LayerConfig(int(item["dim"]), [int(o) for o in item.get("splice", [0])],
+                              item.get("nonlinearity", nonlin), item.get("norm", norm))
+            if cfg.nonlinearity not in NONLINEARITIES:
+                raise BabelflowError(f"{origin}: {where}.nonlinearity: '{cfg.nonlinearity}' is not one of "
+                                     f"{', '.join(NONLINEARITIES)}")
+            if cfg.norm not in (None, "renorm", "batchnorm"):
+                raise BabelflowError(f"{origin}: {where}.norm: '{cfg.norm}' (use renorm, batchnorm or null)")
+            if cfg.dim < 1 or not cfg.splice or len(set(cfg.splice)) != len(cfg.splice):
+                raise BabelflowError(f"{origin}: {where}: dim must be >= 1 and splice distinct offsets")
+            return cfg
+
+        if not d.get("layers"):
+            raise BabelflowError(f"{origin}: layers: at least one TDNN layer is required")
+        layers = [layer(x, f"layers[{i}]") for i, x in enumerate(d["layers"])]
+        bn = d.get("bottleneck")
+        return cls(layers, layer(bn, "bottleneck") if bn else None,
+                   [int(x) for x in (d.get("frame_head") or {}).get("hidden", [])],
+                   [int(x) for x in (d.get("utterance_head") or {}).get("hidden", [])], nonlin, norm)
+
+    def to_dict(self) -> dict[str, Any]:
+        lay = lambda c: {"dim": c.dim, "splice": list(c.splice), "nonlinearity": c.nonlinearity, "norm": c.norm}
+        return {"layers": [lay(c) for c in self.layers], "bottleneck": lay(self.bottleneck) if self.bottleneck else None,
+                "frame_head": {"hidden": list(self.frame_head)}, "utterance_head": {"hidden": list(self.utterance_head)},
+                "nonlinearity": self.nonlinearity, "norm": self.norm}
+
+    @property
+    def left_context(self) -> int:
+        return sum(c.left for c in self.trunk_layers)
+
+    @property
+    def right_context(self) -> int:
+        return sum(c.right for c in self.trunk_layers)
+
+    @property
+    def trunk_layers(self) -> list[LayerConfig]:
+        return self.layers + ([self.bottleneck] if self.bottleneck else [])
+
+
+def load_model_config(path: str) -> ModelConfig:
+    """A model config file (YAML with layers, bottleneck, frame_head, utterance_head)."""
+    import yaml
+
+    try:
+        with open(path) as f:
+            return ModelConfig.from_dict(yaml.safe_load(f) or {}, origin=path)
+    except FileNotFoundError:
+        raise BabelflowError(f"{path}: model config not found") from None
