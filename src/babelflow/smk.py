@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -24,16 +23,6 @@ class Job:
     params: tuple[tuple[str, str], ...]  # rendered, as the shell command sees them
 
 
-@contextlib.contextmanager
-def _chdir(path: Path) -> Iterator[None]:
-    old = Path.cwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(old)
-
-
 def workflow_jobs(project: str | Path = ".", config: dict[str, Any] | None = None) -> list[Job]:
     """Every job of the full workflow (as with ``--forceall -n``); ``config``, when given,
     replaces ``params.yaml`` as a whole."""
@@ -43,7 +32,7 @@ def workflow_jobs(project: str | Path = ".", config: dict[str, Any] | None = Non
     project = Path(project).resolve()
     sink = io.StringIO()
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_chdir(project))
+        stack.enter_context(contextlib.chdir(project))
         stack.enter_context(contextlib.redirect_stderr(sink))
         stack.enter_context(contextlib.redirect_stdout(sink))
         stack.enter_context(_quiet_logging())
@@ -82,7 +71,8 @@ def touch_outputs(project: str | Path = ".", cores: int = 1) -> int:
     from .errors import BabelflowError
 
     project = Path(project)
-    missing = sorted({o for j in workflow_jobs(project) for o in j.output if not (project / o).exists()})
+    jobs = [j for j in workflow_jobs(project) if j.output]
+    missing = sorted({o for j in jobs for o in j.output if not (project / o).exists()})
     if missing:
         shown = "\n  ".join(missing[:20]) + (f"\n  ... and {len(missing) - 20} more" if len(missing) > 20 else "")
         raise BabelflowError(f"{len(missing)} workflow output(s) missing, run `dvc pull` (or `dvc checkout`) "
@@ -92,4 +82,4 @@ def touch_outputs(project: str | Path = ".", cores: int = 1) -> int:
     proc = subprocess.run(cmd, cwd=project, capture_output=True, text=True)
     if proc.returncode != 0:
         raise BabelflowError(f"{' '.join(cmd)} failed in {project}:\n{(proc.stdout + proc.stderr)[-3000:]}")
-    return sum(1 for j in workflow_jobs(project) if j.output)
+    return len(jobs)

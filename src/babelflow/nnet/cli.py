@@ -124,8 +124,12 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def _inference_args(p: argparse.ArgumentParser) -> None:
+    """What compute and bottleneck share: CMVN options, MODEL_DIR FEATS_RSPECIFIER OUT_WSPECIFIER."""
     p.add_argument("--cmvn", help="CMVN stats rspecifier, when the model's cmvn_opts normalise")
     p.add_argument("--utt2spk", help="utt2spk file for --cmvn (per-speaker stats)")
+    p.add_argument("model_dir")
+    p.add_argument("feats_rspecifier")
+    p.add_argument("out_wspecifier")
 
 
 def register_models(sub: argparse._SubParsersAction) -> None:
@@ -150,16 +154,10 @@ def register_models(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-priors", action="store_true", help="write log-posteriors")
     p.add_argument("--labels-out", help="utterance tasks: write the argmax label per utterance (text)")
     _inference_args(p)
-    p.add_argument("model_dir")
-    p.add_argument("feats_rspecifier")
-    p.add_argument("out_wspecifier")
     p.set_defaults(func=cmd_compute)
 
     p = sub.add_parser("bottleneck", help="the shared bottleneck layer's outputs as Kaldi features")
     _inference_args(p)
-    p.add_argument("model_dir")
-    p.add_argument("feats_rspecifier")
-    p.add_argument("out_wspecifier")
     p.set_defaults(func=cmd_bottleneck)
 
     p = sub.add_parser("eval", help="evaluation report of task models on their valid egs")

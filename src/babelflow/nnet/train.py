@@ -60,27 +60,24 @@ def _step_loss(model: MultiTaskModel, b: Batch) -> tuple[torch.Tensor, float, fl
     return loss, float(obj.detach()), float(correct), float(frames)
 
 
-def _config_hash(model_cfg: ModelConfig, tasks: list[TaskSpec], opts: TrainOptions, merged_dir: Path) -> str:
+def _config_hash(model_cfg: ModelConfig, tasks: list[TaskSpec], opts: TrainOptions, schedule: MergedSchedule) -> str:
     """What a checkpoint must share with this run to be resumed: everything that shapes the
     result (not checkpoint_every/threads), and the data, so that a changed weight or egs
     seed starts over instead of resuming a finished run on other data."""
     skip = {"checkpoint_every", "threads"}
     key = {"model": model_cfg.to_dict(), "tasks": [asdict(t) for t in tasks],
-           "opt": {k: v for k, v in asdict(opts).items() if k not in skip}, "data": _data_fingerprint(merged_dir)}
+           "opt": {k: v for k, v in asdict(opts).items() if k not in skip}, "data": _data_fingerprint(schedule)}
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _data_fingerprint(merged_dir: Path) -> str:
+def _data_fingerprint(schedule: MergedSchedule) -> str:
     """The merged dir's schedule by content; the egs dirs behind it by name, size and mtime
     (their features can be GBs; a rewritten egs dir gets new mtimes)."""
     h = hashlib.sha1()
-    files = sorted(p for p in Path(merged_dir).rglob("*") if p.is_file())
-    for p in files:
-        h.update(f"{p.relative_to(merged_dir)}\0".encode())
+    for p in sorted(p for p in schedule.path.rglob("*") if p.is_file()):
+        h.update(f"{p.relative_to(schedule.path)}\0".encode())
         h.update(p.read_bytes())
-    header, *rows = [ln.split("\t") for ln in (Path(merged_dir) / "tasks.tsv").read_text().splitlines()]
-    egs_dirs = sorted({r[header.index("egs_dir")] for r in rows})
-    for d in egs_dirs:
+    for d in sorted(set(schedule.tasks["egs_dir"])):
         for p in sorted(Path(d).rglob("*")) if Path(d).is_dir() else ():
             if p.is_file():
                 st = p.stat()
@@ -218,7 +215,7 @@ def train(merged_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig, o
     params = [p for p in model.parameters() if p.requires_grad]
     optim = (torch.optim.AdamW(params, lr=opts.lr_initial, weight_decay=opts.weight_decay) if opts.optimizer == "adamw"
              else torch.optim.SGD(params, lr=opts.lr_initial, momentum=opts.momentum, weight_decay=opts.weight_decay))
-    chash = _config_hash(model_cfg, specs, opts, Path(merged_dir))
+    chash = _config_hash(model_cfg, specs, opts, schedule)
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "frames": 0.0, "history": []}
     ckpt = out / "checkpoint.pt"
     stale = ckpt.exists() and fresh_on_config_change and _checkpoint_hash(ckpt) != chash
