@@ -21,9 +21,8 @@ try:
 except BabelflowError as e:
     raise ValueError(str(e)) from None
 
-W = PIPELINE.workdir
+L = PIPELINE.layout  # every path below comes from babelflow.layout
 NJ = config["data"]["nj"]
-FEAT_TYPE = config["features"]["type"]
 DATASETS = PIPELINE.datasets
 
 
@@ -51,5 +50,5 @@ include: "rules/export.smk"
 rule all:
     default_target: True
     input:
-        f"{W}/models/metrics.json",
-        expand(f"{W}/kaldi/{{task}}/final.mdl", task=frame_tasks()),
+        rules.metrics.output[0],
+        expand(rules.export_kaldi.output.mdl, task=PIPELINE.frame_tasks()),

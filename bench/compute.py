@@ -40,9 +40,10 @@ from egs import ENV, LANG, report, timed  # noqa: E402  (bench/egs.py: corpus se
 from train import RECIPE, large_egs  # noqa: E402  (bench/train.py: the recipe TDNN, the large egs)
 
 from babelflow.egs.reader import EgsDir  # noqa: E402
+from babelflow.nnet.checkpoint import load_task_model, save_task_model  # noqa: E402
 from babelflow.nnet.infer import compute, padded  # noqa: E402
 from babelflow.nnet.model import ModelConfig, MultiTaskModel, TaskSpec  # noqa: E402
-from babelflow.nnet.taskmodel import compute_priors, load_task_model, save_task_model  # noqa: E402
+from babelflow.nnet.taskmodel import compute_priors  # noqa: E402
 from babelflow.tables import read_matrices  # noqa: E402
 
 CHUNK, BATCH = 2000, 256  # frame_outputs' chunk, average_posteriors' batch

@@ -1,5 +1,11 @@
 # Data step (utils/validate_data_dir.sh + utils/split_data.sh):
 # a Kaldi data dir -> a validated copy with split<nj>/ and info/.
+from babelflow.data.options import DataOptions
+
+
+def data_source(wildcards):
+    """The Kaldi data dir behind a data set (the demo rule makes the demo's)."""
+    return DATASETS[wildcards.name]
 
 
 rule data:
@@ -7,12 +13,12 @@ rule data:
         src=data_source,
         code=step_code("data"),
     output:
-        directory(f"{W}/data/{{name}}"),
+        directory(L.data("{name}")),
     params:
-        nj=NJ,
+        opts=options(DataOptions),
     conda:
         "../workflow/envs/babelflow.yaml"
     log:
         "logs/data/{name}.log",
     shell:
-        "babelflow data --nj {params.nj} {input.src} {output} > {log} 2>&1"
+        "babelflow data {params.opts:q} {input.src:q} {output:q} > {log} 2>&1"

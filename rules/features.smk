@@ -1,51 +1,58 @@
 # Features step (make_fbank.sh / make_mfcc.sh + compute_cmvn_stats.sh):
 # one job per (data set, split), then a merge that writes feats.scp and cmvn.scp.
+from babelflow.features import FeaturesOptions
+
+FEAT_TYPE = PIPELINE.options(FeaturesOptions).type
+
+
+def feature_conf():
+    """The Kaldi conf file named in params: its contents shape the features."""
+    conf = PIPELINE.options(FeaturesOptions).config
+    return [conf] if conf else []
 
 
 rule features_job:
     input:
-        data=f"{W}/data/{{name}}",
+        data=rules.data.output[0],
+        conf=feature_conf(),
         code=step_code("features"),
     output:
-        ark=f"{W}/feats/{{name}}/raw_{FEAT_TYPE}.{{job}}.ark",
-        scp=f"{W}/feats/{{name}}/raw_{FEAT_TYPE}.{{job}}.scp",
-        frames=f"{W}/feats/{{name}}/utt2num_frames.{{job}}",
+        ark=L.feats("{name}", f"raw_{FEAT_TYPE}.{{job}}.ark"),
+        scp=L.feats("{name}", f"raw_{FEAT_TYPE}.{{job}}.scp"),
+        frames=L.feats("{name}", "utt2num_frames.{job}"),
     params:
-        opts=PIPELINE.feature_args(),
+        opts=options(FeaturesOptions, exclude=("cmvn_opts",)),
         nj=NJ,
-        out=lambda wc: f"{W}/feats/{wc.name}",
+        out=L.feats("{name}"),
     conda:
         "../workflow/envs/babelflow.yaml"
     log:
         "logs/features/{name}.{job}.log",
     shell:
-        "babelflow features {params.opts} --nj {params.nj} --job {wildcards.job}"
-        " {input.data} {params.out} > {log} 2>&1"
+        "babelflow features {params.opts:q} --nj {params.nj} --job {wildcards.job}"
+        " {input.data:q} {params.out:q} > {log} 2>&1"
 
 
 rule features:
     input:
-        data=f"{W}/data/{{name}}",
-        jobs=expand(
-            f"{W}/feats/{{{{name}}}}/raw_{FEAT_TYPE}.{{job}}.scp", job=range(1, NJ + 1)
-        ),
+        data=rules.data.output[0],
+        jobs=expand(rules.features_job.output.scp, job=range(1, NJ + 1), allow_missing=True),
+        conf=feature_conf(),
         code=step_code("features"),
     output:
-        scp=f"{W}/feats/{{name}}/feats.scp",
-        frames=f"{W}/feats/{{name}}/utt2num_frames",
-        cmvn=f"{W}/feats/{{name}}/cmvn.scp",
-        cmvn_ark=f"{W}/feats/{{name}}/cmvn.ark",
-        cmvn_opts=f"{W}/feats/{{name}}/cmvn_opts",
-        dim=f"{W}/feats/{{name}}/info/feat_dim",
+        scp=L.feats("{name}", "feats.scp"),
+        frames=L.feats("{name}", "utt2num_frames"),
+        cmvn=L.feats("{name}", "cmvn.scp"),
+        cmvn_ark=L.feats("{name}", "cmvn.ark"),
+        cmvn_opts=L.feats("{name}", "cmvn_opts"),
+        dim=L.feats("{name}", "info", "feat_dim"),
     params:
-        opts=PIPELINE.feature_args(),
-        cmvn_opts=config["features"]["cmvn_opts"],
+        opts=options(FeaturesOptions),
         nj=NJ,
-        out=lambda wc: f"{W}/feats/{wc.name}",
+        out=L.feats("{name}"),
     conda:
         "../workflow/envs/babelflow.yaml"
     log:
         "logs/features/{name}.log",
     shell:
-        "babelflow features {params.opts} --nj {params.nj} --cmvn-opts='{params.cmvn_opts}'"
-        " {input.data} {params.out} > {log} 2>&1"
+        "babelflow features {params.opts:q} --nj {params.nj} {input.data:q} {params.out:q} > {log} 2>&1"

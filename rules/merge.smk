@@ -1,19 +1,19 @@
 # Merge step (steps/nnet3/multilingual/combine_egs.sh): every task's egs -> one
 # multi-task schedule of single-task blocks, with the task weights. No data is copied.
+from babelflow.merge import task_args as merge_args
 
 
 rule merge:
     input:
-        egs=expand(f"{W}/egs/{{task}}/info/num_archives", task=PIPELINE.tasks),
+        egs=expand(rules.egs.output.num_archives, task=PIPELINE.tasks),
         code=step_code("merge"),
     output:
-        directory(f"{W}/merged"),
+        directory(L.merged()),
     params:
-        args=PIPELINE.merge_args(),
-        egs=" ".join(f"{W}/egs/{t}" for t in PIPELINE.tasks),
+        args=merge_args(PIPELINE),
     conda:
         "../workflow/envs/babelflow.yaml"
     log:
         "logs/merge.log",
     shell:
-        "babelflow merge {params.args} {params.egs} {output} > {log} 2>&1"
+        "babelflow merge {params.args:q} {output:q} > {log} 2>&1"

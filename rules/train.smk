@@ -1,51 +1,68 @@
 # Training step (steps/nnet3/train_raw_dnn.py on multilingual egs): one shared trunk,
 # one head per task (output-<i>). nproc > 1 runs torchrun (gloo on CPU, nccl on GPU); in a
 # SLURM job `babelflow torchrun` starts one torchrun per node through srun.
+from babelflow.nnet.options import LaunchOptions, TrainOptions
+
+LAUNCH = PIPELINE.options(LaunchOptions)
+TRAIN = PIPELINE.options(TrainOptions)
+MODEL_FILE = config["model"].get("config")
+
+
+def model_args():
+    """The network as flags (one --layer per TDNN layer), or the file params.yaml names."""
+    return ["--config", MODEL_FILE] if MODEL_FILE else PIPELINE.model_config.to_args()
+
+
+def train_mpi():
+    """Several nodes: the SLURM plugin runs the shell in the batch step (``mpi``), where
+    ``babelflow torchrun`` calls srun itself; one node: the plugin's own ``srun -n1`` is enough."""
+    return {"mpi": "srun"} if LAUNCH.nnodes > 1 else {}
 
 
 rule model_config:
     input:
+        model=[MODEL_FILE] if MODEL_FILE else [],
         code=step_code("train"),
     output:
-        f"{W}/train/model.yaml",
+        L.train("model.yaml"),
     params:
-        model=json.dumps(config["model"], sort_keys=True),
+        model=model_args(),
     conda:
         "../workflow/envs/babelflow.yaml"
     log:
         "logs/model_config.log",
     shell:
-        "babelflow model-config --json '{params.model}' {output} > {log} 2>&1"
+        "babelflow model-config {params.model:q} {output:q} > {log} 2>&1"
 
 
 rule train:
     input:
-        merged=f"{W}/merged",
-        model=f"{W}/train/model.yaml",
-        init=train_init,
+        merged=rules.merge.output[0],
+        model=rules.model_config.output[0],
+        init=[TRAIN.init] if TRAIN.init else [],
         code=step_code("train"),
     output:
-        model=f"{W}/train/final.pt",
-        metrics=f"{W}/train/metrics.json",
-        log=f"{W}/train/train_log.tsv",
-        diagnostics=f"{W}/train/diagnostics.tsv",
-        curves=report(f"{W}/train/curves.png", caption="../workflow/report/curves.rst", category="Training"),
-        tables=directory(f"{W}/train/curves"),
-        info=directory(f"{W}/train/info"),
+        model=L.train("final.pt"),
+        metrics=L.train("metrics.json"),
+        log=L.train("train_log.tsv"),
+        diagnostics=L.train("diagnostics.tsv"),
+        curves=report(L.train("curves.png"), caption="../workflow/report/curves.rst", category="Training"),
+        tables=directory(L.train("curves")),
+        info=directory(L.train("info")),
     params:
-        launcher=train_launcher(),
-        args=PIPELINE.train_args(),
-        out=lambda wc, output: os.path.dirname(output.model),
+        nproc=LAUNCH.nproc,
+        args=TRAIN.to_args(),
+        out=L.train(),
     threads: local_cores()
     resources:
         train_slots=1,
-        nodes=config["train"]["nnodes"],
-        tasks=config["train"]["nnodes"],  # one launcher per node (babelflow torchrun)
+        nodes=LAUNCH.nnodes,
+        tasks=LAUNCH.nnodes,  # one launcher per node (babelflow torchrun)
         **train_mpi(),
     conda:
         "../workflow/envs/babelflow.yaml"
     log:
         "logs/train.log",
     shell:
-        "{params.launcher} train --fresh-on-config-change --model-config {input.model} {params.args}"
-        " {input.merged} {params.out} > {log} 2>&1"
+        "babelflow torchrun --nproc-per-node {params.nproc} -- train --fresh-on-config-change"
+        " --model-config {input.model:q} {params.args:q} {input.merged:q} {params.out:q} > {log} 2>&1"

@@ -11,7 +11,9 @@ import pytest
 import yaml
 
 from babelflow.config import load_params, resolve_config, validate_schema
+from babelflow.demo.options import DemoOptions
 from babelflow.errors import BabelflowError
+from babelflow.features import FeaturesOptions
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,8 +44,9 @@ def test_default_params_give_demo_tasks(params):
     assert pipe.demo
     assert list(pipe.tasks) == ["en", "de", "es", "fr", "lang", "voice", "gender", "rate"]
     assert pipe.tasks["en"].ali == "corpus/en/ali" and pipe.tasks["lang"].data == ["en", "de", "es", "fr"]
-    assert pipe.config["demo"]["utts_per_lang"] == 200
-    assert "--num-mel-bins=40" in pipe.feature_args() and "--dither=0" in pipe.feature_args()
+    assert pipe.options(DemoOptions).num_utts == 200
+    args = pipe.options(FeaturesOptions).to_args()
+    assert "--num-mel-bins=40" in args and "--dither=0" in args
 
 
 def test_user_tasks_and_weights(params, tmp_path):
@@ -105,5 +108,5 @@ def test_cli_check_config_clean_error(params, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "babelflow.cli", "check-config", str(path)],
                           capture_output=True, text=True)
     assert proc.returncode == 1
-    assert "merge.weights.klingon: no such task" in proc.stderr
+    assert "params.yaml: merge.weights.klingon: no such task" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -11,6 +11,8 @@ from babelflow.data.datadir import DataDir
 from babelflow.demo.corpus import DemoConfig, enforce_min_duration, frame_labels, generate_corpus
 from babelflow.features import FeatureConfig, FeatureExtractor, iter_audio
 from babelflow.kaldi.alignments import AlignmentDir
+from babelflow.kaldi.transition_model import read_transition_model
+from babelflow.kaldi.tree import monophone_tree, read_tree
 
 
 def _digest(root):
@@ -60,6 +62,18 @@ def test_alignments_match_feature_frames(tiny_corpus):
                 assert (prev, cur) in ((0, 1), (1, 2), (2, 0)), (utt, s, p[s - 1], p[s])
 
 
+def test_ali_dir_has_the_monophone_tree(tiny_corpus):
+    """``tree`` beside ``final.mdl`` (as mkgraph.sh needs) maps every (phone, state) to the model's pdf."""
+    for lang in ("en", "de"):
+        ali = tiny_corpus / lang / "ali"
+        tm, tree = read_transition_model(ali / "final.mdl"), read_tree(ali / "tree")
+        assert (tree.N, tree.P, tree.num_pdfs) == (1, 0, tm.num_pdfs)
+        assert tree == monophone_tree(tm.num_phones, 3)
+        for phone, state, fwd_pdf, loop_pdf in tm.tuples:
+            assert tree.pdf(phone, state) == fwd_pdf == loop_pdf == 3 * (phone - 1) + state
+        assert sorted(t[2] for t in tm.tuples) == list(range(tm.num_pdfs))
+
+
 def test_phone_timings_follow_espeak_segments():
     spans = [("h", 0, 1600), ("@", 1600, 3200), ("_:", 3200, 4000), ("l", 4000, 8000)]
     labels = frame_labels(spans, 8000)
@@ -69,7 +83,8 @@ def test_phone_timings_follow_espeak_segments():
 
 
 def test_min_duration_runs():
-    assert enforce_min_duration(["a"] * 5 + ["b"] + ["c"] * 6) == [("a", 5), ("b", 3), ("c", 4)]  # the longer neighbour donates
+    # the longer neighbour donates
+    assert enforce_min_duration(["a"] * 5 + ["b"] + ["c"] * 6) == [("a", 5), ("b", 3), ("c", 4)]
     runs = enforce_min_duration(["a"] * 3 + ["b"] + ["c"] * 3)  # no spare frames: b is absorbed
     assert sum(n for _, n in runs) == 7 and all(n >= 3 for _, n in runs) and "b" not in [p for p, _ in runs]
 

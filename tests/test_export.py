@@ -11,15 +11,17 @@ import pytest
 import torch
 
 from babelflow.errors import BabelflowError
-from babelflow.kaldi.nnet3 import (AmNnetSimple, Component, Nnet, affine_component, compute_context, read_am_nnet,
-                                   read_nnet)
+from babelflow.kaldi.nnet3 import AmNnetSimple, Nnet, compute_context, read_am_nnet, read_nnet
+from babelflow.kaldi.nnet3_builders import affine_component
+from babelflow.kaldi.nnet3_components import Component
 from babelflow.kaldi.nnet3_compute import compute
 from babelflow.kaldi.transition_model import TransitionModel, write_transition_model
+from babelflow.nnet.checkpoint import load_task_model, save_task_model
 from babelflow.nnet.cli import register_export
-from babelflow.nnet.export import export_kaldi, task_model_to_nnet
+from babelflow.nnet.export import export_kaldi, export_kaldi_dir, task_model_to_nnet
 from babelflow.nnet.infer import padded
 from babelflow.nnet.model import FrameBatchNorm, ModelConfig, MultiTaskModel, TaskSpec
-from babelflow.nnet.taskmodel import load_task_model, save_task_model
+from babelflow.nnet.modeldir import ModelDir
 
 TOL = 1e-4
 
@@ -150,7 +152,8 @@ def test_export_matches_pytorch(tmp_path, norm, ivector_dim, bottleneck, hidden)
         tm = TransitionModel.monophone(NUM_PHONES)
         assert am.transition_model == tm if binary else am.transition_model.tuples == tm.tuples
         raw = read_nnet(tmp_path / f"final.{binary}.raw")
-        assert [n.line() for n in raw.nodes()] == am.nnet.config_lines and len(raw.components) == len(am.nnet.components)
+        assert [n.line() for n in raw.nodes()] == am.nnet.config_lines
+        assert len(raw.components) == len(am.nnet.components)
         models[binary] = am
     assert models[True].nnet.config_lines == models[False].nnet.config_lines
     text = (tmp_path / "final.txt.mdl").read_bytes()
@@ -253,8 +256,46 @@ def test_cli_export_kaldi_dir(tmp_path):
     assert isinstance(read_am_nnet(out / "final.mdl"), AmNnetSimple)
     assert (out / "cmvn_opts").read_text() == (d / "cmvn_opts").read_text()
     assert (out / "conf" / "fbank.conf").read_text() == "--num-mel-bins=7\n"
+    assert not (out / "tree").exists()  # the model dir has none
     bad = save_dir(tmp_path / "bad", make_model("renorm", 0, False, []), trans=False)
     with pytest.raises(BabelflowError, match="no trans.mdl"):
         args = parser.parse_args(["export-kaldi", "--dir", str(bad), str(tmp_path / "kaldi2")])
         args.func(args)
     assert not (tmp_path / "kaldi2").exists() and not list(tmp_path.glob(".kaldi2.*"))
+
+
+def test_export_dir_carries_the_tree(kaldi_fixtures, tmp_path):
+    """The model dir's tree (Kaldi's, here) lands beside final.mdl byte for byte, for mkgraph.sh."""
+    d = save_dir(tmp_path / "m", make_model("renorm", 0, False, []))
+    tree = (kaldi_fixtures / "lang0" / "tree").read_bytes()
+    (d / "tree").write_bytes(tree)
+    info = export_kaldi_dir(d, tmp_path / "kaldi")
+    assert (tmp_path / "kaldi" / "tree").read_bytes() == tree and info["tree"] == str(tmp_path / "kaldi" / "tree")
+    assert isinstance(read_am_nnet(tmp_path / "kaldi" / "final.mdl"), AmNnetSimple)
+
+
+def test_model_dir_errors_name_the_missing_file(tmp_path):
+    md = ModelDir(tmp_path / "m")
+    for prop, name in [("model_file", "model.pt"), ("trans_mdl", "trans.mdl"), ("tree", "tree"),
+                       ("cmvn_opts", "cmvn_opts"), ("info", "info"), ("kind", "info/kind"), ("priors", "priors.txt"),
+                       ("metrics", "eval/metrics.json")]:
+        with pytest.raises(BabelflowError, match=rf"m: no {name} \("):
+            getattr(md, prop)
+    with pytest.raises(BabelflowError, match="m: no task model here"):
+        load_task_model(tmp_path / "m")
+    assert not md.has_tree and not md.has_priors and md.conf_files == [] and md.classes == [] and md.kaldi_files() == []
+
+
+def test_model_dir_reads_what_was_written(tmp_path):
+    model = make_model("renorm", 5, False, [8])
+    d = save_dir(tmp_path / "m", model)
+    md = ModelDir(d)
+    md.write_info({"kind": "frame", "num_outputs": 3, "left_context": 4, "right_context": 2})
+    (d / "priors.txt").write_text(" [ 0.25 0.5 0.25 ]\n")
+    (d / "cmvn_opts").write_text("--norm-means=true\n")
+    assert (md.kind, md.num_outputs, md.context, md.cmvn_opts) == ("frame", 3, (4, 2), "--norm-means=true")
+    np.testing.assert_array_equal(md.priors, [0.25, 0.5, 0.25])
+    assert md.trans_mdl == d / "trans.mdl" and [p.name for p in md.kaldi_files()] == ["cmvn_opts", "info"]
+    loaded, blob = md.load()
+    assert blob["ivector_dim"] == 5 and not loaded.training
+    assert ModelDir(d / "model.pt").path == d and ModelDir(d / "model.pt").load()[1]["task"] == blob["task"]

@@ -12,23 +12,22 @@ import pytest
 from babelflow.errors import BabelflowError
 from babelflow.kaldi.nnet3 import (
     AmNnetSimple,
-    Component,
     Nnet,
-    affine_component,
-    batchnorm_component,
     compute_context,
-    descriptor_append_offsets,
-    kaldi_copy_component,
-    log_softmax_component,
-    normalize_component,
-    parse_descriptor,
     read_am_nnet,
     read_nnet,
-    relu_component,
     write_am_nnet,
     write_nnet,
 )
-from babelflow.kaldi.nnet3_components import read_component
+from babelflow.kaldi.nnet3_builders import (
+    affine_component,
+    batchnorm_component,
+    log_softmax_component,
+    normalize_component,
+    relu_component,
+)
+from babelflow.kaldi.nnet3_components import Component, kaldi_copy_component, read_component
+from babelflow.kaldi.nnet3_descriptor import descriptor_append_offsets, parse_descriptor
 from babelflow.kaldi.transition_model import TransitionModel
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "kaldi-fixtures"

@@ -11,13 +11,9 @@ import pytest
 
 from babelflow.errors import BabelflowError
 from babelflow.kaldi import basic_io as bio
-from babelflow.kaldi.transition_model import (
-    HmmTopology,
-    TransitionModel,
-    read_topology,
-    read_transition_model,
-    write_transition_model,
-)
+from babelflow.kaldi.hmm_topology import HmmTopology, read_topology
+from babelflow.kaldi.transition_model import TransitionModel, read_transition_model, write_transition_model
+
 
 @pytest.fixture
 def lang0(kaldi_fixtures) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import shutil
 
 import kaldiio
 import numpy as np
@@ -11,12 +12,16 @@ import torch
 
 from babelflow.egs.reader import EgsDir
 from babelflow.errors import BabelflowError
+from babelflow.nnet.checkpoint import load_model, load_task_model
+from babelflow.nnet.export import export_kaldi_dir
 from babelflow.nnet.infer import compute, padded
+from babelflow.nnet.modeldir import ModelDir
 from babelflow.nnet.report import evaluate_task_model
-from babelflow.nnet.taskmodel import compute_priors, count_priors, load_task_model, split_model
-from babelflow.nnet.train import load_model
+from babelflow.nnet.taskmodel import compute_priors, count_priors, split_model
 
-from .test_train import merged, trained  # noqa: F401 - module fixtures reused
+from . import test_train
+
+merged, trained = test_train.merged, test_train.trained  # module fixtures reused
 
 pytestmark = pytest.mark.slow
 
@@ -82,7 +87,8 @@ def test_utterance_task_labels(trained, tiny_features, tmp_path):
     with pytest.raises(BabelflowError, match="priors are for frame tasks"):
         compute_priors(d)
     labels = tmp_path / "labels.txt"
-    compute(d, f"scp:{tiny_features / 'feats' / 'en' / 'feats.scp'}", f"ark:{tmp_path / 'p.ark'}", labels_out=str(labels))
+    feats = f"scp:{tiny_features / 'feats' / 'en' / 'feats.scp'}"
+    compute(d, feats, f"ark:{tmp_path / 'p.ark'}", labels_out=str(labels))
     lines = labels.read_text().split("\n")
     assert len([x for x in lines if x]) == 16 and all(x.split()[1] in ("de", "en") for x in lines if x)
     for _, p in kaldiio.load_ark(str(tmp_path / "p.ark")):
@@ -128,3 +134,54 @@ def test_tampered_model_executes_nothing(en_model, tmp_path):
     with pytest.raises(BabelflowError, match="refusing to load it"):
         load_task_model(tmp_path / "t")
     assert not os.path.exists("/tmp/babelflow-pwned")
+
+
+def _ali_copy(tiny_corpus, dest, tree: bytes | None):
+    """The en alignment dir, with the given tree (or none, whatever the demo corpus wrote)."""
+    shutil.copytree(tiny_corpus / "en" / "ali", dest)
+    (dest / "tree").unlink(missing_ok=True)
+    if tree is not None:
+        (dest / "tree").write_bytes(tree)
+    return dest
+
+
+def test_model_dir_and_export_carry_the_tree(trained, tiny_corpus, tiny_features, kaldi_fixtures, tmp_path):
+    """mkgraph.sh needs the alignment dir's tree beside final.mdl: split and export copy it byte for byte."""
+    tree = (kaldi_fixtures / "lang0" / "tree").read_bytes()
+    ali = _ali_copy(tiny_corpus, tmp_path / "ali", tree)
+    d = tmp_path / "models" / "en"
+    info = split_model(trained[0] / "final.pt", "en", d, tiny_features / "feats" / "en", str(ali))
+    md = ModelDir(d)
+    assert info["has_tree"] and md.has_tree and md.tree.read_bytes() == tree
+    assert (d / "info" / "has_tree").read_text() == "true\n"
+    out = export_kaldi_dir(d, tmp_path / "kaldi" / "en")
+    assert (tmp_path / "kaldi" / "en" / "tree").read_bytes() == tree and out["tree"].endswith("tree")
+    assert (tmp_path / "kaldi" / "en" / "info" / "has_tree").read_text() == "true\n"
+
+
+def test_model_dir_without_tree(trained, tiny_corpus, tiny_features, tmp_path):
+    """No tree in the alignment dir: not an error (yet), recorded in info/has_tree; none exported."""
+    ali = _ali_copy(tiny_corpus, tmp_path / "ali", None)
+    d = tmp_path / "models" / "en"
+    d.mkdir(parents=True)
+    (d / "tree").write_bytes(b"\0BContextDependency stale")  # from an earlier split: must not survive
+    info = split_model(trained[0] / "final.pt", "en", d, tiny_features / "feats" / "en", str(ali))
+    md = ModelDir(d)
+    assert not info["has_tree"] and not md.has_tree and md.info["has_tree"] == "false"
+    with pytest.raises(BabelflowError, match=r"models/en: no tree \("):
+        _ = md.tree
+    out = export_kaldi_dir(d, tmp_path / "kaldi")
+    assert out["tree"] is None and not (tmp_path / "kaldi" / "tree").exists()
+    (ali / "tree").write_bytes(b"not a tree")
+    with pytest.raises(BabelflowError, match="ali/tree: not a Kaldi decision tree"):
+        split_model(trained[0] / "final.pt", "en", tmp_path / "x", None, str(ali))
+
+
+def test_model_dir_reader(en_model):
+    md = ModelDir(en_model)
+    assert md.kind == "frame" and md.context == (3, 3) and md.num_outputs == md.load()[0].tasks[0].num_outputs
+    assert md.cmvn_opts == "--norm-means=false --norm-vars=false" and md.classes == []
+    assert [p.name for p in md.conf_files] == ["fbank.conf"] and md.trans_mdl == en_model / "trans.mdl"
+    assert ModelDir(en_model / "model.pt").path == en_model  # the model file names its dir
+    if md.has_priors:
+        np.testing.assert_allclose(md.priors, md.load()[1]["priors"].numpy(), rtol=1e-6)

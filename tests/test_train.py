@@ -16,9 +16,10 @@ import yaml
 from babelflow.egs.make import EgsOptions, TaskSource, egs_job, finalize_egs_dir
 from babelflow.errors import BabelflowError
 from babelflow.merge import merge_egs
+from babelflow.nnet.checkpoint import load_model
 from babelflow.nnet.model import ModelConfig
 from babelflow.nnet.options import TrainOptions
-from babelflow.nnet.train import load_model, train
+from babelflow.nnet.train import train
 
 pytestmark = pytest.mark.slow
 
@@ -42,8 +43,8 @@ def merged(tiny_corpus, tiny_features, tmp_path_factory):
             egs_job(src, a, root / lang, OPTS, progress=False)
         finalize_egs_dir(src, root / lang, OPTS)
         dirs.append(root / lang)
-    src = TaskSource("lang", "utterance", [(s, tiny_features / "data" / s, tiny_features / "feats" / s) for s in ("en", "de")],
-                     nj=2, labels="utt2lang")
+    sets = [(s, tiny_features / "data" / s, tiny_features / "feats" / s) for s in ("en", "de")]
+    src = TaskSource("lang", "utterance", sets, nj=2, labels="utt2lang")
     for a in range(1, 5):
         egs_job(src, a, root / "lang", OPTS, progress=False)
     finalize_egs_dir(src, root / "lang", OPTS)
@@ -64,7 +65,7 @@ def trained(merged):
 def test_training_outputs(trained):
     out, metrics = trained
     assert set(metrics) == {"en", "de", "lang"}
-    for task, m in metrics.items():
+    for m in metrics.values():
         assert set(m) == {"valid_accuracy", "valid_objective", "train_accuracy", "train_objective", "baseline_accuracy"}
     for task in ("en", "de"):  # 16 utterances per language are enough to beat the majority pdf clearly
         assert metrics[task]["valid_accuracy"] > 2 * metrics[task]["baseline_accuracy"], task
@@ -95,7 +96,8 @@ def test_egs_context_too_small(merged):
 
 def test_unknown_train_task(merged):
     with pytest.raises(BabelflowError, match="train.tasks: unknown task"):
-        train(merged / "merged", merged / "x", ModelConfig.from_dict(SMALL), TrainOptions(tasks=["klingon"]), progress=False)
+        train(merged / "merged", merged / "x", ModelConfig.from_dict(SMALL), TrainOptions(tasks=["klingon"]),
+              progress=False)
 
 
 def test_frozen_trunk_trains_heads_only(trained, merged):

@@ -1,27 +1,32 @@
 """params.yaml -> a resolved, checked pipeline description.
 
-The JSON schema (``workflow/schemas/params.schema.yaml``) catches types and unknown
-keys; this module adds what a schema cannot: task references to data sets, paths that
-must exist, weights for tasks that exist, feature options Kaldi knows. Every error
-names the offending key, so a bad config fails before the first job runs.
+The JSON schema (``schemas/params.schema.yaml``) catches types and unknown keys. What a
+schema cannot check is split by owner: this module resolves what every step shares
+(data sets and tasks, with the demo filling both when none are given); each step then
+resolves and checks its own section through its ``resolve`` hook (``steps.Step.resolve``),
+so a step family brings its checks along. Every error names ``params.yaml`` and the key,
+so a bad config fails before the first job runs.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
-from .demo.corpus import SIZES
 from .errors import BabelflowError
-from .features import FeatureConfig, parse_cmvn_opts
+from .kaldi.table import looks_like_rspecifier
+from .layout import Layout, corpus
+from .options import StepOptions
 
 SCHEMA = Path(__file__).resolve().parent / "schemas" / "params.schema.yaml"
-DEMO_ROOT = "corpus"
+PARAMS = "params.yaml"
+
+O = TypeVar("O", bound=StepOptions)
 
 
 @dataclass
@@ -29,45 +34,50 @@ class Task:
     name: str
     kind: str  # frame | utterance
     data: list[str]  # data set names
-    ali: str | None = None
+    ali: str | None = None  # alignment dir or pdf-id rspecifier (frame tasks)
+    ali_from: str | None = None  # the step that makes ``ali`` (None: it comes from outside the workflow)
     labels: str | None = None
     weight: float = 1.0
     classes: list[str] | None = None
     num_pdfs: int | None = None
     ivectors: dict[str, str] | None = None  # data set -> online i-vector dir
 
+    @property
+    def ali_dir(self) -> str | None:
+        """The alignment dir (its ``final.mdl``, ``tree``), None for a pdf-id rspecifier."""
+        return self.ali if self.ali and not looks_like_rspecifier(self.ali) else None
+
 
 @dataclass
 class Pipeline:
-    """What the Snakefile needs: data sets, tasks and the validated raw config."""
+    """What the Snakefile needs: data sets, tasks, the validated config and each step's options."""
 
     config: dict[str, Any]
     datasets: dict[str, str]  # name -> source Kaldi data dir
     tasks: dict[str, Task]
     demo: bool
     demo_langs: list[str] = field(default_factory=list)
+    origin: str = PARAMS  # the file the user edits, named in every error
 
     @property
     def workdir(self) -> str:
         return self.config["workdir"]
 
-    @property
-    def features(self) -> FeatureConfig:
-        f = self.config["features"]
-        return FeatureConfig.build(f["type"], f.get("config"), f.get("options"), origin="params: features.options")
+    @cached_property
+    def layout(self) -> Layout:
+        return Layout(self.workdir)
 
-    def feature_args(self) -> str:
-        """The Kaldi-style flags of the features step, as the rule passes them to the CLI."""
-        f = self.config["features"]
-        args = [f"--type={f['type']}"]
-        if f.get("config"):
-            args.append(f"--config={f['config']}")
-        for k, v in sorted((f.get("options") or {}).items()):
-            v = str(v).lower() if isinstance(v, bool) else v
-            args.append(f"--{k.replace('_', '-')}={v}")
-        return " ".join(args)
+    def options(self, cls: type[O]) -> O:
+        """A step's options as params set them (the one path from params.yaml to a step's flags)."""
+        cache = self.__dict__.setdefault("_options", {})
+        if cls not in cache:
+            cache[cls] = cls.from_params(self.config)
+        return cache[cls]
 
-    @property
+    def error(self, key: str, message: str) -> BabelflowError:
+        return BabelflowError(f"{self.origin}: {key}: {message}")
+
+    @cached_property
     def model_config(self):
         """The network (ModelConfig) from ``model:`` or the file ``model.config`` names."""
         from .nnet.modelconfig import ModelConfig, load_model_config
@@ -75,95 +85,10 @@ class Pipeline:
         m = self.config["model"]
         if m.get("config"):
             return load_model_config(m["config"])
-        return ModelConfig.from_dict({k: v for k, v in m.items() if k != "config"}, origin="params: model")
+        return ModelConfig.from_dict({k: v for k, v in m.items() if k != "config"}, origin=f"{self.origin}: model")
 
-    def egs_context(self) -> tuple[int, int]:
-        e = self.config["egs"]
-        mc = self.model_config
-        left = mc.left_context if e["left_context"] is None else e["left_context"]
-        right = mc.right_context if e["right_context"] is None else e["right_context"]
-        return left, right
-
-    def merge_args(self) -> str:
-        """The flags of `babelflow merge` (weights in task order, Kaldi's lang2weight)."""
-        m = self.config["merge"]
-        args = [f"--weights={','.join(f'{t.weight:g}' for t in self.tasks.values())}",
-                f"--task-names={','.join(self.tasks)}", f"--block-size={m['block_size']}",
-                f"--sampler={m['sampler']}"]
-        if m["sampler"] == "temperature":
-            args.append(f"--temperature={m['temperature']}")
-        if m.get("num_archives"):
-            args.append(f"--num-archives={m['num_archives']}")
-        return " ".join(args)
-
-    def train_args(self) -> str:
-        """The flags of `babelflow train`, as the rule passes them."""
-        args = []
-        for k, v in self.config["train"].items():
-            if k in ("nproc", "nnodes") or v is None:
-                continue
-            v = ",".join(v) if isinstance(v, list) else str(v).lower() if isinstance(v, bool) else v
-            if v == "":
-                continue
-            args.append(f"--{k.replace('_', '-')}={v}")
-        return " ".join(args)
-
-    def egs_args(self, task: str) -> str:
-        """The flags of `babelflow egs job/finalize` for a task, as the rules pass them."""
-        t, e, w = self.tasks[task], self.config["egs"], self.workdir
-        args = [f"--task={task}", f"--kind={t.kind}", f"--nj={self.config['data']['nj']}"]
-        args += [f"--set={s}:{w}/data/{s}:{w}/feats/{s}" for s in t.data]
-        for s, d in (t.ivectors or {}).items():
-            args.append(f"--ivectors={s}:{d}")
-        if t.kind == "utterance":
-            args.append(f"--labels={t.labels}")
-            if t.classes:
-                args.append(f"--classes={','.join(t.classes)}")
-        left, right = self.egs_context()
-        args += [f"--left-context={left}", f"--right-context={right}"]
-        for key in ("frames_per_eg", "num_valid_utts", "num_train_subset_utts", "valid_fraction",
-                    "length_tolerance", "dtype", "seed"):
-            args.append(f"--{key.replace('_', '-')}={e[key]}")
-        u = e["utterance"]
-        args += [f"--chunking={u['chunking']}", f"--min-chunk={u['min_chunk']}", f"--max-chunk={u['max_chunk']}"]
-        return " ".join(args)
-
-
-def _task_ivectors(name: str, t: dict, data: list[str]) -> dict[str, str] | None:
-    iv = t.get("ivectors")
-    if iv is None:
-        return None
-    if isinstance(iv, str):
-        if len(data) != 1:
-            raise BabelflowError(f"params: tasks.{name}.ivectors: give one dir per data set ({', '.join(data)})")
-        return {data[0]: iv}
-    if set(iv) != set(data):
-        raise BabelflowError(f"params: tasks.{name}.ivectors: keys {sorted(iv)} must be the task's data sets {data}")
-    return dict(iv)
-
-
-def _check_ivectors(tasks: dict[str, Task], check_paths: bool) -> None:
-    """Kaldi's combine_egs.sh requires one i-vector dim for all tasks (0 = none)."""
-    with_iv = [t for t in tasks.values() if t.ivectors]
-    if not with_iv:
-        return
-    without = [t.name for t in tasks.values() if not t.ivectors]
-    if without:
-        raise BabelflowError(f"params: tasks.{without[0]}.ivectors: missing, but tasks.{with_iv[0].name} has "
-                             "i-vectors (the shared network takes one i-vector input: give every task one)")
-    if not check_paths:
-        return
-    from .egs.make import IvectorSource
-
-    dims = {}
-    for t in with_iv:
-        for s, d in t.ivectors.items():
-            dims[(t.name, s)] = IvectorSource.open(d).dim
-    (t0, s0), d0 = next(iter(dims.items()))
-    for (t, s), d in dims.items():
-        if d != d0:
-            raise BabelflowError(f"params: tasks.{t}.ivectors: dim {d} ({s}) differs from {d0} "
-                                 f"(tasks.{t0}, {s0}); all tasks must share the i-vector dim")
+    def frame_tasks(self) -> list[str]:
+        return [t for t, spec in self.tasks.items() if spec.kind == "frame"]
 
 
 def load_params(path: str | Path) -> dict[str, Any]:
@@ -177,7 +102,7 @@ def load_params(path: str | Path) -> dict[str, Any]:
     return cfg or {}
 
 
-def validate_schema(config: dict[str, Any]) -> dict[str, Any]:
+def validate_schema(config: dict[str, Any], origin: str = PARAMS) -> dict[str, Any]:
     """Validate against the schema and fill defaults (as Snakemake's ``validate`` does)."""
     import jsonschema
 
@@ -196,106 +121,96 @@ def validate_schema(config: dict[str, Any]) -> dict[str, Any]:
     if errors:
         e = errors[0]
         key = ".".join(str(p) for p in e.absolute_path) or "(top level)"
-        raise BabelflowError(f"params: {key}: {e.message}")
+        raise BabelflowError(f"{origin}: {key}: {e.message}")
     return config
 
 
-def resolve_config(config: dict[str, Any], check_paths: bool = True) -> Pipeline:
-    """Fill the demo defaults and check everything the schema cannot."""
+def resolve_config(config: dict[str, Any], check_paths: bool = True, origin: str = PARAMS) -> Pipeline:
+    """Data sets and tasks (the demo's when none are given), then every step's own checks."""
+    from .demo.options import DemoOptions
+    from .steps import STEPS
+
     config = copy.deepcopy(config)
     dirs: dict[str, str] = dict(config["data"]["dirs"])
     tasks_cfg: dict[str, dict] = dict(config["tasks"])
     demo = not dirs and not tasks_cfg
     langs: list[str] = []
+    produced: set[str] = set()  # paths the workflow makes: not checked for existence
     if demo:
-        d = config["demo"]
-        if d.get("utts_per_lang") is None:
-            d["utts_per_lang"] = SIZES[d["size"]]
-        langs = list(d["langs"])
-        dirs = {lang: f"{DEMO_ROOT}/{lang}/data" for lang in langs}
-        tasks_cfg = {lang: {"kind": "frame", "data": lang, "ali": f"{DEMO_ROOT}/{lang}/ali"} for lang in langs}
-        for label in d["utterance_tasks"]:
+        d = DemoOptions.from_params(config)
+        langs = list(d.langs)
+        dirs = {lang: corpus(lang, "data") for lang in langs}
+        tasks_cfg = {lang: {"kind": "frame", "data": lang, "ali": corpus(lang, "ali")} for lang in langs}
+        for label in d.utterance_tasks:
             tasks_cfg[label] = {"kind": "utterance", "data": langs, "labels": f"utt2{label}"}
         config["data"]["dirs"], config["tasks"] = dirs, tasks_cfg
+        produced = {corpus(lang, part) for lang in langs for part in ("data", "ali")}
     elif not dirs:
-        raise BabelflowError("params: data.dirs: empty, but tasks are configured (name each Kaldi data dir there)")
+        raise BabelflowError(f"{origin}: data.dirs: empty, but tasks are configured (name each Kaldi data dir there)")
     elif not tasks_cfg:
-        raise BabelflowError("params: tasks: empty, but data.dirs is set (declare at least one task)")
+        raise BabelflowError(f"{origin}: tasks: empty, but data.dirs is set (declare at least one task)")
 
-    if check_paths and not demo:
+    if check_paths:
         for name, path in dirs.items():
-            if not Path(path).is_dir():
-                raise BabelflowError(f"params: data.dirs.{name}: directory '{path}' not found")
-    tasks = {}
-    for name, t in tasks_cfg.items():
-        data = [t["data"]] if isinstance(t["data"], str) else list(t["data"])
-        for d in data:
-            if d not in dirs:
-                raise BabelflowError(f"params: tasks.{name}.data: unknown data set '{d}' "
-                                     f"(data.dirs has: {', '.join(dirs)})")
-        if t["kind"] == "frame":
-            if not t.get("ali"):
-                raise BabelflowError(f"params: tasks.{name}.ali: required for a frame task "
-                                     "(a Kaldi alignment dir or a pdf-id rspecifier)")
-            if len(data) != 1:
-                raise BabelflowError(f"params: tasks.{name}.data: a frame task takes one data set")
-            ali = t["ali"]
-            if check_paths and not demo and ":" not in ali and not Path(ali).is_dir():
-                raise BabelflowError(f"params: tasks.{name}.ali: alignment dir '{ali}' not found")
-        elif not t.get("labels"):
-            raise BabelflowError(f"params: tasks.{name}.labels: required for an utterance task (e.g. utt2lang)")
-        tasks[name] = Task(name, t["kind"], data, t.get("ali"), t.get("labels"), classes=t.get("classes"),
-                           num_pdfs=t.get("num_pdfs"), ivectors=_task_ivectors(name, t, data))
-    _check_ivectors(tasks, check_paths)
+            if path not in produced and not Path(path).is_dir():
+                raise BabelflowError(f"{origin}: data.dirs.{name}: directory '{path}' not found")
+    tasks = {name: _task(name, t, dirs, origin) for name, t in tasks_cfg.items()}
+    for t in tasks.values():
+        if t.ali in produced:
+            t.ali_from = "corpus"
+        if check_paths and t.ali_dir and not t.ali_from and not Path(t.ali_dir).is_dir():
+            raise BabelflowError(f"{origin}: tasks.{t.name}.ali: alignment dir '{t.ali}' not found")
 
-    weights = config["merge"]["weights"]
-    for name, w in weights.items():
-        if name not in tasks:
-            raise BabelflowError(f"params: merge.weights.{name}: no such task (tasks: {', '.join(tasks)})")
-        if not (isinstance(w, (int, float)) and math.isfinite(w) and w > 0):
-            raise BabelflowError(f"params: merge.weights.{name}: weight must be a finite number > 0, got {w}")
-    if weights:
-        missing = [t for t in tasks if t not in weights]
-        if missing:
-            raise BabelflowError(f"params: merge.weights: no weight for task(s) {', '.join(missing)} "
-                                 "(give every task a weight, or none for 1.0 each)")
-        for name, w in weights.items():
-            tasks[name].weight = float(w)
-
-    e = config["egs"]
-    if e["utterance"]["min_chunk"] > e["utterance"]["max_chunk"]:
-        raise BabelflowError("params: egs.utterance.min_chunk: larger than egs.utterance.max_chunk")
-    f = config["features"]
-    if check_paths and f.get("config") and not Path(f["config"]).is_file():
-        raise BabelflowError(f"params: features.config: file '{f['config']}' not found")
-    pipeline = Pipeline(config, dirs, tasks, demo, langs)
-    pipeline.features  # noqa: B018 - builds and checks every feature option now
-    m = config["model"]
-    if m.get("config"):
-        if check_paths and not Path(m["config"]).is_file():
-            raise BabelflowError(f"params: model.config: file '{m['config']}' not found")
-    elif not m.get("layers"):
-        raise BabelflowError("params: model.layers: give the TDNN layers (or model.config: a file)")
-    if check_paths or not m.get("config"):
-        mc = pipeline.model_config
-        left, right = pipeline.egs_context()
-        if left < mc.left_context or right < mc.right_context:
-            raise BabelflowError(f"params: egs.left_context/right_context ({left}, {right}) are smaller than the "
-                                 f"model's context ({mc.left_context}, {mc.right_context})")
-    t = config["train"]
-    unknown = [x for x in t["tasks"] if x not in tasks]
-    if unknown:
-        raise BabelflowError(f"params: train.tasks: unknown task(s) {', '.join(unknown)}")
-    if t["freeze_trunk"] and not t["init"]:
-        raise BabelflowError("params: train.freeze_trunk: needs train.init (the model whose trunk to keep)")
-    if t["lr_final"] > t["lr_initial"]:
-        raise BabelflowError("params: train.lr_final: larger than train.lr_initial")
-    try:
-        parse_cmvn_opts(f["cmvn_opts"])
-    except BabelflowError as e:
-        raise BabelflowError(f"params: features.{e}") from None
+    pipeline = Pipeline(config, dirs, tasks, demo, langs, origin)
+    _check_model(pipeline, check_paths)
+    for step in STEPS:
+        step.resolve_config(pipeline, check_paths)
     return pipeline
 
 
-def load_pipeline(path: str | Path = "params.yaml", check_paths: bool = True) -> Pipeline:
-    return resolve_config(validate_schema(load_params(path)), check_paths)
+def _check_model(p: Pipeline, check_paths: bool) -> None:
+    """The network is shared by the egs (its context) and train steps: checked before either."""
+    m = p.config["model"]
+    if m.get("config"):
+        if check_paths and not Path(m["config"]).is_file():
+            raise p.error("model.config", f"file '{m['config']}' not found")
+    elif not m.get("layers"):
+        raise p.error("model.layers", "give the TDNN layers (or model.config: a file)")
+    if check_paths or not m.get("config"):
+        p.model_config  # noqa: B018 - builds and checks every layer now
+
+
+def _task(name: str, t: dict, dirs: dict[str, str], origin: str) -> Task:
+    data = [t["data"]] if isinstance(t["data"], str) else list(t["data"])
+    for d in data:
+        if d not in dirs:
+            raise BabelflowError(f"{origin}: tasks.{name}.data: unknown data set '{d}' "
+                                 f"(data.dirs has: {', '.join(dirs)})")
+    if t["kind"] == "frame":
+        if not t.get("ali"):
+            raise BabelflowError(f"{origin}: tasks.{name}.ali: required for a frame task "
+                                 "(a Kaldi alignment dir or a pdf-id rspecifier)")
+        if len(data) != 1:
+            raise BabelflowError(f"{origin}: tasks.{name}.data: a frame task takes one data set")
+    elif not t.get("labels"):
+        raise BabelflowError(f"{origin}: tasks.{name}.labels: required for an utterance task (e.g. utt2lang)")
+    return Task(name, t["kind"], data, t.get("ali"), labels=t.get("labels"), classes=t.get("classes"),
+                num_pdfs=t.get("num_pdfs"), ivectors=_task_ivectors(name, t, data, origin))
+
+
+def _task_ivectors(name: str, t: dict, data: list[str], origin: str) -> dict[str, str] | None:
+    iv = t.get("ivectors")
+    if iv is None:
+        return None
+    if isinstance(iv, str):
+        if len(data) != 1:
+            raise BabelflowError(f"{origin}: tasks.{name}.ivectors: give one dir per data set ({', '.join(data)})")
+        return {data[0]: iv}
+    if set(iv) != set(data):
+        raise BabelflowError(f"{origin}: tasks.{name}.ivectors: keys {sorted(iv)} must be the task's data sets {data}")
+    return dict(iv)
+
+
+def load_pipeline(path: str | Path = PARAMS, check_paths: bool = True) -> Pipeline:
+    name = Path(path).name
+    return resolve_config(validate_schema(load_params(path), name), check_paths, name)

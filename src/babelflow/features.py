@@ -13,11 +13,16 @@ import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import kaldi_native_fbank as knf
 import numpy as np
+
 from .errors import BabelflowError, where
+from .options import StepOptions, option
+
+if TYPE_CHECKING:
+    from .config import Pipeline
 
 # Kaldi option -> (default, kaldi-native-fbank attribute path or None when handled here)
 _FRAME = {
@@ -162,6 +167,49 @@ class FeatureConfig:
         return o
 
 
+@dataclass
+class FeaturesOptions(StepOptions):
+    """``params.yaml`` ``features:`` -> ``babelflow features`` (make_fbank.sh / make_mfcc.sh)."""
+
+    SECTION = "features"
+    type: str = option("fbank", choices=("fbank", "mfcc"))
+    config: str | None = option(None, help="a Kaldi conf file (--opt=value lines)")
+    options: dict[str, Any] = option(default_factory=dict, help="Kaldi option names, override the conf file")
+    cmvn_opts: str = option("--norm-means=false --norm-vars=false", help="as Kaldi's cmvn_opts file")
+
+    def feature_config(self, origin: str = "params.yaml: features.options") -> FeatureConfig:
+        """The complete option set: Kaldi defaults < ``config`` < ``options``."""
+        return FeatureConfig.build(self.type, self.config, self.options, origin=origin)
+
+    def to_args(self, only: tuple[str, ...] | None = None, exclude: tuple[str, ...] = ()) -> list[str]:
+        """Kaldi's own flags for ``options`` (``--num-mel-bins=40``), so a command line reads like Kaldi's."""
+        args = super().to_args(only, tuple(exclude) + ("options",))
+        if only is None or "options" in only:
+            for k, v in sorted(self.options.items()):
+                v = str(v).lower() if isinstance(v, bool) else v
+                args.append(f"--{canonical_option(k).replace('_', '-')}={v}")
+        return args
+
+    @classmethod
+    def add_arguments(cls, parser) -> None:
+        parser.add_argument("--type", choices=sorted(OPTIONS), default=cls.type)
+        parser.add_argument("--cmvn-opts", dest="cmvn_opts", default=cls.cmvn_opts)
+        add_kaldi_feature_flags(parser)
+
+    @classmethod
+    def from_args(cls, args) -> "FeaturesOptions":
+        overrides = {canonical_option(k[4:]): v for k, v in vars(args).items() if k.startswith("opt_") and v is not None}
+        return cls(args.type, args.config, overrides, args.cmvn_opts)
+
+
+def add_kaldi_feature_flags(parser) -> None:
+    """Kaldi's ``--config`` and ``--opt=value`` flags of compute-{fbank,mfcc}-feats."""
+    parser.add_argument("--config", help="Kaldi conf file with --option=value lines")
+    group = parser.add_argument_group("Kaldi feature options (override --config)")
+    for name in sorted(set(OPTIONS["fbank"]) | set(OPTIONS["mfcc"])):
+        group.add_argument(f"--{name.replace('_', '-')}", dest=f"opt_{name}", metavar="V")
+
+
 class FeatureExtractor:
     """Computes features for whole utterances given as int16-scale sample arrays."""
 
@@ -281,3 +329,16 @@ def iter_audio(rspecifier: str, segments: str | None = None) -> Iterator[tuple[s
             raise BabelflowError(f"'{rspecifier}': entry '{key}' is not audio")
         rate, samples = value
         yield key, rate, samples
+
+
+def resolve(p: Pipeline, check_paths: bool) -> None:
+    """The conf file exists, every option is one Kaldi knows, cmvn_opts are apply-cmvn's."""
+    f = p.options(FeaturesOptions)
+    if check_paths and f.config and not Path(f.config).is_file():
+        raise p.error("features.config", f"file '{f.config}' not found")
+    if check_paths or not f.config:
+        f.feature_config(origin=f"{p.origin}: features.options")
+    try:
+        parse_cmvn_opts(f.cmvn_opts)
+    except BabelflowError as e:
+        raise BabelflowError(f"{p.origin}: features.{e}") from None

@@ -21,7 +21,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
@@ -30,6 +30,10 @@ from .egs.format import INDEX_DTYPE
 from .egs.merged import BLOCK_FILES
 from .egs.reader import PARTS, EgsDir
 from .io import atomic_dir
+from .options import StepOptions, option
+
+if TYPE_CHECKING:
+    from .config import Pipeline
 
 log = logging.getLogger("babelflow")
 
@@ -39,6 +43,58 @@ TASK_COLUMNS = ("index", "name", "egs_dir", "kind", "num_outputs", "weight", "nu
 #: fields every task must agree on (combine_egs.sh's check_params), with defaults for absent files
 CHECKED = {"feat_dim": None, "left_context": None, "right_context": None, "left_context_initial": "-1",
            "right_context_final": "-1", "ivector_dim": "0", "cmvn_opts": ""}
+
+
+@dataclass
+class MergeOptions(StepOptions):
+    """``params.yaml`` ``merge:`` -> ``babelflow merge`` (Kaldi's combine_egs.sh)."""
+
+    SECTION = "merge"
+    weights: dict[str, float] = option(default_factory=dict, cli=False,
+                                       help="task -> supervision weight (lang2weight): every task, or none")
+    block_size: int = option(256, help="consecutive examples taken from one task (a minibatch)")
+    sampler: str = option("kaldi", choices=("kaldi", "uniform", "temperature"),
+                         help="kaldi: every example once per epoch; uniform, temperature: resample tasks")
+    temperature: float = option(1.0, help="temperature sampler: p ~ n^(1/T)")
+    num_archives: int | None = option(None, help="default: the sum of the tasks' num_archives (Kaldi)")
+
+
+def resolve(p: Pipeline, check_paths: bool) -> None:
+    """Task weights (Kaldi's lang2weight): one per task, finite and > 0, or none at all (1.0 each)."""
+    weights = p.options(MergeOptions).weights
+    for name, w in weights.items():
+        if name not in p.tasks:
+            raise p.error(f"merge.weights.{name}", f"no such task (tasks: {', '.join(p.tasks)})")
+        if not (isinstance(w, (int, float)) and math.isfinite(w) and w > 0):
+            raise p.error(f"merge.weights.{name}", f"weight must be a finite number > 0, got {w}")
+    missing = [t for t in p.tasks if weights and t not in weights]
+    if missing:
+        raise p.error("merge.weights", f"no weight for task(s) {', '.join(missing)} "
+                      "(give every task a weight, or none for 1.0 each)")
+    for name, w in weights.items():
+        p.tasks[name].weight = float(w)
+
+
+def task_args(p: Pipeline) -> list[str]:
+    """The flags of ``babelflow merge``: the options, then one ``--task NAME=EGS_DIR:WEIGHT`` per task in order."""
+    o = p.options(MergeOptions)
+    args = o.to_args(exclude=() if o.sampler == "temperature" else ("temperature",))
+    return args + [f"--task={t.name}={p.layout.egs(t.name)}:{t.weight:g}" for t in p.tasks.values()]
+
+
+def parse_task_arg(text: str) -> tuple[str, str, float]:
+    """``NAME=EGS_DIR[:WEIGHT]`` -> (name, dir, weight); a bare ``EGS_DIR`` is named after its folder."""
+    name, sep, rest = text.partition("=")
+    if not sep:
+        name, rest = Path(text).name, text
+    egs_dir, weight = rest, "1"
+    head, colon, tail = rest.rpartition(":")
+    if colon and head:
+        egs_dir, weight = head, tail
+    try:
+        return name, egs_dir, float(weight)
+    except ValueError:
+        raise BabelflowError(f"--task {text}: weight '{weight}' is not a number (NAME=EGS_DIR:WEIGHT)") from None
 
 
 def allocate(counts: list[int], num_archives: int, block_size: int) -> list[list[tuple[int, int, int]]]:

@@ -155,6 +155,7 @@ def generate_language(lang: str, out_dir: str | os.PathLike, cfg: DemoConfig, pr
     """
     from ..kaldi.alignments import write_int_vectors
     from ..kaldi.transition_model import TransitionModel, write_transition_model
+    from ..kaldi.tree import tree_from_topology, write_tree
 
     if lang not in cfg.langs:
         raise BabelflowError(f"demo: unknown language '{lang}' (configured: {', '.join(cfg.langs)})")
@@ -173,11 +174,13 @@ def generate_language(lang: str, out_dir: str | os.PathLike, cfg: DemoConfig, pr
         tm = TransitionModel.monophone(len(phones))
         ali_dir = tmp / "ali"
         write_transition_model(ali_dir / "final.mdl", tm)
+        write_tree(ali_dir / "tree", tree_from_topology(tm.topology))  # what gmm-init-mono writes beside it
         write_table(ali_dir / "phones.txt", [("<eps>", 0)] + [(p, k) for p, k in phone_id.items()])
         write_text(ali_dir / "num_jobs", f"{cfg.ali_jobs}\n")
         chunks = np.array_split(np.arange(len(utts)), cfg.ali_jobs)
         for job, idx in enumerate(chunks, 1):
-            items = [(utts[k].utt, transition_ids(tm, enforce_min_duration(utts[k].frame_phones), phone_id)) for k in idx]
+            items = [(utts[k].utt, transition_ids(tm, enforce_min_duration(utts[k].frame_phones), phone_id))
+                     for k in idx]
             raw = ali_dir / f"ali.{job}.raw"
             write_int_vectors(f"ark:{raw}", items)
             with open(raw, "rb") as src, open(ali_dir / f"ali.{job}.gz", "wb") as out, \

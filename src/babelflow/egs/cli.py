@@ -6,7 +6,9 @@ import argparse
 import logging
 from pathlib import Path
 
-from .make import EgsOptions, TaskSource
+from ..errors import BabelflowError
+from .make import TaskSource
+from .options import EgsOptions
 
 log = logging.getLogger("babelflow")
 
@@ -17,18 +19,21 @@ def _source(args: argparse.Namespace) -> TaskSource:
         try:
             name, data, feats = item.split(":")
         except ValueError:
-            raise SystemExit(f"--set expects NAME:DATA_DIR:FEATS_DIR, got '{item}'") from None
+            raise BabelflowError(f"--set expects NAME:DATA_DIR:FEATS_DIR, got '{item}'") from None
         sets.append((name, Path(data), Path(feats)))
     classes = args.classes.split(",") if getattr(args, "classes", None) else None
     ivectors = dict(item.split(":", 1) for item in args.ivectors) if args.ivectors else None
     if ivectors and set(ivectors) != {name for name, _, _ in sets}:
-        raise SystemExit("--ivectors must name every data set of the task (NAME:IVECTOR_DIR)")
+        raise BabelflowError("--ivectors must name every data set of the task (NAME:IVECTOR_DIR)")
     return TaskSource(args.task, args.kind, sets, args.nj, args.labels, classes,
                       {k: Path(v) for k, v in ivectors.items()} if ivectors else None)
 
 
 def _options(args: argparse.Namespace) -> EgsOptions:
-    return EgsOptions(**{k: getattr(args, k) for k in EgsOptions.__dataclass_fields__})
+    opts = EgsOptions.from_args(args)
+    if opts.left_context is None or opts.right_context is None:
+        raise BabelflowError("--left-context and --right-context are required (the model's context)")
+    return opts
 
 
 def cmd_ali(args: argparse.Namespace) -> None:
@@ -73,7 +78,6 @@ def cmd_import(args: argparse.Namespace) -> None:
 
 
 def _add_step_args(p: argparse.ArgumentParser) -> None:
-    d = EgsOptions()
     p.add_argument("--task", required=True)
     p.add_argument("--kind", choices=["frame", "utterance"], required=True)
     p.add_argument("--set", action="append", required=True, metavar="NAME:DATA:FEATS",
@@ -83,9 +87,7 @@ def _add_step_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classes", help="utterance tasks: fixed label map, comma-separated")
     p.add_argument("--ivectors", action="append", metavar="NAME:DIR",
                    help="online i-vector dir (ivector_online.scp + ivector_period) of a data set; repeatable")
-    for name in EgsOptions.__dataclass_fields__:
-        default = getattr(d, name)
-        p.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
+    EgsOptions.add_arguments(p)
     p.add_argument("out", help="the task's egs dir")
 
 

@@ -30,22 +30,7 @@ from ..features import apply_cmvn, parse_cmvn_opts
 from ..io import read_scalar, read_table, write_table, write_text
 from .chunking import kaldi_chunks, utterance_chunks
 from .format import FORMAT_VERSION, LABEL_DTYPE, ArchiveWriter
-
-
-@dataclass
-class EgsOptions:
-    frames_per_eg: int = 8
-    left_context: int = 16
-    right_context: int = 12
-    num_valid_utts: int = 300
-    num_train_subset_utts: int = 300
-    valid_fraction: float = 0.1
-    length_tolerance: int = 2
-    dtype: str = "float16"
-    chunking: str = "whole"
-    min_chunk: int = 100
-    max_chunk: int = 300
-    seed: int = 0
+from .options import EgsOptions
 
 
 @dataclass

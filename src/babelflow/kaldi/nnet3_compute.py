@@ -18,8 +18,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import BabelflowError
-from .nnet3 import Descriptor, Nnet, compute_context
+from .nnet3 import Nnet, compute_context
 from .nnet3_components import Component
+from .nnet3_descriptor import Descriptor
 
 __all__ = ["compute", "apply_component"]
 

@@ -3,53 +3,46 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 
 from ..errors import BabelflowError
+from ..options import parse_bool
+from .modelconfig import ModelConfig
+from .options import PriorsOptions, TrainOptions
 
 log = logging.getLogger("babelflow")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from .model import load_model_config
-    from .options import TrainOptions
+    from .modelconfig import load_model_config
     from .train import train
 
-    opts = TrainOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainOptions)})
-    train(args.merged_dir, args.out_dir, load_model_config(args.model_config), opts,
+    train(args.merged_dir, args.out_dir, load_model_config(args.model_config), TrainOptions.from_args(args),
           fresh_on_config_change=args.fresh_on_config_change)
 
 
 def cmd_model_config(args: argparse.Namespace) -> None:
-    """Resolve params.yaml's ``model:`` (inline, or ``config:`` naming a file) into one file."""
-    import json
-
+    """Resolve params.yaml's ``model:`` (layers as flags, or ``--config`` naming a file) into one file."""
     import yaml
 
     from ..io import write_text
-    from .model import ModelConfig, load_model_config
+    from .modelconfig import load_model_config
 
-    d = json.loads(args.json)
-    cfg = load_model_config(d["config"]) if d.get("config") else ModelConfig.from_dict(
-        {k: v for k, v in d.items() if k != "config"}, origin="params: model")
+    if args.config and args.layer:
+        raise BabelflowError("model-config: give --config FILE or --layer flags, not both")
+    cfg = load_model_config(args.config) if args.config else ModelConfig.from_args(args)
     write_text(args.out, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     log.info("model: context (%d, %d), %d layers", cfg.left_context, cfg.right_context, len(cfg.layers))
 
 
-def cmd_torchrun(args: argparse.Namespace) -> None:
+def cmd_torchrun(args: argparse.Namespace) -> int:
     from .launch import torchrun
 
     argv = args.command[1:] if args.command[:1] == ["--"] else args.command
-    rc = torchrun(args.nproc_per_node, argv)
-    if rc:
-        raise SystemExit(rc)
+    return torchrun(args.nproc_per_node, argv)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..cli import parse_bool
-    from .options import TrainOptions
-
     p = sub.add_parser("torchrun", help="run a babelflow command on N processes per node: torchrun locally, "
                                         "srun + torchrun per node inside a SLURM job")
     p.add_argument("--nproc-per-node", type=int, default=1, metavar="N")
@@ -58,18 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("train", help="multi-task training on a merged egs dir (train_raw_dnn.py)")
     p.add_argument("--model-config", required=True, help="YAML: layers, bottleneck, frame_head, utterance_head")
-    defaults = TrainOptions()
-    for f in dataclasses.fields(TrainOptions):
-        value = getattr(defaults, f.name)
-        flag = f"--{f.name.replace('_', '-')}"
-        if isinstance(value, bool):
-            p.add_argument(flag, type=parse_bool, default=value, metavar="BOOL")
-        elif isinstance(value, list):
-            p.add_argument(flag, type=lambda s: [t for t in s.split(",") if t], default=value, metavar="A,B")
-        elif f.name == "init":
-            p.add_argument(flag, default=None)
-        else:
-            p.add_argument(flag, type=type(value), default=value)
+    TrainOptions.add_arguments(p)
     p.add_argument("--fresh-on-config-change", action="store_true",
                    help="start over (keeping the old checkpoint as checkpoint.pt.old) when the existing "
                         "checkpoint was written with another config, instead of failing")
@@ -78,23 +60,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("model-config", help="write the resolved model config (params.yaml model:) as YAML")
-    p.add_argument("--json", required=True, help="the model: section as JSON")
+    p.add_argument("--config", help="a model config file (instead of the layer flags)")
+    ModelConfig.add_arguments(p)
     p.add_argument("out")
     p.set_defaults(func=cmd_model_config)
 
 
 def cmd_split(args: argparse.Namespace) -> None:
-    from .taskmodel import split_model
+    from .taskmodel import compute_priors, split_model
 
     info = split_model(args.model, args.task, args.out_dir, args.feats_dir, args.ali)
     log.info("split %s -> %s (%s, %d outputs, context %d/%d)", info["source_output"], args.out_dir, info["kind"],
              info["num_outputs"], info["left_context"], info["right_context"])
+    if info["kind"] == "frame" and not args.no_priors:
+        o = PriorsOptions.from_args(args)
+        log.info("priors: %s", compute_priors(args.out_dir, None, o.method, o.num_egs, o.floor, o.seed))
 
 
 def cmd_priors(args: argparse.Namespace) -> None:
     from .taskmodel import compute_priors
 
-    r = compute_priors(args.model_dir, args.egs_dir, args.method, args.num_egs, args.floor, args.seed)
+    o = PriorsOptions.from_args(args)
+    r = compute_priors(args.model_dir, args.egs_dir, o.method, o.num_egs, o.floor, o.seed)
     log.info("priors: %s", r)
 
 
@@ -137,15 +124,14 @@ def register_models(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", required=True)
     p.add_argument("--ali", help="frame tasks: the alignment dir whose final.mdl TransitionModel to attach")
     p.add_argument("--feats-dir", help="the features dir whose conf/ to carry along")
+    p.add_argument("--no-priors", action="store_true", help="frame tasks: do not compute priors now (run priors)")
+    PriorsOptions.add_arguments(p.add_argument_group("priors of frame tasks (as `babelflow priors`)"))
     p.add_argument("model", help="the trained multi-task model (final.pt)")
     p.add_argument("out_dir")
     p.set_defaults(func=cmd_split)
 
     p = sub.add_parser("priors", help="priors from average posteriors on the task's egs (adjust_priors.sh)")
-    p.add_argument("--method", choices=["posterior", "counts"], default="posterior")
-    p.add_argument("--num-egs", type=int, default=20000)
-    p.add_argument("--floor", type=float, default=1e-8)
-    p.add_argument("--seed", type=int, default=0)
+    PriorsOptions.add_arguments(p)
     p.add_argument("--egs-dir", help="default: the task's egs dir recorded in the model")
     p.add_argument("model_dir")
     p.set_defaults(func=cmd_priors)
@@ -179,8 +165,6 @@ def cmd_export_kaldi(args: argparse.Namespace) -> None:
 
 def register_export(sub: argparse._SubParsersAction) -> None:
     """``babelflow export-kaldi [--dir] MODEL_DIR OUT.mdl|OUT_DIR [--binary=true|false] [--raw OUT.raw]``."""
-    from ..cli import parse_bool
-
     p = sub.add_parser("export-kaldi", help="a frame task model as a Kaldi nnet3 AmNnetSimple .mdl "
                                             "(nnet3-am-init + priors), optionally also the raw nnet")
     p.add_argument("--binary", type=parse_bool, default=True, metavar="BOOL", help="binary (default) or text Kaldi files")

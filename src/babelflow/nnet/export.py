@@ -9,6 +9,9 @@ and scripts that look for e.g. ``tdnn_bn.renorm`` (bottleneck features) keep wor
 when the head has several hidden layers), ``output.affine``, ``output.log-softmax``
 and ``output-node name=output``. BatchNorm layers are written in test mode with the
 running statistics, so every Kaldi binary computes what PyTorch's ``eval()`` computes.
+
+:func:`export_kaldi_dir` writes the Kaldi model dir decoding needs: ``final.mdl`` and, from
+the task model dir, ``cmvn_opts``, ``conf/``, ``info/`` and ``tree`` (mkgraph.sh's input).
 """
 
 from __future__ import annotations
@@ -20,10 +23,18 @@ import numpy as np
 from torch import nn
 
 from ..errors import BabelflowError
-from ..kaldi.nnet3 import (AmNnetSimple, Component, Nnet, affine_component, batchnorm_component,
-                           descriptor_append_offsets, log_softmax_component, normalize_component, relu_component,
-                           write_am_nnet, write_nnet)
+from ..kaldi.nnet3 import AmNnetSimple, Nnet, write_am_nnet, write_nnet
+from ..kaldi.nnet3_builders import (
+    affine_component,
+    batchnorm_component,
+    log_softmax_component,
+    normalize_component,
+    relu_component,
+)
+from ..kaldi.nnet3_components import Component
+from ..kaldi.nnet3_descriptor import descriptor_append_offsets
 from .model import FrameBatchNorm, MultiTaskModel, Renorm
+from .modeldir import ModelDir
 
 log = logging.getLogger("babelflow")
 
@@ -109,19 +120,16 @@ def task_model_to_nnet(model: MultiTaskModel, blob: dict) -> Nnet:
     return nnet
 
 
-def export_kaldi(model_dir: str | Path, out_mdl: str | Path, binary: bool = True, raw: str | Path | None = None) -> dict:
+def export_kaldi(model_dir: str | Path, out_mdl: str | Path, binary: bool = True,
+                 raw: str | Path | None = None) -> dict:
     """Write ``out_mdl`` (AmNnetSimple: the task's TransitionModel, the net, its context, the
     priors or an empty vector) and optionally the raw nnet ``raw``; both atomically."""
     from ..kaldi.transition_model import read_transition_model
-    from .taskmodel import load_task_model
 
-    model, blob = load_task_model(model_dir)
+    md = ModelDir(model_dir)
+    model, blob = md.load()
     nnet = task_model_to_nnet(model, blob)
-    trans = Path(model_dir) / "trans.mdl"
-    if not trans.is_file():
-        raise BabelflowError(f"{model_dir}: no trans.mdl (the TransitionModel a Kaldi .mdl must carry, the one of the "
-                             f"task's alignment dir); re-run `babelflow split` with --ali=<alignment dir>")
-    tm = read_transition_model(trans)
+    tm = read_transition_model(md.trans_mdl)
     priors = blob.get("priors")
     priors = np.zeros(0, np.float32) if priors is None else np.asarray(priors, np.float32).reshape(-1)
     if priors.size == 0:
@@ -144,19 +152,24 @@ def export_kaldi(model_dir: str | Path, out_mdl: str | Path, binary: bool = True
 
 
 def export_kaldi_dir(model_dir: str | Path, out_dir: str | Path, binary: bool = True) -> dict:
-    """A Kaldi model dir for decoding (what steps/nnet3/decode.sh reads): ``final.mdl``, the
-    model's ``cmvn_opts``, ``conf/`` and ``info/``; built under a temp name, then renamed."""
+    """A Kaldi model dir for decoding (what steps/nnet3/decode.sh reads, and utils/mkgraph.sh
+    beside it): ``final.mdl``, the model's ``cmvn_opts``, ``conf/``, ``info/`` and ``tree``
+    (copied byte for byte); built under a temp name, then renamed."""
     import shutil
 
     from ..io import atomic_dir
 
-    src = Path(model_dir)
+    md = ModelDir(model_dir)
     with atomic_dir(out_dir) as tmp:
-        info = export_kaldi(src, tmp / "final.mdl", binary=binary)
-        for name in ("cmvn_opts", "conf", "info"):
-            if (src / name).is_dir():
-                shutil.copytree(src / name, tmp / name)
-            elif (src / name).is_file():
-                shutil.copyfile(src / name, tmp / name)
+        info = export_kaldi(md.path, tmp / "final.mdl", binary=binary)
+        for src in md.kaldi_files():
+            if src.is_dir():
+                shutil.copytree(src, tmp / src.name)
+            else:
+                shutil.copyfile(src, tmp / src.name)
+    if not md.has_tree:
+        log.warning("%s: no tree, so %s has none either (utils/mkgraph.sh needs it beside final.mdl)",
+                    md.path, out_dir)
     info["mdl"] = str(Path(out_dir) / "final.mdl")
+    info["tree"] = str(Path(out_dir) / "tree") if md.has_tree else None
     return info

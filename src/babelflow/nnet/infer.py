@@ -10,8 +10,8 @@ memory.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from ..features import apply_cmvn, parse_cmvn_opts
 from ..io import atomic_open, read_table
 from ..tables import open_matrix_writer, read_matrices
 from .model import MultiTaskModel
-from .taskmodel import load_task_model
+from .modeldir import ModelDir
 
 log = logging.getLogger("babelflow")
 
@@ -72,11 +72,12 @@ def compute(model_dir: str | Path, feats_rspecifier: str, out_wspecifier: str, u
     """Frame tasks: log p(pdf|x) - log prior(pdf) per frame (or log-posteriors without priors),
     a float matrix per utterance that latgen-faster-mapped decodes. Utterance tasks: the class
     posteriors (1 x classes) and, with ``labels_out``, the argmax label per utterance."""
-    model, blob = load_task_model(model_dir)
+    model, blob = ModelDir(model_dir).load()
     log_prior = None
     if blob["kind"] == "frame" and use_priors:
         if blob.get("priors") is None:
-            raise BabelflowError(f"{model_dir}: the model has no priors yet (run `babelflow priors`, or use --no-priors)")
+            raise BabelflowError(f"{model_dir}: the model has no priors yet (run `babelflow priors`, "
+                                 f"or use --no-priors)")
         log_prior = np.log(blob["priors"].numpy())
     labels = []
     n = 0
@@ -90,7 +91,8 @@ def compute(model_dir: str | Path, feats_rspecifier: str, out_wspecifier: str, u
                 w[utt] = out - log_prior if log_prior is not None else out
             else:
                 with torch.no_grad():
-                    post = model(torch.from_numpy(padded(feats, model.left_context, model.right_context))[None], 0)[0].exp().numpy()
+                    x = torch.from_numpy(padded(feats, model.left_context, model.right_context))[None]
+                    post = model(x, 0)[0].exp().numpy()
                 w[utt] = post[None, :]
                 labels.append((utt, blob["labels"][int(post.argmax())] if blob["labels"] else str(int(post.argmax()))))
             n += 1
@@ -103,7 +105,7 @@ def compute(model_dir: str | Path, feats_rspecifier: str, out_wspecifier: str, u
 def bottleneck(model_dir: str | Path, feats_rspecifier: str, out_wspecifier: str, cmvn: str | None = None,
                utt2spk: str | None = None) -> int:
     """The shared trunk's last layer (the bottleneck when there is one) per frame, as features."""
-    model, blob = load_task_model(model_dir)
+    model, blob = ModelDir(model_dir).load()
     n = 0
     with open_matrix_writer(out_wspecifier) as w:
         for utt, feats in input_features(feats_rspecifier, blob, cmvn, utt2spk):

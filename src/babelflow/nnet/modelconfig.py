@@ -42,7 +42,7 @@ class ModelConfig:
     norm: str | None = "renorm"
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], origin: str = "model") -> "ModelConfig":
+    def from_dict(cls, d: dict[str, Any], origin: str = "model") -> ModelConfig:
         nonlin, norm = d.get("nonlinearity", "relu"), d.get("norm", "renorm")
 
         def layer(item: dict, where: str) -> LayerConfig:
@@ -75,6 +75,50 @@ class ModelConfig:
                 "frame_head": {"hidden": list(self.frame_head)}, "utterance_head": {"hidden": list(self.utterance_head)},
                 "nonlinearity": self.nonlinearity, "norm": self.norm}
 
+    def to_args(self) -> list[str]:
+        """The flags of ``babelflow model-config``: one ``--layer=DIM:SPLICE:NONLINEARITY:NORM`` per TDNN layer."""
+        args = [f"--layer={_layer_arg(c)}" for c in self.layers]
+        if self.bottleneck:
+            args.append(f"--bottleneck={_layer_arg(self.bottleneck)}")
+        return args + [f"--frame-head={','.join(map(str, self.frame_head))}",
+                       f"--utterance-head={','.join(map(str, self.utterance_head))}",
+                       f"--nonlinearity={self.nonlinearity}", f"--norm={self.norm or 'none'}"]
+
+    @classmethod
+    def add_arguments(cls, parser) -> None:
+        parser.add_argument("--layer", action="append", default=[], metavar="DIM:SPLICE[:NONLIN[:NORM]]",
+                            help="a TDNN layer, e.g. 512:-1,0,1:relu:batchnorm (repeat in order)")
+        parser.add_argument("--bottleneck", metavar="DIM:SPLICE[:NONLIN[:NORM]]", help="the shared bottleneck layer")
+        parser.add_argument("--frame-head", default="", metavar="D,D", help="hidden dims of each frame task's head")
+        parser.add_argument("--utterance-head", default="", metavar="D,D",
+                            help="hidden dims after statistics pooling, per utterance task")
+        parser.add_argument("--nonlinearity", default="relu", choices=NONLINEARITIES)
+        parser.add_argument("--norm", default="renorm", choices=["renorm", "batchnorm", "none"])
+
+    @classmethod
+    def from_args(cls, args) -> ModelConfig:
+        def layer(text: str, flag: str) -> dict:
+            parts = text.split(":")
+            try:
+                d: dict[str, Any] = {"dim": int(parts[0])}
+                if len(parts) > 1:
+                    d["splice"] = [int(o) for o in parts[1].split(",")]
+            except ValueError:
+                raise BabelflowError(f"{flag} {text}: expected DIM:SPLICE[:NONLINEARITY[:NORM]]") from None
+            if len(parts) > 2:
+                d["nonlinearity"] = parts[2]
+            if len(parts) > 3:
+                d["norm"] = None if parts[3] == "none" else parts[3]
+            return d
+
+        dims = lambda text: [int(x) for x in text.split(",") if x]
+        norm = None if args.norm == "none" else args.norm
+        return cls.from_dict({"layers": [layer(x, "--layer") for x in args.layer],
+                              "bottleneck": layer(args.bottleneck, "--bottleneck") if args.bottleneck else None,
+                              "frame_head": {"hidden": dims(args.frame_head)},
+                              "utterance_head": {"hidden": dims(args.utterance_head)},
+                              "nonlinearity": args.nonlinearity, "norm": norm}, origin="command line")
+
     @property
     def left_context(self) -> int:
         return sum(c.left for c in self.trunk_layers)
@@ -86,6 +130,10 @@ class ModelConfig:
     @property
     def trunk_layers(self) -> list[LayerConfig]:
         return self.layers + ([self.bottleneck] if self.bottleneck else [])
+
+
+def _layer_arg(c: LayerConfig) -> str:
+    return f"{c.dim}:{','.join(map(str, c.splice))}:{c.nonlinearity}:{c.norm or 'none'}"
 
 
 def load_model_config(path: str) -> ModelConfig:

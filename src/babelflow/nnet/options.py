@@ -1,25 +1,75 @@
-"""Training options (kept apart from the training code so the CLI can list them without importing torch)."""
+"""Options of the training and priors steps (apart from the code, so that the Snakefile and the
+CLI can list them without importing torch)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..options import StepOptions, option
+
+if TYPE_CHECKING:
+    from ..config import Pipeline
 
 
 @dataclass
-class TrainOptions:
+class TrainOptions(StepOptions):
+    """``params.yaml`` ``train:`` -> ``babelflow train`` (Kaldi's train_raw_dnn.py)."""
+
+    SECTION = "train"
     num_epochs: int = 4
-    optimizer: str = "adamw"  # adamw | sgd
+    optimizer: str = option("adamw", choices=("adamw", "sgd"))
     lr_initial: float = 2e-3
-    lr_final: float = 2e-4  # exponential decay over data processed, as Kaldi's effective lrate
-    momentum: float = 0.9  # sgd
+    lr_final: float = option(2e-4, help="exponential decay over the data processed, as Kaldi's effective lrate")
+    momentum: float = option(0.9, help="sgd")
     weight_decay: float = 0.0
-    max_grad_norm: float = 2.0  # stands for Kaldi's max-param-change
+    max_grad_norm: float = option(2.0, help="stands for Kaldi's max-param-change")
     blocks_per_step: int = 1
-    batching: str = "schedule"  # schedule | mixed
-    checkpoint_every: int = 200  # steps
-    shuffle_window: int = 20  # blocks
+    batching: str = option("schedule", choices=("schedule", "mixed"),
+                           help="schedule: one task per minibatch; mixed: every task in each step")
+    checkpoint_every: int = option(200, help="steps")
+    shuffle_window: int = option(20, help="blocks")
     freeze_trunk: bool = False
-    init: str | None = None  # a model/checkpoint whose trunk (and matching heads) to start from
-    tasks: list[str] = field(default_factory=list)  # train only these tasks' heads (default: all)
+    init: str | None = option(None, help="a model/checkpoint whose trunk (and matching heads) to start from")
+    tasks: list[str] = option(default_factory=list, help="train only these tasks' heads (default: all)")
     seed: int = 0
-    threads: int = 0  # torch intra-op threads (0: torch's default)
+    threads: int = option(0, help="torch intra-op threads (0: torch's default)")
+
+
+@dataclass
+class LaunchOptions(StepOptions):
+    """``params.yaml`` ``train:`` keys of the launcher (``babelflow torchrun``), not of training itself:
+    the number of processes changes where the work runs, not the result."""
+
+    SECTION = "train"
+    nproc: int = option(1, help="processes per node (torchrun --nproc_per_node; GPUs per node)", cli=False)
+    nnodes: int = option(1, help="nodes of the SLURM training job (one torchrun each)", cli=False)
+
+
+@dataclass
+class PriorsOptions(StepOptions):
+    """``params.yaml`` ``priors:`` -> ``babelflow priors`` (Kaldi's adjust_priors.sh)."""
+
+    SECTION = "priors"
+    method: str = option("posterior", choices=("posterior", "counts"),
+                         help="posterior: average network output on the task's egs; counts: label counts")
+    num_egs: int = option(20000, help="egs sampled for the average")
+    floor: float = 1e-8
+    seed: int = 0
+
+
+def resolve(p: Pipeline, check_paths: bool) -> None:
+    """The training section against the tasks; the model itself is checked with the shared config."""
+    t = p.options(TrainOptions)
+    unknown = [x for x in t.tasks if x not in p.tasks]
+    if unknown:
+        raise p.error("train.tasks", f"unknown task(s) {', '.join(unknown)}")
+    if t.freeze_trunk and not t.init:
+        raise p.error("train.freeze_trunk", "needs train.init (the model whose trunk to keep)")
+    if t.lr_final > t.lr_initial:
+        raise p.error("train.lr_final", "larger than train.lr_initial")
+
+
+def priors_args(p: Pipeline, task: str) -> list[str]:
+    """``babelflow split`` computes priors for frame tasks (adjust_priors.sh); utterance tasks have none."""
+    return p.options(PriorsOptions).to_args() if p.tasks[task].kind == "frame" else []

@@ -11,7 +11,7 @@ import torch
 
 from ..egs.reader import EgsDir
 from ..io import atomic_open, write_text
-from .taskmodel import load_task_model
+from .modeldir import ModelDir
 
 
 def _predictions(model, egs: EgsDir, part: str = "valid", batch: int = 128):
@@ -30,9 +30,12 @@ def _predictions(model, egs: EgsDir, part: str = "valid", batch: int = 128):
                     keep = pdf >= 0
                     tgt.append(pdf[keep]), pred.append(logp.argmax(-1).numpy()[keep]), wts.append(w[keep])
                 else:
-                    mask = torch.arange(x.shape[1] - model.left_context - model.right_context)[None, :] < torch.from_numpy(n)[:, None]
+                    frames = torch.arange(x.shape[1] - model.left_context - model.right_context)
+                    mask = frames[None, :] < torch.from_numpy(n)[:, None]
                     logp = model(torch.from_numpy(x), 0, iv, mask)
-                    tgt.append(arch.index["label"][ids]), pred.append(logp.argmax(-1).numpy()), wts.append(np.ones(len(ids)))
+                    tgt.append(arch.index["label"][ids])
+                    pred.append(logp.argmax(-1).numpy())
+                    wts.append(np.ones(len(ids)))
     if not tgt:
         return np.zeros(0, int), np.zeros(0, int), np.zeros(0)
     return np.concatenate(tgt), np.concatenate(pred), np.concatenate(wts)
@@ -42,22 +45,24 @@ def evaluate_task_model(model_dir: str | Path, out_dir: str | Path | None = None
     """Write ``eval/metrics.json`` (+ per_pdf.tsv, or confusion.tsv/.png) for a task model."""
     import pandas as pd
 
-    model, blob = load_task_model(model_dir)
+    md = ModelDir(model_dir)
+    model, blob = md.load()
     egs = EgsDir(blob["egs_dir"])
-    out = Path(out_dir or Path(model_dir) / "eval")
+    out = Path(out_dir or md.eval_dir)
     tgt, pred, w = _predictions(model, egs)
     correct = (tgt == pred).astype(float)
     c = blob["num_outputs"]
     counts = np.bincount(tgt, weights=w, minlength=c)
-    majority = int(np.argmax(np.bincount(np.concatenate([a.labels["pdf"][a.labels["pdf"] >= 0] for a in egs.archives("train")])
-                                         if egs.kind == "frame" else
-                                         np.concatenate([a.index["label"] for a in egs.archives("train")]), minlength=c)))
+    train_targets = (np.concatenate([a.labels["pdf"][a.labels["pdf"] >= 0] for a in egs.archives("train")])
+                     if egs.kind == "frame" else np.concatenate([a.index["label"] for a in egs.archives("train")]))
+    majority = int(np.argmax(np.bincount(train_targets, minlength=c)))
     metrics = {"valid_accuracy": float((correct * w).sum() / max(w.sum(), 1e-12)),
                "baseline_accuracy": float(counts[majority] / max(w.sum(), 1e-12)),
                "valid_frames" if egs.kind == "frame" else "valid_utterances": float(w.sum())}
     if egs.kind == "frame":
         hits = np.bincount(tgt, weights=w * correct, minlength=c)
-        table = pd.DataFrame({"pdf": np.arange(c), "frames": counts, "accuracy": np.where(counts > 0, hits / np.maximum(counts, 1e-12), np.nan)})
+        accuracy = np.where(counts > 0, hits / np.maximum(counts, 1e-12), np.nan)
+        table = pd.DataFrame({"pdf": np.arange(c), "frames": counts, "accuracy": accuracy})
         with atomic_open(out / "per_pdf.tsv", "w") as f:
             table.to_csv(f, sep="\t", index=False, float_format="%.4f")
     else:
@@ -99,7 +104,7 @@ def collect_metrics(model_dirs: list[str | Path], out: str | Path) -> dict:
     """One metrics.json over all task models, keyed by task (what `dvc metrics show` lists)."""
     allm = {}
     for d in model_dirs:
-        d = Path(d)
-        allm[d.name] = json.loads((d / "eval" / "metrics.json").read_text())
+        md = ModelDir(d)
+        allm[md.path.name] = md.metrics
     write_text(out, json.dumps(allm, indent=2) + "\n")
     return allm

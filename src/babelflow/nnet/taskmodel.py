@@ -1,14 +1,12 @@
-"""Per-task models (Kaldi stage 12): split, priors, and the model directory they live in.
+"""Per-task models (Kaldi stage 12): split and priors.
 
-A task model dir is self-contained, like ``exp/<lang>/`` after ``nnet3-am-init`` +
-``adjust_priors.sh``: the trunk plus that task's head renamed ``output``, everything
-inference needs to reproduce the training features (feature type and Kaldi conf,
-``cmvn_opts``, left/right context, i-vector dim), the output labels (``num_pdfs`` or the
-class names) and, for frame tasks, the TransitionModel of the task's alignment dir::
-
-    model.pt      tensors + plain data (torch.load(weights_only=True): no code is unpickled)
-    trans.mdl     the TransitionModel (binary Kaldi), frame tasks
-    conf/<type>.conf  cmvn_opts  info/{kind,num_outputs,left_context,right_context,...}
+A task model dir (:class:`.modeldir.ModelDir`, ``exp/models/<task>/``) is self-contained,
+like ``exp/<lang>/`` after ``nnet3-am-init`` + ``adjust_priors.sh``: the trunk plus that
+task's head renamed ``output``, everything inference needs to reproduce the training
+features (feature type and Kaldi conf, ``cmvn_opts``, left/right context, i-vector dim), the
+output labels (``num_pdfs`` or the class names) and, for frame tasks, the TransitionModel
+(``trans.mdl``) and the decision tree (``tree``) of the task's alignment dir. ``model.pt``
+holds tensors and plain data (:mod:`.checkpoint`: no code is unpickled when it is loaded).
 """
 
 from __future__ import annotations
@@ -22,16 +20,22 @@ import torch
 from ..egs.reader import EgsDir
 from ..errors import BabelflowError
 from ..io import atomic_open, write_text
-from .model import ModelConfig, MultiTaskModel, TaskSpec
-from .train import load_model
+from .checkpoint import load_model, save_task_model, task_meta
+from .model import MultiTaskModel
+from .modeldir import ModelDir
 
 log = logging.getLogger("babelflow")
-FORMAT = "babelflow-task-model"
+_TREE_MAGIC = (b"\0BContextDependency", b"ContextDependency")  # Kaldi binary / text ContextDependency
 
 
 def split_model(multitask: str | Path, task: str, out_dir: str | Path, feats_dir: str | Path | None = None,
                 ali: str | None = None) -> dict:
-    """Write ``out_dir`` for ``task`` from the trained multi-task model (no priors yet)."""
+    """Write ``out_dir`` for ``task`` from the trained multi-task model (no priors yet).
+
+    ``ali``: frame tasks, the task's Kaldi alignment dir, whose ``final.mdl`` TransitionModel
+    becomes ``trans.mdl`` and whose ``tree`` (when it has one) is copied byte for byte; whether
+    the tree is there is recorded in ``info/has_tree``.
+    """
     model, blob = load_model(multitask)
     names = [t.name for t in model.tasks]
     if task not in names:
@@ -39,7 +43,7 @@ def split_model(multitask: str | Path, task: str, out_dir: str | Path, feats_dir
     i = names.index(task)
     single = model.split(i)
     egs = EgsDir(blob["task_egs"][i])
-    out = Path(out_dir)
+    md = ModelDir(out_dir)
     info = {"task": task, "kind": model.tasks[i].kind, "num_outputs": model.tasks[i].num_outputs,
             "left_context": model.left_context, "right_context": model.right_context, "input_dim": model.input_dim,
             "ivector_dim": model.ivector_dim, "feat_type": egs.info.get("feat_type", ""),
@@ -51,49 +55,43 @@ def split_model(multitask: str | Path, task: str, out_dir: str | Path, feats_dir
         confs = sorted((Path(feats_dir) / "conf").glob("*.conf"))
         if confs:
             conf = confs[0].read_text()
-            write_text(out / "conf" / confs[0].name, conf)
+            write_text(md.conf_dir / confs[0].name, conf)
+    has_tree = False
     if info["kind"] == "frame" and ali and ":" not in ali:
         from ..kaldi.transition_model import read_transition_model, write_transition_model
 
         tm = read_transition_model(Path(ali) / "final.mdl")
         if tm.num_pdfs != info["num_outputs"]:
             raise BabelflowError(f"{ali}/final.mdl: {tm.num_pdfs} pdfs, but head '{task}' has {info['num_outputs']}")
-        write_transition_model(out / "trans.mdl", tm)
-    save_task_model(out, single, {**info, "labels": labels, "feature_conf": conf, "priors": None, "prior_method": ""})
-    write_text(out / "cmvn_opts", info["cmvn_opts"] + "\n")
-    for k in ("kind", "num_outputs", "left_context", "right_context", "ivector_dim", "feat_type", "input_dim"):
-        write_text(out / "info" / k, f"{info[k]}\n")
+        write_transition_model(md.trans_path, tm)
+        has_tree = _copy_tree(Path(ali) / "tree", md.tree_path)
+    save_task_model(md.path, single, {**info, "labels": labels, "feature_conf": conf, "priors": None,
+                                      "prior_method": ""})
+    write_text(md.cmvn_opts_path, info["cmvn_opts"] + "\n")
+    md.write_info({k: info[k] for k in ("kind", "num_outputs", "left_context", "right_context", "ivector_dim",
+                                        "feat_type", "input_dim")})
+    md.write_info({"has_tree": str(has_tree).lower()})
     if labels:
-        write_text(out / "info" / "classes.txt", "".join(f"{c} {j}\n" for j, c in enumerate(labels)))
-    return info
+        write_text(md.info_dir / "classes.txt", "".join(f"{c} {j}\n" for j, c in enumerate(labels)))
+    return {**info, "has_tree": has_tree}
 
 
-def save_task_model(out_dir: str | Path, model: MultiTaskModel, meta: dict) -> None:
-    blob = {"format": FORMAT, "version": 1, "model_config": model.config.to_dict(), "task_spec": vars(model.tasks[0]),
-            "state_dict": model.state_dict(), **meta}
-    with atomic_open(Path(out_dir) / "model.pt", "wb") as f:
-        torch.save(blob, f)
+def _copy_tree(src: Path, dest: Path) -> bool:
+    """Copy the alignment dir's decision tree byte for byte; False when it has none."""
+    if not src.is_file():
+        dest.unlink(missing_ok=True)  # not a stale one from an earlier split
+        log.warning("%s: no decision tree; the model dir gets none (Kaldi's mkgraph.sh needs one)", src)
+        return False
+    data = src.read_bytes()
+    if not data.startswith(_TREE_MAGIC):
+        raise BabelflowError(f"{src}: not a Kaldi decision tree (no ContextDependency header)")
+    with atomic_open(dest, "wb") as f:
+        f.write(data)
+    return True
 
 
-def load_task_model(model_dir: str | Path) -> tuple[MultiTaskModel, dict]:
-    """Load ``model_dir/model.pt`` safely (weights_only); anything else is a clear error."""
-    path = Path(model_dir) / "model.pt" if Path(model_dir).is_dir() else Path(model_dir)
-    if not path.is_file():
-        raise BabelflowError(f"{path}: no task model here (run `babelflow split`)")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - pickled code, foreign or corrupt files all land here
-        raise BabelflowError(f"{path}: not a babelflow task model, refusing to load it "
-                             f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        raise BabelflowError(f"{path}: not a babelflow task model (format {blob.get('format') if isinstance(blob, dict) else type(blob).__name__})")
-    model = MultiTaskModel(ModelConfig.from_dict(blob["model_config"]), blob["input_dim"], [TaskSpec(**blob["task_spec"])],
-                           blob["ivector_dim"], ["output"])
-    model.load_state_dict(blob["state_dict"])
-    return model.eval(), blob
-
-
-def average_posteriors(model: MultiTaskModel, egs: EgsDir, num_egs: int, seed: int = 0, batch: int = 256) -> tuple[np.ndarray, int]:
+def average_posteriors(model: MultiTaskModel, egs: EgsDir, num_egs: int, seed: int = 0,
+                       batch: int = 256) -> tuple[np.ndarray, int]:
     """Kaldi adjust_priors.sh: the mean softmax output over (a random subset of) the task's own
     training egs, every frame of each; returns (posterior sum normalised, frames used)."""
     rng = np.random.default_rng(seed)
@@ -132,7 +130,8 @@ def count_priors(egs: EgsDir, floor: float) -> np.ndarray:
 def compute_priors(model_dir: str | Path, egs_dir: str | Path | None = None, method: str = "posterior",
                    num_egs: int = 20000, floor: float = 1e-8, seed: int = 0) -> dict:
     """Store priors in a frame task's model (``adjust_priors.sh``), log KL to the count priors."""
-    model, blob = load_task_model(model_dir)
+    md = ModelDir(model_dir)
+    model, blob = md.load()
     if blob["kind"] != "frame":
         raise BabelflowError(f"{model_dir}: priors are for frame tasks (this is an utterance task)")
     egs = EgsDir(egs_dir or blob["egs_dir"])
@@ -149,9 +148,8 @@ def compute_priors(model_dir: str | Path, egs_dir: str | Path | None = None, met
     log.info("priors (%s, %d frames): KL(priors || label counts) = %.4f nats; max |diff| %.4f", method, frames, kl,
              float(np.abs(priors - counts).max()))
     blob.update(priors=torch.from_numpy(priors.astype(np.float32)), prior_method=method)
-    save_task_model(model_dir, model, {k: v for k, v in blob.items() if k not in ("format", "version", "model_config",
-                                                                                  "task_spec", "state_dict")})
-    write_text(Path(model_dir) / "priors.txt", " [ " + " ".join(f"{p:.7g}" for p in priors) + " ]\n")
+    save_task_model(md.path, model, task_meta(blob))
+    write_text(md.priors_path, " [ " + " ".join(f"{p:.7g}" for p in priors) + " ]\n")
     return {"method": method, "frames": frames, "kl_from_counts": kl, "num_pdfs": len(priors)}
 
 

@@ -7,11 +7,8 @@ heads). A block's loss is its per-frame cross-entropy times the task's supervisi
 weight (Kaldi's ScaleSupervisionWeight), so the weight scales that task's gradient;
 reported objectives are unweighted per-frame values, as Kaldi's diagnostics print them.
 
-Data parallelism: every rank takes its share of each step's blocks and gradients are
-summed with ``all_reduce`` (gloo on CPU, nccl on GPU), so N ranks compute exactly the
-step one process computes with the same global batch. (Plain DDP would need
-``find_unused_parameters`` for heads that a rank does not use in a step; the explicit
-all-reduce keeps an unused head's gradient at None on every rank, as in one process.)
+Data parallelism (ranks, gradient all-reduce) is :mod:`.distributed`; the files written
+(``final.pt``, ``checkpoint.pt``) are :mod:`.checkpoint`.
 """
 
 from __future__ import annotations
@@ -26,12 +23,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
 from ..errors import BabelflowError
-from ..io import atomic_open, write_text
+from ..io import write_text
+from .checkpoint import checkpoint_hash, load_checkpoint, model_state_dict, save_checkpoint, save_model
 from .data import Batch, MergedSchedule, epoch_plan, majority_labels
+from .distributed import Dist
 from .model import ModelConfig, MultiTaskModel, TaskSpec, check_context, describe
 from .options import TrainOptions
 
@@ -85,65 +83,8 @@ def _data_fingerprint(schedule: MergedSchedule) -> str:
     return h.hexdigest()
 
 
-def save_model(path: Path, model: MultiTaskModel, schedule: MergedSchedule, extra: dict | None = None) -> None:
-    """The trained multi-task model: tensors and plain data only (loadable with weights_only=True)."""
-    blob = {"format": "babelflow-multitask-model", "version": 1, "model_config": model.config.to_dict(),
-            "tasks": [asdict(t) for t in model.tasks], "input_dim": model.input_dim, "ivector_dim": model.ivector_dim,
-            "left_context": model.left_context, "right_context": model.right_context,
-            "egs": {k: str(v) for k, v in schedule.egs[0].info.items() if k in ("feat_type", "cmvn_opts", "feat_dim")},
-            "task_egs": list(map(str, schedule.tasks["egs_dir"])),
-            "state_dict": model.state_dict(), **(extra or {})}
-    with atomic_open(path, "wb") as f:
-        torch.save(blob, f)
-
-
-def load_model(path: str | Path) -> tuple[MultiTaskModel, dict]:
-    """Load a model written by :func:`save_model`; never unpickles code."""
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many types for foreign files
-        raise BabelflowError(f"{path}: not a babelflow model ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
-    if not isinstance(blob, dict) or blob.get("format") != "babelflow-multitask-model":
-        raise BabelflowError(f"{path}: not a babelflow multi-task model")
-    model = MultiTaskModel(ModelConfig.from_dict(blob["model_config"]), blob["input_dim"],
-                           [TaskSpec(**t) for t in blob["tasks"]], blob["ivector_dim"])
-    model.load_state_dict(blob["state_dict"])
-    return model, blob
-
-
-class _Dist:
-    """torch.distributed when started by torchrun (WORLD_SIZE > 1), else a single process."""
-
-    def __init__(self) -> None:
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-
-    def sum_gradients(self, model: torch.nn.Module) -> None:
-        """Sum the ranks' gradients (each rank already divided its loss by the global batch).
-
-        A parameter no rank used this step (another task's head) keeps ``grad = None``,
-        exactly as in a single process, so the optimizer leaves it alone there too.
-        """
-        if self.world == 1:
-            return
-        params = [p for p in model.parameters() if p.requires_grad]
-        used = torch.tensor([p.grad is not None for p in params], dtype=torch.float32)
-        dist.all_reduce(used)
-        for p, u in zip(params, used):
-            if u == 0:
-                continue
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            dist.all_reduce(p.grad)
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
-
-def recompute_batchnorm_stats(model: MultiTaskModel, schedule: MergedSchedule, device, part: str = "train_diagnostic") -> int:
+def recompute_batchnorm_stats(model: MultiTaskModel, schedule: MergedSchedule, device,
+                              part: str = "train_diagnostic") -> int:
     """Batch-norm test statistics as Kaldi's final combination recomputes them: the plain
     average over the ``part`` blocks with the current weights (not a running average
     over training), so they do not depend on the batch order or on the number of ranks."""
@@ -196,11 +137,11 @@ def train(merged_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig, o
           progress: bool = True, fresh_on_config_change: bool = False) -> dict:
     """Train (or resume) a multi-task model; writes final.pt, metrics.json, train_log.tsv, plots."""
     out = Path(out_dir)
-    d = _Dist()
+    d = Dist()
     if opts.threads:
         torch.set_num_threads(opts.threads)
     torch.manual_seed(opts.seed)
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+    device = d.device
     schedule = MergedSchedule(merged_dir)
     check_context(model_cfg, schedule.left_context, schedule.right_context, str(merged_dir))
     specs = [TaskSpec(n, e.kind, e.num_outputs) for n, e in zip(schedule.names, schedule.egs)]
@@ -218,7 +159,7 @@ def train(merged_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig, o
     chash = _config_hash(model_cfg, specs, opts, schedule)
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "frames": 0.0, "history": []}
     ckpt = out / "checkpoint.pt"
-    stale = ckpt.exists() and fresh_on_config_change and _checkpoint_hash(ckpt) != chash
+    stale = ckpt.exists() and fresh_on_config_change and checkpoint_hash(ckpt) != chash
     d.barrier()  # every rank has looked before rank 0 moves it (else they would disagree, and hang)
     if stale:
         log.warning("%s was written with another config or data: starting over (kept as checkpoint.pt.old)", ckpt)
@@ -228,11 +169,11 @@ def train(merged_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig, o
                 os.replace(out / "checkpoint_log.tsv", out / "checkpoint_log.tsv.old")
     d.barrier()
     if ckpt.exists():
-        state = _resume(ckpt, chash, model, optim)
+        state = load_checkpoint(ckpt, chash, model, optim)
         log.info("resuming from %s: epoch %d, step %d of that epoch", ckpt, state["epoch"] + 1, state["step_in_epoch"])
     if d.rank == 0:
-        log.info("%s; %d task(s): %s; device %s, %d process(es)", describe(model), len(specs),
-                 ", ".join(f"output-{i}={t.name} ({t.kind}, {t.num_outputs})" for i, t in enumerate(specs)), device, d.world)
+        outputs = ", ".join(f"output-{i}={t.name} ({t.kind}, {t.num_outputs})" for i, t in enumerate(specs))
+        log.info("%s; %d task(s): %s; device %s, %d process(es)", describe(model), len(specs), outputs, device, d.world)
     archives = [[b for b in blocks if b.task in trainable] for blocks in schedule.blocks("train")]
     steps_per_epoch = len(_steps(epoch_plan(archives, 0, opts.seed, opts.shuffle_window), opts, d.world, len(specs)))
     total_steps = max(1, steps_per_epoch * opts.num_epochs)
@@ -251,7 +192,8 @@ def train(merged_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig, o
                    disable=not progress or d.rank != 0, unit="step", mininterval=2.0)
         rows = []
         for k in range(state["step_in_epoch"], len(steps)):
-            lr = opts.lr_initial * math.exp(state["global_step"] / total_steps * math.log(opts.lr_final / opts.lr_initial))
+            decay = math.log(opts.lr_final / opts.lr_initial)
+            lr = opts.lr_initial * math.exp(state["global_step"] / total_steps * decay)
             for g in optim.param_groups:
                 g["lr"] = lr
             optim.zero_grad(set_to_none=True)  # heads not in this step stay untouched
@@ -263,7 +205,8 @@ def train(merged_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig, o
                 (loss / len(steps[k])).backward()
                 name = schedule.names[b.task]
                 running[name] = 0.9 * running.get(name, -obj / max(frames, 1e-8)) + 0.1 * (-obj / max(frames, 1e-8))
-                rows.append(f"{state['global_step']}\t{epoch + 1}\t{name}\toutput-{b.task}\t{obj / max(frames, 1e-8):.5f}\t"
+                rows.append(f"{state['global_step']}\t{epoch + 1}\t{name}\toutput-{b.task}\t"
+                            f"{obj / max(frames, 1e-8):.5f}\t"
                             f"{correct / max(frames, 1e-8):.4f}\t{frames:.1f}\t{b.weight:g}\t{lr:.3g}\n")
                 state["frames"] += frames
             d.sum_gradients(model)
@@ -327,8 +270,7 @@ def _steps(plan, opts: TrainOptions, world: int, num_tasks: int) -> list[list]:
 
 
 def _init_from(model: MultiTaskModel, path: str) -> None:
-    src, _ = load_model(path) if Path(path).name != "checkpoint.pt" else (None, None)
-    state = src.state_dict() if src is not None else torch.load(path, map_location="cpu", weights_only=True)["model"]
+    state = model_state_dict(path)
     own = model.state_dict()
     taken = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not any(k.startswith("trunk.") for k in taken):
@@ -337,26 +279,9 @@ def _init_from(model: MultiTaskModel, path: str) -> None:
     log.info("initialised %d tensors from %s", len(taken), path)
 
 
-def _checkpoint_hash(ckpt: Path) -> str | None:
-    return torch.load(ckpt, map_location="cpu", weights_only=True).get("config_hash")
-
-
-def _resume(ckpt: Path, chash: str, model, optim) -> dict:
-    blob = torch.load(ckpt, map_location="cpu", weights_only=True)
-    if blob.get("config_hash") != chash:
-        raise BabelflowError(f"{ckpt}: checkpoint from a different model/task/training config "
-                             f"({blob.get('config_hash')} != {chash}); delete it to start over")
-    model.load_state_dict(blob["model"])
-    optim.load_state_dict(blob["optimizer"])
-    return json.loads(blob["state"])
-
-
-def _checkpoint(path: Path, chash: str, model, optim, state: dict, d: _Dist) -> None:
-    if d.rank != 0:
-        return
-    with atomic_open(path, "wb") as f:
-        torch.save({"config_hash": chash, "model": model.state_dict(), "optimizer": optim.state_dict(),
-                    "state": json.dumps(state)}, f)
+def _checkpoint(path: Path, chash: str, model, optim, state: dict, d: Dist) -> None:
+    if d.rank == 0:
+        save_checkpoint(path, chash, model, optim, state)
 
 
 def _restart_log(path: Path, global_step: int) -> None:
@@ -366,7 +291,7 @@ def _restart_log(path: Path, global_step: int) -> None:
     write_text(path, header + "".join(ln for ln in lines if int(ln.split("\t", 1)[0]) < global_step))
 
 
-def _flush_log(path: Path, rows: list[str], d: _Dist) -> None:
+def _flush_log(path: Path, rows: list[str], d: Dist) -> None:
     if d.rank == 0 and rows:
         with open(path, "a") as f:
             f.writelines(rows)
@@ -376,16 +301,19 @@ def _flush_log(path: Path, rows: list[str], d: _Dist) -> None:
 def _log_diagnostics(names: list[str], diag: dict) -> None:
     for part, res in diag.items():
         for t, r in res.items():
-            log.info("compute_prob_%s: Overall log-likelihood for 'output-%d' (%s) is %.4f per frame, over %.1f frames; "
+            log.info("compute_prob_%s: Overall log-likelihood for 'output-%d' (%s) is %.4f per frame, "
+                     "over %.1f frames; "
                      "accuracy %.4f (majority baseline %.4f)", "valid" if part == "valid" else "train", t, names[t],
                      r["objective"], r["frames"], r["accuracy"], r["baseline_accuracy"])
 
 
 def _write_outputs(out: Path, model, schedule: MergedSchedule, state: dict, seconds: float) -> dict:
-    save_model(out / "final.pt", model, schedule, {"history": json.dumps(state["history"])})
+    save_model(out / "final.pt", model, schedule.egs[0].info, schedule.tasks["egs_dir"],
+               {"history": json.dumps(state["history"])})
     last = state["history"][-1]["diagnostics"] if state["history"] else {}
     metrics = {name: {"valid_accuracy": r["valid"]["accuracy"], "valid_objective": r["valid"]["objective"],
-                      "train_accuracy": r["train_diagnostic"]["accuracy"], "train_objective": r["train_diagnostic"]["objective"],
+                      "train_accuracy": r["train_diagnostic"]["accuracy"],
+                      "train_objective": r["train_diagnostic"]["objective"],
                       "baseline_accuracy": r["valid"]["baseline_accuracy"]} for name, r in last.items()}
     write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     rows = ["epoch\ttask\tset\tobjective\taccuracy\tbaseline_accuracy\tframes\n"]

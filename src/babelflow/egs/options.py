@@ -1,0 +1,89 @@
+"""Options of the egs step (``params.yaml`` ``egs:``), apart from the code so that the
+Snakefile can render them without importing the egs writer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+from ..options import StepOptions, option
+
+if TYPE_CHECKING:
+    from ..config import Pipeline
+
+
+@dataclass
+class EgsOptions(StepOptions):
+    """``params.yaml`` ``egs:`` -> ``babelflow egs job|finalize`` (Kaldi's get_egs.sh)."""
+
+    SECTION = "egs"
+    frames_per_eg: int = 8
+    left_context: int | None = option(None, help="frames of left context (null in params: the model's)")
+    right_context: int | None = option(None, help="frames of right context (null in params: the model's)")
+    num_valid_utts: int = option(300, help="held out; valid_fraction of the task when it has < 4x this")
+    num_train_subset_utts: int = 300
+    valid_fraction: float = 0.1
+    length_tolerance: int = option(2, help="frames (nnet3-get-egs --targets-length-tolerance)")
+    dtype: str = option("float16", choices=("float16", "float32"), help="stored features")
+    chunking: str = option("whole", param="egs.utterance.chunking", choices=("whole", "random"),
+                           help="utterance tasks: the whole utterance, or random chunks")
+    min_chunk: int = option(100, param="egs.utterance.min_chunk")
+    max_chunk: int = option(300, param="egs.utterance.max_chunk")
+    seed: int = 0
+
+
+def resolve(p: Pipeline, check_paths: bool) -> None:
+    """The egs section against the model (context) and the tasks (one i-vector dim for all)."""
+    o = p.options(EgsOptions)
+    if o.min_chunk > o.max_chunk:
+        raise p.error("egs.utterance.min_chunk", "larger than egs.utterance.max_chunk")
+    if check_paths or not p.config["model"].get("config"):
+        left, right = context(p)
+        mc = p.model_config
+        if left < mc.left_context or right < mc.right_context:
+            raise p.error("egs.left_context/right_context", f"({left}, {right}) are smaller than the "
+                          f"model's context ({mc.left_context}, {mc.right_context})")
+    _check_ivectors(p, check_paths)
+
+
+def context(p: Pipeline) -> tuple[int, int]:
+    """(left, right) context of the examples: params' values, or the model's where null."""
+    o = p.options(EgsOptions)
+    mc = p.model_config
+    return (mc.left_context if o.left_context is None else o.left_context,
+            mc.right_context if o.right_context is None else o.right_context)
+
+
+def task_args(p: Pipeline, task: str) -> list[str]:
+    """The flags of ``babelflow egs job|finalize`` for one task."""
+    t, L = p.tasks[task], p.layout
+    args = [f"--task={task}", f"--kind={t.kind}", f"--nj={p.config['data']['nj']}"]
+    args += [f"--set={s}:{L.data(s)}:{L.feats(s)}" for s in t.data]
+    args += [f"--ivectors={s}:{d}" for s, d in (t.ivectors or {}).items()]
+    if t.kind == "utterance":
+        args.append(f"--labels={t.labels}")
+        if t.classes:
+            args.append(f"--classes={','.join(t.classes)}")
+    left, right = context(p)
+    return args + replace(p.options(EgsOptions), left_context=left, right_context=right).to_args()
+
+
+def _check_ivectors(p: Pipeline, check_paths: bool) -> None:
+    """Kaldi's combine_egs.sh requires one i-vector dim for all tasks (0 = none)."""
+    with_iv = [t for t in p.tasks.values() if t.ivectors]
+    if not with_iv:
+        return
+    without = [t.name for t in p.tasks.values() if not t.ivectors]
+    if without:
+        raise p.error(f"tasks.{without[0]}.ivectors", f"missing, but tasks.{with_iv[0].name} has i-vectors "
+                      "(the shared network takes one i-vector input: give every task one)")
+    if not check_paths:
+        return
+    from .make import IvectorSource
+
+    dims = {(t.name, s): IvectorSource.open(d).dim for t in with_iv for s, d in t.ivectors.items()}
+    (t0, s0), d0 = next(iter(dims.items()))
+    for (t, s), d in dims.items():
+        if d != d0:
+            raise p.error(f"tasks.{t}.ivectors", f"dim {d} ({s}) differs from {d0} (tasks.{t0}, {s0}); "
+                          "all tasks must share the i-vector dim")

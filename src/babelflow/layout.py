@@ -1,0 +1,65 @@
+"""Where every step writes: the one spelling of each artifact path.
+
+Rules and Python code both ask this module, so a directory moves in one place. Each
+method takes the variable part (a data set, a task) and returns the path; called with a
+Snakemake wildcard such as ``"{task}"`` it returns the rule's pattern, so the rule and
+the code that fills its wildcards cannot disagree. Paths are plain ``str`` (what
+Snakemake, DVC and Kaldi's scp files hold), relative to the project.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CORPUS = "corpus"  # the demo corpus (outside the workdir: it is source data, not a result)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The artifact dirs below ``workdir`` (``params.yaml`` ``workdir``, default ``exp``)."""
+
+    workdir: str = "exp"
+
+    def _at(self, *parts: str) -> str:
+        return "/".join((self.workdir, *parts))
+
+    def data(self, name: str = "{name}", *files: str) -> str:
+        """A validated, split copy of a Kaldi data dir (``babelflow data``)."""
+        return self._at("data", name, *files)
+
+    def split(self, name: str, nj: int | str, job: int | str = "{job}") -> str:
+        """Job ``job`` of ``split<nj>/`` of a data set (Kaldi's ``split_data.sh`` layout)."""
+        return self.data(name, f"split{nj}", str(job))
+
+    def feats(self, name: str = "{name}", *files: str) -> str:
+        """Features + CMVN stats of a data set (``babelflow features``)."""
+        return self._at("feats", name, *files)
+
+    def egs(self, task: str = "{task}", *files: str) -> str:
+        """One task's examples (``babelflow egs``)."""
+        return self._at("egs", task, *files)
+
+    def merged(self, *files: str) -> str:
+        """The multi-task schedule (``babelflow merge``)."""
+        return self._at("merged", *files)
+
+    def train(self, *files: str) -> str:
+        """The trained multi-task network and its logs (``babelflow train``)."""
+        return self._at("train", *files)
+
+    def models(self, task: str = "{task}", *files: str) -> str:
+        """One task's standalone model (``babelflow split`` + ``priors`` + ``eval``)."""
+        return self._at("models", task, *files)
+
+    def model_metrics(self) -> str:
+        """Every task model's valid accuracy beside its majority baseline (``babelflow eval --collect``)."""
+        return self._at("models", "metrics.json")
+
+    def kaldi(self, task: str = "{task}", *files: str) -> str:
+        """One frame task's Kaldi model dir (``babelflow export-kaldi --dir``)."""
+        return self._at("kaldi", task, *files)
+
+
+def corpus(lang: str = "{lang}", part: str = "") -> str:
+    """The demo corpus of a language: ``corpus/<lang>/{data,ali,wav}``."""
+    return "/".join(p for p in (CORPUS, lang, part) if p)
