@@ -11,7 +11,7 @@ demo: setup
 	source .venv/bin/activate && snakemake --cores $(CORES)
 
 test: setup
-	source .venv/bin/activate && pytest -q
+	source .venv/bin/activate && ruff check src tests bench && pytest -q
 
 lint:
-	source .venv/bin/activate && snakemake --lint
+	source .venv/bin/activate && ruff check src tests bench && snakemake --lint

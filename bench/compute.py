@@ -117,7 +117,8 @@ def main() -> None:
         out = {k: Path(tmp) / f"{k}.ark" for k in ("compute", "cli", "one")}
         t = timed({"bare": lambda: bare_utts(model, xs),
                    "compute": lambda: compute(model_dir, f"scp:{scp}", f"ark:{out['compute']}"),
-                   "cli": lambda: cli(model_dir, scp, out["cli"]), "cli_one_utt": lambda: cli(model_dir, one, out["one"])}, R)
+                   "cli": lambda: cli(model_dir, scp, out["cli"]),
+                   "cli_one_utt": lambda: cli(model_dir, one, out["one"])}, R)
         ark_mb = out["compute"].stat().st_size / 2**20
     fps = {k: frames / t[k] for k in ("bare", "compute", "cli")}
     startup, ratio = t["cli_one_utt"], t["bare"] / t["compute"]
@@ -149,8 +150,8 @@ def main() -> None:
           f" ({pf / t['priors'] / 1e3:.1f}k frames/s); bare forward of the same {BATCH}-eg batches {bare_m:.2f} s"
           f" -> {bare_m / per_m:.2f}x of it is the forward\n           (8-frame egs recompute {lc}+{rc} context"
           f" frames each: {fps['bare'] * bare_m / 1e6:.1f}x the cost per frame of whole utterances)")
-    table.append((f"compute_priors, all {num_egs} egs, s per 1M frames (bare forward)", f"{per_m:.2f} s ({bare_m:.2f} s)",
-                  f"{bare_m / per_m:.2f}x forward", "—"))
+    table.append((f"compute_priors, all {num_egs} egs, s per 1M frames (bare forward)",
+                   f"{per_m:.2f} s ({bare_m:.2f} s)", f"{bare_m / per_m:.2f}x forward", "—"))
 
     # 3. GPU
     if torch.cuda.is_available():

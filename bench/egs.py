@@ -44,7 +44,8 @@ import numpy as np
 import torch
 
 from babelflow.data.split import prepare_data_dir
-from babelflow.demo.corpus import SIZES, DemoConfig, generate_corpus
+from babelflow.demo.corpus import DemoConfig, generate_corpus
+from babelflow.demo.options import SIZES
 from babelflow.egs.alignments import prepare_pdf_alignments
 from babelflow.egs.make import EgsOptions, TaskSource, egs_job, finalize_egs_dir
 from babelflow.egs.reader import EgsDir
@@ -163,9 +164,9 @@ def main() -> None:
     w = res["write"] = {k: frames / v for k, v in t.items() if not k.endswith("_all")} | {"times_s": t}
     print(f"1. write   copy-feats (kaldiio) {w['copy'] / 1e3:6.0f}k frames/s  [baseline]")
     for dt in opts:
-        print(f"           egs_job {dt}      {w[dt] / 1e3:6.0f}k frames/s  {w[dt] / w['copy']:.2f}x copy (target >= 0.7);"
-              f" Kaldi: {w[dt] / KALDI['compressed']:.1f}x compressed, {w[dt] / KALDI['uncompressed']:.2f}x raw"
-              f" (aim 3x compressed: {w[dt] / KALDI['aim']:.2f} of it)")
+        print(f"           egs_job {dt}      {w[dt] / 1e3:6.0f}k frames/s  {w[dt] / w['copy']:.2f}x copy"
+              f" (target >= 0.7); Kaldi: {w[dt] / KALDI['compressed']:.1f}x compressed,"
+              f" {w[dt] / KALDI['uncompressed']:.2f}x raw (aim 3x compressed: {w[dt] / KALDI['aim']:.2f} of it)")
         table.append((f"write, egs_job {dt} vs copy-feats", f"{w[dt] / 1e3:.0f}k fr/s", f"{w[dt] / w['copy']:.2f}x",
                       ">= 0.7x"))
     table.append(("write, egs_job float16 vs Kaldi nnet3-get-egs compressed (100k fr/s)", f"{w['float16'] / 1e3:.0f}k"
@@ -204,9 +205,12 @@ def main() -> None:
         ram = dataclasses.replace(arch, feats=np.array(arch.feats, dtype=np.float32))
         n, mib = (len(arch) // BATCH) * BATCH, arch.feats.nbytes / 2**20
         del arch  # its memory map would keep the pages in the cache through drop_caches
-        fns = {s: (lambda s=s: epoch(lambda: egs.archive("train", 1), s == "sorted")) for s in ("shuffled", "sorted")}
-        ram_fns = {f"ram_{s}": (lambda s=s: epoch(lambda: ram, s == "sorted")) for s in fns}
-        runs = {"warm": timed(fns | ram_fns, R)} | ({"cold": timed(fns, R, before=drop_caches)} if "cold" in caches else {})
+        fns = {s: (lambda s=s, egs=egs: epoch(lambda: egs.archive("train", 1), s == "sorted"))
+               for s in ("shuffled", "sorted")}
+        ram_fns = {f"ram_{s}": (lambda s=s, ram=ram: epoch(lambda: ram, s == "sorted")) for s in fns}
+        runs = {"warm": timed(fns | ram_fns, R)}
+        if "cold" in caches:
+            runs["cold"] = timed(fns, R, before=drop_caches)
         for cache, tm in runs.items():
             for s in fns:
                 out_fps, in_fps = n * FPE / tm[s], n * (LC + FPE + RC) / tm[s]
@@ -220,7 +224,7 @@ def main() -> None:
         if "cold" in caches:  # evidence that the cold epochs did fault pages in from the disk
             drop_caches()
             f0 = resource.getrusage(resource.RUSAGE_SELF).ru_majflt
-            epoch(lambda: egs.archive("train", 1), False)
+            epoch(lambda egs=egs: egs.archive("train", 1), False)
             faults = res["read"][f"{dt}_cold_major_faults"] = resource.getrusage(resource.RUSAGE_SELF).ru_majflt - f0
             print(f"           ({faults} major page faults in a cold epoch over {mib:.0f} MiB of features)")
 
@@ -235,7 +239,8 @@ def main() -> None:
     res["rss_mb"] = m | {"all": rss}
     print(f"\n4. memory  peak RSS of `babelflow egs job` (max of {R}): large {m['large']:.0f} MB, default"
           f" {m['default']:.0f} MB -> {m['large'] / m['default']:.2f}x (must be ~1); start-up (--help)"
-          f" {m['startup']:.0f} MB, so above it {m['large'] - m['startup']:.0f} vs {m['default'] - m['startup']:.0f} MB")
+          f" {m['startup']:.0f} MB, so above it {m['large'] - m['startup']:.0f} vs"
+          f" {m['default'] - m['startup']:.0f} MB")
     table.append(("peak RSS of egs job, 2000 vs 200 utts", f"{m['large']:.0f} / {m['default']:.0f} MB",
                   f"{m['large'] / m['default']:.2f}x", "~1x"))
 

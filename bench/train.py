@@ -43,7 +43,7 @@ from egs import ENV, LANG, egs_dir, prepare, report  # noqa: E402  (bench/egs.py
 
 from babelflow.egs.format import INDEX_DTYPE  # noqa: E402
 from babelflow.egs.make import EgsOptions, egs_job, finalize_egs_dir  # noqa: E402
-from babelflow.merge import allocate, merge_egs  # noqa: E402
+from babelflow.merge import MergeOptions, MergeTask, allocate, merge_egs  # noqa: E402
 from babelflow.nnet.data import Batch, MergedSchedule, epoch_plan  # noqa: E402
 from babelflow.nnet.model import ModelConfig, MultiTaskModel, TaskSpec  # noqa: E402
 from babelflow.nnet.train import _step_loss  # noqa: E402
@@ -204,7 +204,7 @@ def main() -> None:
     load0 = os.getloadavg()[0]
     egs = large_egs(W)
     merged = W / "merged"
-    merge_egs([egs], merged, block_size=BLOCK, task_names=[LANG])
+    merge_egs([MergeTask(LANG, egs)], merged, MergeOptions(block_size=BLOCK))
     schedule = MergedSchedule(merged)
     pdfs = schedule.egs[0].num_outputs
     cpu = torch.device("cpu")
@@ -228,7 +228,8 @@ def main() -> None:
     t = best_fps({c: (lambda k, c=c: batches[c][k % 4], 100) for c in CHUNKS}, S, R, cpu)
     t = res["chunks"] = {c: t[c][0] for c in CHUNKS} | {f"{c}_all": [x[0] for x in t[f"{c}_all"]] for c in CHUNKS}
     real = res["loader"]["loader"][0]
-    print(f"\n2. Kaldi   nnet3-train ~{KALDI_FPS} frames/s on 8-frame egs (2 cores); goal 1.5x = {1.5 * KALDI_FPS:.0f}\n"
+    print(f"\n2. Kaldi   nnet3-train ~{KALDI_FPS} frames/s on 8-frame egs (2 cores);"
+          f" goal 1.5x = {1.5 * KALDI_FPS:.0f}\n"
           f"           real loader, {pdfs} pdfs: {real:6.0f} frames/s = {real / KALDI_FPS:.2f}x Kaldi")
     table.append(("recipe TDNN, real egs (8 fr/eg) vs Kaldi nnet3-train (2000 fr/s)", f"{real:.0f} fr/s",
                   f"{real / KALDI_FPS:.2f}x", "goal 1.5x"))
@@ -245,15 +246,16 @@ def main() -> None:
     fakes = [fake_egs(W / "fake" / f"t{i}", s) for i, s in enumerate(sizes)]
     counts, n_ex = [sum(s) for s in sizes], sum(map(sum, sizes))
 
-    t = fastest({"merge": lambda: merge_egs(fakes, W / "merged_1m", block_size=BLOCK),
+    t = fastest({"merge": lambda: merge_egs(fakes, W / "merged_1m", MergeOptions(block_size=BLOCK)),
                  "allocate": lambda: allocate(counts, 16, BLOCK)}, R)
     m, a = t["merge"] * 1e6 / n_ex, t["allocate"] * 1e6 / n_ex
     sz = {"merged_1m": du(W / "merged_1m"), "fake_egs": sum(du(f) for f in fakes), "merged": du(merged), "egs": du(egs)}
     res["merge"] = {"merge_s_per_1M": m, "allocate_s_per_1M": a, "bytes": sz, **t}
     print(f"\n3. merge   {n_ex} egs (4 tasks x 4 archives): merge_egs {m:.2f} s per 1M egs, allocate {a:.3f} s"
-          f" (target < 5 s)\n           merged dir {sz['merged_1m'] / 1e6:.2f} MB = {sz['merged_1m'] / n_ex:.1f} B/eg, vs"
-          f" the fake egs' index files {sz['fake_egs'] / 1e6:.1f} MB; real: merged {sz['merged'] / 1e3:.0f} kB vs egs dir"
-          f" {sz['egs'] / 1e6:.1f} MB ({sz['merged'] / sz['egs']:.4f}x: no example data copied)")
+          f" (target < 5 s)\n           merged dir {sz['merged_1m'] / 1e6:.2f} MB ="
+          f" {sz['merged_1m'] / n_ex:.1f} B/eg, vs the fake egs' index files {sz['fake_egs'] / 1e6:.1f} MB;"
+          f" real: merged {sz['merged'] / 1e3:.0f} kB vs egs dir {sz['egs'] / 1e6:.1f} MB"
+          f" ({sz['merged'] / sz['egs']:.4f}x: no example data copied)")
     table.append(("merge_egs, 4 tasks, s per 1M egs (allocate alone)", f"{m:.2f} s ({a:.3f} s)", "—", "< 5 s"))
     table.append(("merged dir size vs its egs dir (real)", f"{sz['merged'] / 1e3:.0f} kB",
                   f"{sz['merged'] / sz['egs']:.4f}x", "no copy"))
@@ -265,9 +267,10 @@ def main() -> None:
     peak, torch_mb, state_mb = max(r["peak"] for r in runs), max(r["after_torch"] for r in runs), n_pdfs * 4 * 3 / 2**20
     res["rss_mb"] = {"peak": peak, "after_torch": torch_mb, "model_adamw": state_mb, "saved_activations": act_mb,
                      "runs": runs}
-    print(f"\n4. memory  peak RSS of train() ({S} steps + diagnostics + outputs; max of {R}): {peak:.0f} MB; after import"
-          f" torch {torch_mb:.0f} MB; model + AdamW {state_mb:.1f} MB -> growth over torch {peak - torch_mb:.0f} MB ="
-          f" {(peak - torch_mb) / state_mb:.1f}x model + AdamW\n           (activations autograd saves for one"
+    print(f"\n4. memory  peak RSS of train() ({S} steps + diagnostics + outputs; max of {R}): {peak:.0f} MB;"
+          f" after import torch {torch_mb:.0f} MB; model + AdamW {state_mb:.1f} MB -> growth over torch"
+          f" {peak - torch_mb:.0f} MB = {(peak - torch_mb) / state_mb:.1f}x model + AdamW\n"
+          f"           (activations autograd saves for one"
           f" {BLOCK}-eg step: {act_mb:.0f} MB; egs dir mapped:"
           f" {du(egs) / 2**20:.0f} MB on disk)")
     table.append(("peak RSS of training vs after import torch", f"{peak:.0f} / {torch_mb:.0f} MB",

@@ -1,4 +1,5 @@
-# Demo corpus: espeak-ng speech with true phone timings, one job per language.
+# Demo corpus: espeak-ng speech with true phone timings (data/, ali/, wav/) and a lexicon (dict/),
+# one job per language.
 from babelflow.demo.options import DemoOptions
 from babelflow.layout import corpus
 
@@ -10,6 +11,7 @@ rule demo_corpus:
         data=directory(corpus("{lang}", "data")),
         ali=directory(corpus("{lang}", "ali")),
         wav=directory(corpus("{lang}", "wav")),
+        dict=directory(corpus("{lang}", "dict")),
     params:
         opts=options(DemoOptions),
         root=corpus(""),

@@ -61,7 +61,8 @@ def test_user_tasks_and_weights(params, tmp_path):
     (lambda p: p["data"].update(nj="two"), r"data\.nj: 'two' is not of type 'integer'"),
     (lambda p: p.update(featurs={}), r"Additional properties are not allowed \('featurs'"),
     (lambda p: p["features"].update(type="plp"), r"features\.type: 'plp' is not one of"),
-    (lambda p: p["merge"].update(weights={"101-cantonese": 0}), r"merge\.weights\.101-cantonese: 0 is less than or equal"),
+    (lambda p: p["merge"].update(weights={"101-cantonese": 0}),
+     r"merge\.weights\.101-cantonese: 0 is less than or equal"),
     (lambda p: p["merge"].update(weights={"101-cantonese": -1}), r"merge\.weights\.101-cantonese"),
     (lambda p: p["tasks"]["lid"].update(kind="sentence"), r"tasks\.lid\.kind: 'sentence' is not one of"),
 ])
@@ -89,7 +90,8 @@ def test_schema_errors_name_the_key(params, tmp_path, edit, match):
     (lambda p, t: p["tasks"]["lid"].pop("labels"), r"tasks\.lid\.labels: required for an utterance task"),
     (lambda p, t: p["features"]["options"].update(num_mel_binz=40),
      r"features\.options: unknown fbank option 'num_mel_binz'"),
-    (lambda p, t: p["features"].update(config=str(t / "missing.conf")), r"features\.config: file '.*missing\.conf' not found"),
+    (lambda p, t: p["features"].update(config=str(t / "missing.conf")),
+     r"features\.config: file '.*missing\.conf' not found"),
     (lambda p, t: p["features"].update(cmvn_opts="--norm-vars=true --norm-means=false"), r"features\.cmvn_opts"),
     (lambda p, t: p.update(tasks={}), r"tasks: empty, but data\.dirs is set"),
 ])

@@ -159,7 +159,8 @@ def test_push_clone_pull_restores_models_and_both_tools_agree(repo):
         a, b = proj / "exp" / "models" / task / "model.pt", clone / "exp" / "models" / task / "model.pt"
         assert a.read_bytes() == b.read_bytes(), task
     for task in ("en",):
-        assert (proj / "exp/kaldi" / task / "final.mdl").read_bytes() == (clone / "exp/kaldi" / task / "final.mdl").read_bytes()
+        assert ((proj / "exp/kaldi" / task / "final.mdl").read_bytes()
+                == (clone / "exp/kaldi" / task / "final.mdl").read_bytes())
     assert "Data and pipelines are up to date" in run(["dvc", "status"], clone).stdout
     run(["babelflow", "touch"], clone)
     assert planned_jobs(clone) == {}

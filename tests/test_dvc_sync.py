@@ -70,7 +70,8 @@ PERTURB = {
     "egs.frames_per_eg": 16, "egs.left_context": 20, "egs.right_context": 20, "egs.num_valid_utts": 100,
     "egs.num_train_subset_utts": 100, "egs.valid_fraction": 0.2, "egs.length_tolerance": 3, "egs.dtype": "float32",
     "egs.seed": 1, "egs.utterance": {"chunking": "random", "min_chunk": 50, "max_chunk": 200},
-    "merge.weights": {"en": 0.3, "de": 1.0, "es": 1.0, "fr": 1.0, "lang": 1.0, "voice": 1.0, "gender": 1.0, "rate": 1.0},
+    "merge.weights": {"en": 0.3, "de": 1.0, "es": 1.0, "fr": 1.0, "lang": 1.0, "voice": 1.0, "gender": 1.0,
+                      "rate": 1.0},
     "merge.block_size": 32, "merge.sampler": "temperature", "merge.temperature": 2.0, "merge.num_archives": 5,
     "model.config": "model_conf",
     "model.layers": [{"dim": 192, "splice": [-4, 0, 4]}], "model.bottleneck": {"dim": 64},
@@ -78,7 +79,8 @@ PERTURB = {
     "model.norm": "renorm",
     "train.num_epochs": 5, "train.optimizer": "sgd", "train.lr_initial": 1e-3, "train.lr_final": 1e-4,
     "train.max_grad_norm": 1.0, "train.blocks_per_step": 2, "train.batching": "mixed", "train.checkpoint_every": 100,
-    "train.nproc": 2, "train.nnodes": 2, "train.freeze_trunk": True, "train.init": "init", "train.tasks": ["en"], "train.seed": 1,
+    "train.nproc": 2, "train.nnodes": 2, "train.freeze_trunk": True, "train.init": "init", "train.tasks": ["en"],
+    "train.seed": 1,
     "priors.method": "counts", "priors.num_egs": 100, "priors.floor": 1e-6, "priors.seed": 1,
 }
 STRUCTURAL = {"workdir"}  # changes every path: dvc.yaml is regenerated (`babelflow dvc-sync`), not re-run

@@ -9,8 +9,15 @@ import numpy as np
 import pytest
 
 from babelflow.errors import BabelflowError
-from babelflow.features import (FeatureConfig, FeatureExtractor, apply_cmvn, cmvn_stats, iter_audio,
-                                parse_cmvn_opts, read_kaldi_conf)
+from babelflow.features import (
+    FeatureConfig,
+    FeatureExtractor,
+    apply_cmvn,
+    cmvn_stats,
+    iter_audio,
+    parse_cmvn_opts,
+    read_kaldi_conf,
+)
 from babelflow.make_feats import compute_feats
 
 

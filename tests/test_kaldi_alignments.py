@@ -20,6 +20,7 @@ from babelflow.kaldi.alignments import (
     write_int_vectors,
 )
 
+
 @pytest.fixture
 def lang0(kaldi_fixtures) -> Path:
     return kaldi_fixtures / "lang0"

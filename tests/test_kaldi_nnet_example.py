@@ -12,8 +12,14 @@ import numpy as np
 import pytest
 
 from babelflow.errors import BabelflowError
-from babelflow.kaldi.general_matrix import (SparseMatrix, compress_matrix, decompress_matrix, read_compressed_matrix,
-                                            read_general_matrix, write_general_matrix)
+from babelflow.kaldi.general_matrix import (
+    SparseMatrix,
+    compress_matrix,
+    decompress_matrix,
+    read_compressed_matrix,
+    read_general_matrix,
+    write_general_matrix,
+)
 from babelflow.kaldi.nnet_example import NnetExample, NnetIo, egs_to_text, read_egs, write_egs
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "kaldi-fixtures"

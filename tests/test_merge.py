@@ -15,13 +15,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from babelflow.egs.examples import merged_nnet_examples
 from babelflow.egs.format import INDEX_DTYPE
 from babelflow.egs.kaldi_bridge import import_kaldi, show
-from babelflow.egs.merged import MergedEgs, is_merged_dir
+from babelflow.egs.merged import Block, MergedDir, is_merged_dir
 from babelflow.errors import BabelflowError
 from babelflow.kaldi.general_matrix import SparseMatrix
 from babelflow.kaldi.nnet_example import NnetExample, NnetIo, read_egs, write_egs
-from babelflow.merge import allocate, merge_egs, sampler_counts
+from babelflow.merge import MergeOptions, MergeTask, allocate, sampler_counts
+from babelflow.merge import merge_egs as _merge_egs
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -40,6 +42,13 @@ def _fake_egs(path: Path, sizes: list[int], kind: str = "frame", frames: int = 8
         rec["n"] = frames
         rec.tofile(path / f"egs.{j}.index")
     return path
+
+def merge_egs(dirs, out, weights=None, task_names=None, seed=0, **opts):
+    """The tests' shorthand: parallel lists -> MergeTasks, keyword options -> MergeOptions."""
+    names = task_names or [Path(d).name for d in dirs]
+    tasks = [MergeTask(n, d, w) for n, d, w in zip(names, dirs, weights or [1.0] * len(dirs), strict=True)]
+    return _merge_egs(tasks, out, MergeOptions(**opts), seed=seed)
+
 
 
 def _entries(text: str) -> list[str]:
@@ -173,8 +182,11 @@ def test_merged_dir_layout(tmp_path):
         [0, 0, "output-0", 1.0, 1, 4, 1], [0, 0, "output-0", 1.0, 2, 0, 3]]
     assert pd.read_csv(m / "egs.3.blocks.tsv", sep="\t").values.tolist() == [
         [0, 0, "output-0", 1.0, 2, 3, 4], [1, 1, "output-1", 0.25, 1, 4, 2]]
-    assert list(MergedEgs(m).blocks(archive=2)) == [(0, "output-0", 1.0, 1, 4, 1), (0, "output-0", 1.0, 2, 0, 3)]
-    assert len(list(MergedEgs(m).blocks())) == 6
+    # one block, two pieces (rows): egs.1 eg 4, egs.2 egs 0..2
+    assert list(MergedDir(m).blocks(archive=2)) == [Block(0, "output-0", 1.0, ((1, 4, 1), (2, 0, 3)))]
+    assert [[(b.task, b.size, len(b.pieces)) for b in a] for a in MergedDir(m).archive_blocks()] == [
+        [(0, 4, 1), (1, 4, 1)], [(0, 4, 2)], [(0, 4, 1), (1, 2, 1)]]
+    assert len(list(MergedDir(m).blocks())) == 5
     alloc = pd.read_csv(m / "allocation.tsv", sep="\t", dtype={"archive": str, "task": str})
     train = alloc[alloc.part == "train"].set_index(["archive", "task"])
     assert train.loc[("total", "0"), ["examples", "frames", "blocks"]].tolist() == [12, 96, 3]
@@ -193,7 +205,8 @@ def test_merged_show_is_what_kaldi_prints(lang0_twice, tmp_path):
     # (0, 1, 0, ...); archive 2 gets round(7/1) = 7, starting with task 1 (16/28 left vs 12/28).
     schedule = [(0, 0), (1, 0), (0, 4), (1, 4), (0, 8), (1, 8), (0, 12),
                 (1, 12), (0, 16), (1, 16), (0, 20), (1, 20), (0, 24), (1, 24)]
-    assert [(blk.task, blk.first) for blk in MergedEgs(tmp_path / "m").blocks()] == schedule
+    assert [(blk.task, *blk.pieces[0][1:]) for blk in MergedDir(tmp_path / "m").blocks()] == [
+        (t, first, 4) for t, first in schedule]
     egs = _entries(kaldi_text)
     weights = [1.0, 0.5]
     expected = "".join(_as_merged(e, t, weights[t]) for t, first in schedule for e in egs[first:first + 4])
@@ -210,14 +223,14 @@ def test_uniform_sampler_repeats_a_small_task(kaldi_fixtures, lang0_twice, tmp_p
     merge_egs([a, tmp_path / "s"], tmp_path / "m", block_size=4, sampler="uniform")
     # 36 egs, equal shares of 18: task 0 takes its first 18; task 1 (8 egs) goes round 2.25 times
     keys = {0: [], 1: []}
-    m = MergedEgs(tmp_path / "m")
+    m = MergedDir(tmp_path / "m")
     for blk in m.blocks():
-        keys[blk.task] += list(range(blk.first, blk.first + blk.count))
+        keys[blk.task] += [i for p in blk.pieces for i in range(p.first, p.first + p.count)]
     assert keys[0] == list(range(18)) and keys[1] == list(range(8)) * 2 + [0, 1]
     alloc = pd.read_csv(tmp_path / "m" / "allocation.tsv", sep="\t", dtype=str)
     tot = alloc[(alloc.part == "train") & (alloc.archive == "total")].set_index("task")["examples"]
     assert tot.to_dict() == {"0": "18", "1": "18", "all": "36"}
-    assert sum(1 for _ in m.nnet_examples()) == 36
+    assert sum(1 for _ in merged_nnet_examples(m)) == 36
     assert (tmp_path / "m" / "info" / "sampler").read_text().strip() == "uniform"
 
 
@@ -235,13 +248,13 @@ def test_diagnostic_parts_are_merged_into_one_archive(kaldi_fixtures, tmp_path):
         import_kaldi(str(kd), tmp_path / name)
         dirs.append(tmp_path / name)
     merge_egs(dirs, tmp_path / "m", weights=[0.5, 2.0], block_size=2, num_archives=3)
-    m = MergedEgs(tmp_path / "m")
-    assert m.num_archives == 3 and len(list(m.blocks())) == 28
+    m = MergedDir(tmp_path / "m")
+    assert m.num_archives == 3 and sum(len(b.pieces) for b in m.blocks()) == 28
     # valid: 5 + 3 egs, one archive, round(4/1) = 4 blocks: [1,1] -> x, [0.6,1] -> y, [0.6,0.33] -> x,
     # [0.2,0.33] -> y (its tail), flush: x's last eg.
-    assert [(b.task, b.first, b.count) for b in m.blocks("valid")] == [(0, 0, 2), (1, 0, 2), (0, 2, 2),
-                                                                        (1, 2, 1), (0, 4, 1)]
-    valid = list(m.nnet_examples("valid"))
+    assert [(b.task, p.first, p.count) for b in m.blocks("valid") for p in b.pieces] == [
+        (0, 0, 2), (1, 0, 2), (0, 2, 2), (1, 2, 1), (0, 4, 1)]
+    valid = list(merged_nnet_examples(m, "valid"))
     assert [k for k, _ in valid] == [k for k, _ in all_egs[0:2] + all_egs[5:7] + all_egs[2:4] + all_egs[7:8]
                                      + all_egs[4:5]]
     out = {io.name: io for io in valid[2][1].io}["output-1"].features
@@ -249,6 +262,45 @@ def test_diagnostic_parts_are_merged_into_one_archive(kaldi_fixtures, tmp_path):
     assert out.rows == [(d, [(c, float(np.float32(v) * np.float32(2.0))) for c, v in p]) for d, p in src.rows]
     assert [b.task for b in m.blocks("train_diagnostic")] == [0, 1]
     assert (tmp_path / "m" / "cmvn_opts").read_text().strip() == "--norm-means=false --norm-vars=false"
+
+
+def test_one_reader_for_show_and_training(lang0_twice, tmp_path):
+    """The training side (nnet.data) reads the schedule through MergedDir: the same blocks, loaded as tensors."""
+    pytest.importorskip("torch")
+    from babelflow.nnet.data import MergedSchedule
+
+    a, b, _ = lang0_twice
+    merge_egs([a, b], tmp_path / "m", weights=[1.0, 0.5], block_size=4, num_archives=2)
+    m, s = MergedDir(tmp_path / "m"), MergedSchedule(tmp_path / "m")
+    for part in ("train", "valid", "train_diagnostic"):
+        assert s.blocks(part) == m.archive_blocks(part)
+    assert [b for a in m.archive_blocks() for b in a] == list(m.blocks())
+    assert s.names == m.names == ["a", "b"] and s.egs_dirs == [str(a), str(b)]
+    blk = m.archive_blocks()[0][1]
+    batch = s.load(blk)
+    assert (batch.task, batch.weight, batch.x.shape) == (1, 0.5, (blk.size, 4 + 8 + 4, 40))
+    shown = list(merged_nnet_examples(m, archive=1))[m.archive_blocks()[0][0].size:][:blk.size]
+    for row, (_, eg) in zip(batch.x.numpy(), shown, strict=True):  # `egs show` and training see one example
+        assert np.array_equal(row, {io.name: io for io in eg.io}["input"].features)
+
+
+def test_schedule_files_are_checked(tmp_path):
+    a = _fake_egs(tmp_path / "a", [5, 7])
+    merge_egs([a], tmp_path / "m", block_size=4)
+    m = tmp_path / "m"
+    (m / "egs.1.blocks.tsv").write_text("block\ttask\toutput\tweight\tsrc_archive\tfirst\tcount\n"
+                                        "1\t0\toutput-0\t1\t1\t0\t4\n0\t0\toutput-0\t1\t1\t4\t1\n")
+    with pytest.raises(BabelflowError, match=r"egs\.1\.blocks\.tsv:3: block 0 after block 1"):
+        list(MergedDir(m).blocks())
+    (m / "valid.blocks.tsv").unlink()
+    with pytest.raises(BabelflowError, match=r"valid\.blocks\.tsv: missing"):
+        MergedDir(m).archive_blocks("valid")
+    with pytest.raises(BabelflowError, match="unknown part 'test'"):
+        MergedDir(m).archive_blocks("test")
+    with pytest.raises(BabelflowError, match="no merged archive 3"):
+        list(MergedDir(m).blocks(archive=3))
+    with pytest.raises(BabelflowError, match="not a merged egs dir"):
+        MergedDir(a)
 
 
 # ----------------------------------------------------------------------------- checks
@@ -290,7 +342,7 @@ def test_frames_per_eg_compared_among_frame_tasks_only(tmp_path):
         merge_egs([utt, f8, f4], tmp_path / "m2")
 
 
-@pytest.mark.parametrize("weights,match", [([1.0], "1 weights for 2 tasks"), ([1.0, 0.0], "task 1 'b'"),
+@pytest.mark.parametrize("weights,match", [([1.0, 0.0], "task 1 'b'"),
                                            ([-1.0, 1.0], "task 0 'a'"), ([1.0, math.nan], "task 1 'b'"),
                                            ([math.inf, 1.0], "task 0 'a'")])
 def test_bad_weights(tmp_path, weights, match):
@@ -323,17 +375,17 @@ def _cli(*args, cwd=None):
 
 def test_cli_merge_then_show(lang0_twice, tmp_path):
     a, b, _ = lang0_twice
-    proc = _cli("merge", "--weights", "1.0,0.5", "--block-size", "4", "--task-names", "en,en2", a, b, tmp_path / "m")
+    proc = _cli("merge", "--block-size", "4", "--task", f"en={a}:1.0", "--task", f"en2={b}:0.5", tmp_path / "m")
     assert proc.returncode == 0, proc.stderr
     assert pd.read_csv(tmp_path / "m" / "tasks.tsv", sep="\t")["name"].tolist() == ["en", "en2"]
     shown = _cli("egs", "show", tmp_path / "m")
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout == _show(tmp_path / "m") and shown.stdout.count("<Nnet3Eg>") == 56
-    proc = _cli("merge", "--num-archives", "3", "--sampler", "temperature", "--temperature", "2", a, b,
-                tmp_path / "t")
+    proc = _cli("merge", "--num-archives", "3", "--sampler", "temperature", "--temperature", "2", "--task", a,
+                "--task", b, tmp_path / "t")
     assert proc.returncode == 0, proc.stderr
-    assert MergedEgs(tmp_path / "t").num_archives == 3
-    bad = _cli("merge", "--weights", "1.0,nan", a, b, tmp_path / "bad")
+    assert MergedDir(tmp_path / "t").num_archives == 3
+    bad = _cli("merge", "--task", f"a={a}:1.0", "--task", f"b={b}:nan", tmp_path / "bad")
     assert bad.returncode == 1 and "task 1 'b'" in bad.stderr and "Traceback" not in bad.stderr
-    bad = _cli("merge", "--weights", "1.0,x", a, b, tmp_path / "bad")
-    assert bad.returncode == 1 and "--weights" in bad.stderr
+    bad = _cli("merge", "--task", f"a={a}", "--task", f"b={b}:x", tmp_path / "bad")
+    assert bad.returncode == 1 and "--task" in bad.stderr

@@ -85,6 +85,7 @@ def test_ruff_clean():
 
 def test_cli_starts_without_torch():
     """`babelflow --help` and the Snakefile's imports stay light: torch loads only when a command needs it."""
-    code = "import sys, babelflow.cli; babelflow.cli.build_parser(); import babelflow.config; print('torch' in sys.modules)"
+    code = ("import sys, babelflow.cli; babelflow.cli.build_parser(); import babelflow.config;"
+            " print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

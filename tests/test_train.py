@@ -15,7 +15,7 @@ import yaml
 
 from babelflow.egs.make import EgsOptions, TaskSource, egs_job, finalize_egs_dir
 from babelflow.errors import BabelflowError
-from babelflow.merge import merge_egs
+from babelflow.merge import MergeOptions, MergeTask, merge_egs
 from babelflow.nnet.checkpoint import load_model
 from babelflow.nnet.model import ModelConfig
 from babelflow.nnet.options import TrainOptions
@@ -49,7 +49,8 @@ def merged(tiny_corpus, tiny_features, tmp_path_factory):
         egs_job(src, a, root / "lang", OPTS, progress=False)
     finalize_egs_dir(src, root / "lang", OPTS)
     dirs.append(root / "lang")
-    merge_egs(dirs, root / "merged", weights=[1.0, 0.5, 1.0], block_size=16, task_names=["en", "de", "lang"])
+    merge_egs([MergeTask(n, d, w) for n, d, w in zip(["en", "de", "lang"], dirs, [1.0, 0.5, 1.0])], root / "merged",
+              MergeOptions(block_size=16))
     (root / "model.yaml").write_text(yaml.safe_dump(SMALL))
     return root
 

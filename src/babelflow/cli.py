@@ -72,10 +72,7 @@ def cmd_merge(args: argparse.Namespace) -> None:
     tasks = [parse_task_arg(t) for t in args.task]
     if not tasks:
         raise BabelflowError("merge: no tasks (give --task NAME=EGS_DIR:WEIGHT per task, in output order)")
-    o = MergeOptions.from_args(args)
-    info = merge_egs([d for _, d, _ in tasks], args.out, weights=[w for _, _, w in tasks], block_size=o.block_size,
-                     num_archives=o.num_archives, sampler=o.sampler, temperature=o.temperature, seed=args.seed,
-                     task_names=[n for n, _, _ in tasks])
+    info = merge_egs(tasks, args.out, MergeOptions.from_args(args), seed=args.seed)
     log.info("merge -> %s: %d archives, %s", args.out, info["num_archives"], info["examples_per_task"])
 
 
@@ -96,6 +93,9 @@ def cmd_touch(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from . import kaldi_tools
     from .egs.cli import register as register_egs
+    from .gmm.cli import register as register_gmm
+    from .gmm.cli import register_compare
+    from .gmm.train_cli import register as register_gmm_train
     from .nnet.cli import register as register_nnet
     from .nnet.cli import register_export, register_models
 
@@ -129,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("out", help="features dir")
     s.set_defaults(func=cmd_features)
 
+    register_gmm(sub)
+    register_gmm_train(sub)
+    register_compare(sub)
     register_egs(sub)
 
     s = sub.add_parser("merge", help="interleave task egs dirs into one schedule (combine_egs.sh)")

@@ -36,11 +36,18 @@ class Task:
     data: list[str]  # data set names
     ali: str | None = None  # alignment dir or pdf-id rspecifier (frame tasks)
     ali_from: str | None = None  # the step that makes ``ali`` (None: it comes from outside the workflow)
+    lexicon: str | None = None  # for ``ali: auto``: the GMM system's lexicon (Kaldi lexicon.txt)
+    ref_ali: str | None = None  # true alignments to score others against (the demo's synthesiser timings)
     labels: str | None = None
     weight: float = 1.0
     classes: list[str] | None = None
     num_pdfs: int | None = None
     ivectors: dict[str, str] | None = None  # data set -> online i-vector dir
+
+    @property
+    def auto_ali(self) -> bool:
+        """Alignments made by the workflow's GMM step (``ali: auto``)."""
+        return self.ali_from == "gmm"
 
     @property
     def ali_dir(self) -> str | None:
@@ -140,11 +147,13 @@ def resolve_config(config: dict[str, Any], check_paths: bool = True, origin: str
         d = DemoOptions.from_params(config)
         langs = list(d.langs)
         dirs = {lang: corpus(lang, "data") for lang in langs}
-        tasks_cfg = {lang: {"kind": "frame", "data": lang, "ali": corpus(lang, "ali")} for lang in langs}
+        tasks_cfg = {lang: {"kind": "frame", "data": lang, "ali": corpus(lang, "ali") if d.ali == "synth" else "auto",
+                            "lexicon": corpus(lang, "dict", "lexicon.txt")} for lang in langs}
         for label in d.utterance_tasks:
             tasks_cfg[label] = {"kind": "utterance", "data": langs, "labels": f"utt2{label}"}
         config["data"]["dirs"], config["tasks"] = dirs, tasks_cfg
         produced = {corpus(lang, part) for lang in langs for part in ("data", "ali")}
+        produced |= {corpus(lang, "dict", "lexicon.txt") for lang in langs}
     elif not dirs:
         raise BabelflowError(f"{origin}: data.dirs: empty, but tasks are configured (name each Kaldi data dir there)")
     elif not tasks_cfg:
@@ -158,8 +167,16 @@ def resolve_config(config: dict[str, Any], check_paths: bool = True, origin: str
     for t in tasks.values():
         if t.ali in produced:
             t.ali_from = "corpus"
+        elif t.ali == "auto":
+            t.ali, t.ali_from = None, "gmm"  # the gmm step's resolve hook names the dir
+        if demo and t.kind == "frame":
+            t.ref_ali = corpus(t.data[0], "ali")
         if check_paths and t.ali_dir and not t.ali_from and not Path(t.ali_dir).is_dir():
             raise BabelflowError(f"{origin}: tasks.{t.name}.ali: alignment dir '{t.ali}' not found")
+        if t.lexicon and not t.auto_ali:
+            t.lexicon = None  # only the GMM step reads it
+        if check_paths and t.lexicon and t.lexicon not in produced and not Path(t.lexicon).is_file():
+            raise BabelflowError(f"{origin}: tasks.{t.name}.lexicon: file '{t.lexicon}' not found")
 
     pipeline = Pipeline(config, dirs, tasks, demo, langs, origin)
     _check_model(pipeline, check_paths)
@@ -189,12 +206,16 @@ def _task(name: str, t: dict, dirs: dict[str, str], origin: str) -> Task:
     if t["kind"] == "frame":
         if not t.get("ali"):
             raise BabelflowError(f"{origin}: tasks.{name}.ali: required for a frame task "
-                                 "(a Kaldi alignment dir or a pdf-id rspecifier)")
+                                 "(a Kaldi alignment dir, a pdf-id rspecifier, or auto)")
+        if t["ali"] == "auto" and not t.get("lexicon"):
+            raise BabelflowError(f"{origin}: tasks.{name}.lexicon: required with ali: auto "
+                                 "(a Kaldi lexicon.txt: word phone...)")
         if len(data) != 1:
             raise BabelflowError(f"{origin}: tasks.{name}.data: a frame task takes one data set")
     elif not t.get("labels"):
         raise BabelflowError(f"{origin}: tasks.{name}.labels: required for an utterance task (e.g. utt2lang)")
-    return Task(name, t["kind"], data, t.get("ali"), labels=t.get("labels"), classes=t.get("classes"),
+    return Task(name, t["kind"], data, t.get("ali"), lexicon=t.get("lexicon"), labels=t.get("labels"),
+                classes=t.get("classes"),
                 num_pdfs=t.get("num_pdfs"), ivectors=_task_ivectors(name, t, data, origin))
 
 

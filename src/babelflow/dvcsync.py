@@ -111,7 +111,8 @@ def _top_level_plots(workdir: str, tasks: dict[str, str]) -> list[dict]:
     for t, kind in tasks.items():
         if kind == "utterance":
             plots.append({f"confusion_{t}": {"title": f"{t}: confusion on valid", "template": "confusion",
-                                             "x": "actual", "y": {f"{workdir}/models/{t}/eval/confusion.json": "predicted"}}})
+                                             "x": "actual",
+                                             "y": {f"{workdir}/models/{t}/eval/confusion.json": "predicted"}}})
     return plots
 
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import os
 import shlex
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import kaldi_native_fbank as knf
 import numpy as np
@@ -113,7 +114,7 @@ class FeatureConfig:
 
     @classmethod
     def build(cls, feat_type: str, config_file: str | os.PathLike | None = None,
-              overrides: dict[str, Any] | None = None, origin: str = "features") -> "FeatureConfig":
+              overrides: dict[str, Any] | None = None, origin: str = "features") -> FeatureConfig:
         """Defaults < config file < overrides; unknown options are errors naming where they came from."""
         if feat_type not in OPTIONS:
             raise BabelflowError(f"{origin}: unknown feature type '{feat_type}' (use fbank or mfcc)")
@@ -197,8 +198,9 @@ class FeaturesOptions(StepOptions):
         add_kaldi_feature_flags(parser)
 
     @classmethod
-    def from_args(cls, args) -> "FeaturesOptions":
-        overrides = {canonical_option(k[4:]): v for k, v in vars(args).items() if k.startswith("opt_") and v is not None}
+    def from_args(cls, args) -> FeaturesOptions:
+        overrides = {canonical_option(k[4:]): v
+                     for k, v in vars(args).items() if k.startswith("opt_") and v is not None}
         return cls(args.type, args.config, overrides, args.cmvn_opts)
 
 
@@ -246,7 +248,8 @@ class FeatureExtractor:
         ch = self.config.options["channel"]
         if ch == -1:
             if samples.shape[1] != 1:
-                raise BabelflowError(f"utterance '{key}': {samples.shape[1]} channels; set --channel (as Kaldi requires)")
+                raise BabelflowError(f"utterance '{key}': {samples.shape[1]} channels;"
+                                     " set --channel (as Kaldi requires)")
             ch = 0
         if not 0 <= ch < samples.shape[1]:
             raise BabelflowError(f"utterance '{key}': channel {ch} requested but audio has {samples.shape[1]}")

@@ -11,8 +11,9 @@ import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Iterator, Iterable
+from typing import IO
 
 from .errors import BabelflowError, where
 
@@ -56,6 +57,21 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         f.write(text)
 
 
+def read_info(path: str | os.PathLike) -> dict[str, str]:
+    """The ``info/`` dir of an artifact dir ``path`` as {file name: stripped text} (name order);
+    ``{}`` when there is no ``info/``."""
+    info = Path(path) / "info"
+    if not info.is_dir():
+        return {}
+    return {p.name: p.read_text().strip() for p in sorted(info.iterdir()) if p.is_file()}
+
+
+def write_info(path: str | os.PathLike, mapping: Mapping[str, object]) -> None:
+    """Write ``path/info/<name>`` for each item: the value and a newline, one file per value, atomically."""
+    for name, value in mapping.items():
+        write_text(Path(path) / "info" / name, f"{value}\n")
+
+
 def write_table(path: str | os.PathLike, rows: Iterable[tuple[str, ...] | list[str]]) -> None:
     """Atomically write a Kaldi table text file: one ``key value...`` line per row."""
     with atomic_open(path, "w") as f:
@@ -63,7 +79,8 @@ def write_table(path: str | os.PathLike, rows: Iterable[tuple[str, ...] | list[s
             f.write(" ".join(str(x) for x in row) + "\n")
 
 
-def read_table(path: str | os.PathLike, min_fields: int = 2, max_fields: int | None = None) -> list[tuple[int, str, list[str]]]:
+def read_table(path: str | os.PathLike, min_fields: int = 2,
+               max_fields: int | None = None) -> list[tuple[int, str, list[str]]]:
     """Read a Kaldi ``key value...`` text file as (line number, key, fields) triples.
 
     Blank lines and wrong field counts are errors naming the file and line.
@@ -81,9 +98,11 @@ def read_table(path: str | os.PathLike, min_fields: int = 2, max_fields: int | N
         if not fields:
             raise BabelflowError(f"{where(path, n)}: empty line")
         if len(fields) < min_fields:
-            raise BabelflowError(f"{where(path, n, fields[0])}: expected at least {min_fields} fields, got {len(fields)}")
+            raise BabelflowError(f"{where(path, n, fields[0])}: expected at least {min_fields} fields, "
+                                 f"got {len(fields)}")
         if max_fields is not None and len(fields) > max_fields:
-            raise BabelflowError(f"{where(path, n, fields[0])}: expected at most {max_fields} fields, got {len(fields)}")
+            raise BabelflowError(f"{where(path, n, fields[0])}: expected at most {max_fields} fields, "
+                                 f"got {len(fields)}")
         out.append((n, fields[0], fields[1:]))
     return out
 

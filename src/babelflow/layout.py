@@ -31,6 +31,14 @@ class Layout:
         """Job ``job`` of ``split<nj>/`` of a data set (Kaldi's ``split_data.sh`` layout)."""
         return self.data(name, f"split{nj}", str(job))
 
+    def gmm(self, task: str = "{task}", *files: str) -> str:
+        """A frame task's GMM system from scratch: ``lang/``, ``mono/``, ``mono_ali/``, ``tri/``, ``tri_ali/``."""
+        return self._at("gmm", task, *files)
+
+    def gmm_metrics(self) -> str:
+        """Every GMM alignment's agreement with the demo's true timings (``babelflow ali-compare``)."""
+        return self._at("gmm", "metrics.json")
+
     def feats(self, name: str = "{name}", *files: str) -> str:
         """Features + CMVN stats of a data set (``babelflow features``)."""
         return self._at("feats", name, *files)
@@ -60,6 +68,6 @@ class Layout:
         return self._at("kaldi", task, *files)
 
 
-def corpus(lang: str = "{lang}", part: str = "") -> str:
-    """The demo corpus of a language: ``corpus/<lang>/{data,ali,wav}``."""
-    return "/".join(p for p in (CORPUS, lang, part) if p)
+def corpus(lang: str = "{lang}", *parts: str) -> str:
+    """The demo corpus of a language: ``corpus/<lang>/{data,ali,wav,dict}``."""
+    return "/".join(p for p in (CORPUS, lang, *parts) if p)

@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from .data.datadir import read_spk2utt, read_utt2spk
 from .errors import BabelflowError
 from .features import FeatureConfig, FeatureExtractor, cmvn_stats, iter_audio, parse_cmvn_opts
-from .io import read_table, write_table, write_text
+from .io import read_table, write_info, write_table, write_text
 from .tables import AtomicArkScpWriter, open_matrix_writer
 
 
@@ -67,7 +68,7 @@ def finalize_feats_dir(config: FeatureConfig, data_dir: str | os.PathLike, out_d
             scp[key] = rest[0]
         for _, key, rest in read_table(out_dir / f"utt2num_frames.{job}", 2, 2):
             nframes[key] = rest[0]
-    utt2spk = {k: v[0] for _, k, v in read_table(data_dir / "utt2spk", 2, 2)}
+    utt2spk = read_utt2spk(data_dir / "utt2spk")
     missing = sorted(set(utt2spk) - set(scp))
     if missing:
         raise BabelflowError(f"{out_dir}: no features for {len(missing)} utterance(s) of {data_dir}, "
@@ -75,7 +76,7 @@ def finalize_feats_dir(config: FeatureConfig, data_dir: str | os.PathLike, out_d
     keys = sorted(scp)  # C-locale order, as Kaldi's sort
     write_table(out_dir / "feats.scp", [(k, scp[k]) for k in keys])
     write_table(out_dir / "utt2num_frames", [(k, nframes[k]) for k in keys])
-    spk2utt = {k: v for _, k, v in read_table(data_dir / "spk2utt")}
+    spk2utt = read_spk2utt(data_dir / "spk2utt")
     with AtomicArkScpWriter(out_dir / "cmvn.ark", out_dir / "cmvn.scp") as w:
         for spk in sorted(spk2utt):
             w[spk] = cmvn_stats(_load_feats(scp, spk2utt[spk]))
@@ -84,8 +85,7 @@ def finalize_feats_dir(config: FeatureConfig, data_dir: str | os.PathLike, out_d
     total = sum(int(nframes[k]) for k in keys)
     info = {"feat_type": config.feat_type, "feat_dim": config.dim, "sample_frequency": config.sample_frequency,
             "frame_shift": config.options["frame_shift"], "num_utts": len(keys), "num_frames": total}
-    for name, value in info.items():
-        write_text(out_dir / "info" / name, f"{value}\n")
+    write_info(out_dir, info)
     return info
 
 

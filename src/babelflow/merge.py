@@ -5,7 +5,7 @@ writes per merged archive an scp of pointers into the languages' archives, plus
 ``<key> output-<i>`` and ``<key> <weight>`` tables that ``nnet3-copy-egs --outputs
 --weights`` applies when training reads them. Here the pointers are block rows
 ``(task, source archive, first example, count)`` in ``egs.A.blocks.tsv``; the rename
-and scaling are applied by :class:`babelflow.egs.merged.MergedEgs`.
+and scaling are applied when the schedule is read (:class:`babelflow.egs.merged.MergedDir`).
 
 The interleaving is ``allocate_multilingual_examples.py`` (Kaldi >= 191b39a14), step
 for step (Python 3 ``round``, i.e. half to even; float fractions; ties to the lowest
@@ -19,17 +19,18 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from .errors import BabelflowError
 from .egs.format import INDEX_DTYPE
 from .egs.merged import BLOCK_FILES
 from .egs.reader import PARTS, EgsDir
-from .io import atomic_dir
+from .errors import BabelflowError
+from .io import atomic_dir, write_info
 from .options import StepOptions, option
 
 if TYPE_CHECKING:
@@ -82,7 +83,15 @@ def task_args(p: Pipeline) -> list[str]:
     return args + [f"--task={t.name}={p.layout.egs(t.name)}:{t.weight:g}" for t in p.tasks.values()]
 
 
-def parse_task_arg(text: str) -> tuple[str, str, float]:
+class MergeTask(NamedTuple):
+    """One task of a merge: its name (output order is list order), egs dir and supervision weight."""
+
+    name: str
+    egs_dir: str | os.PathLike
+    weight: float = 1.0
+
+
+def parse_task_arg(text: str) -> MergeTask:
     """``NAME=EGS_DIR[:WEIGHT]`` -> (name, dir, weight); a bare ``EGS_DIR`` is named after its folder."""
     name, sep, rest = text.partition("=")
     if not sep:
@@ -92,7 +101,7 @@ def parse_task_arg(text: str) -> tuple[str, str, float]:
     if colon and head:
         egs_dir, weight = head, tail
     try:
-        return name, egs_dir, float(weight)
+        return MergeTask(name, egs_dir, float(weight))
     except ValueError:
         raise BabelflowError(f"--task {text}: weight '{weight}' is not a number (NAME=EGS_DIR:WEIGHT)") from None
 
@@ -214,22 +223,16 @@ def _task_field(egs: EgsDir, field: str) -> str:
     return value.strip()
 
 
-def _open_tasks(egs_dirs: list, weights: list[float] | None, names: list[str] | None) -> list[tuple[str, EgsDir, float]]:
+def _open_tasks(given: Sequence[MergeTask | str | os.PathLike]) -> list[tuple[str, EgsDir, float]]:
     """Open and cross-check the tasks; every error names the task (index, name, dir)."""
-    if not egs_dirs:
+    if not given:
         raise BabelflowError("merge: no egs dirs given")
-    if names is None:
-        names = [Path(d).name for d in egs_dirs]
-    if len(names) != len(egs_dirs):
-        raise BabelflowError(f"merge: {len(names)} task names for {len(egs_dirs)} egs dirs")
+    tasks = [t if isinstance(t, MergeTask) else MergeTask(Path(t).name, t) for t in given]
+    names, egs_dirs, weights = [t.name for t in tasks], [t.egs_dir for t in tasks], [t.weight for t in tasks]
     bad = [n for n in names if not n or any(c.isspace() for c in n)]
     if bad or len(set(names)) != len(names):
         raise BabelflowError(f"merge: task names must be unique and without whitespace, got {names}")
     label = [f"task {i} '{n}' ({d})" for i, (n, d) in enumerate(zip(names, egs_dirs))]
-    if weights is None:
-        weights = [1.0] * len(egs_dirs)
-    if len(weights) != len(egs_dirs):
-        raise BabelflowError(f"merge: {len(weights)} weights for {len(egs_dirs)} tasks ({', '.join(names)})")
     for i, w in enumerate(weights):
         try:
             ok = math.isfinite(float(w)) and float(w) > 0
@@ -266,10 +269,13 @@ def _fmt(v: object) -> str:
     return repr(v) if isinstance(v, float) else str(v)
 
 
-def merge_egs(egs_dirs: list[str | os.PathLike], out_dir: str | os.PathLike, weights: list[float] | None = None,
-              block_size: int = 256, num_archives: int | None = None, sampler: str = "kaldi",
-              temperature: float = 1.0, seed: int = 0, task_names: list[str] | None = None) -> dict:
+def merge_egs(tasks: Sequence[MergeTask | str | os.PathLike], out_dir: str | os.PathLike,
+              opts: MergeOptions | None = None, seed: int = 0) -> dict:
     """Write a merged egs dir (a schedule over the tasks' archives; no example data copied).
+
+    ``tasks`` in output order (``output-0``, ...); a bare egs dir is a task named after its
+    folder with weight 1.0. ``opts.weights`` is params' view and is not read here: each
+    task carries its own weight.
 
     ``sampler='kaldi'`` is combine_egs.sh: every example once per epoch. ``uniform`` /
     ``temperature`` change how many examples each task contributes to the training part
@@ -278,13 +284,16 @@ def merge_egs(egs_dirs: list[str | os.PathLike], out_dir: str | os.PathLike, wei
     """
     import pandas as pd
 
+    opts = opts or MergeOptions()
+    block_size, num_archives, sampler, temperature = opts.block_size, opts.num_archives, opts.sampler, opts.temperature
     if sampler not in SAMPLERS:
         raise BabelflowError(f"merge: unknown sampler '{sampler}' (choose from {', '.join(SAMPLERS)})")
     if block_size < 1:
         raise BabelflowError(f"merge: block size must be >= 1, got {block_size}")
     if num_archives is not None and num_archives < 1:
         raise BabelflowError(f"merge: number of archives must be >= 1, got {num_archives}")
-    tasks = _open_tasks(list(egs_dirs), weights, task_names)
+    egs_dirs = [t.egs_dir if isinstance(t, MergeTask) else t for t in tasks]
+    tasks = _open_tasks(list(tasks))
     sources = {part: [_source(egs, part, f"task {i} '{n}' ({egs.path})") for i, (n, egs, _) in enumerate(tasks)]
                for part in BLOCK_FILES}
     for i, src in enumerate(sources["train"]):
@@ -335,9 +344,7 @@ def merge_egs(egs_dirs: list[str | os.PathLike], out_dir: str | os.PathLike, wei
     if first.ivector_dim and "final.ie.id" in first.info:
         info["final.ie.id"] = first.info["final.ie.id"]
     with atomic_dir(out_dir) as tmp:
-        (tmp / "info").mkdir()
-        for k, v in info.items():
-            (tmp / "info" / k).write_text(f"{_fmt(v)}\n")
+        write_info(tmp, {k: _fmt(v) for k, v in info.items()})
         (tmp / "cmvn_opts").write_text(f"{info['cmvn_opts']}\n")
         for part, files in schedules.items():
             for a, lines in enumerate(files, 1):

@@ -10,9 +10,10 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,8 @@ def touch_outputs(project: str | Path = ".", cores: int = 1) -> int:
         raise BabelflowError(f"{len(missing)} workflow output(s) missing, run `dvc pull` (or `dvc checkout`) "
                              f"first, or let Snakemake build them:\n  {shown}")
     snakemake = Path(sys.executable).with_name("snakemake")
-    cmd = [str(snakemake) if snakemake.exists() else "snakemake", "--touch", "--forceall", "--cores", str(cores), "--quiet"]
+    cmd = [str(snakemake) if snakemake.exists() else "snakemake",
+           "--touch", "--forceall", "--cores", str(cores), "--quiet"]
     proc = subprocess.run(cmd, cwd=project, capture_output=True, text=True)
     if proc.returncode != 0:
         raise BabelflowError(f"{' '.join(cmd)} failed in {project}:\n{(proc.stdout + proc.stderr)[-3000:]}")

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import kaldiio
 import numpy as np
@@ -23,7 +23,8 @@ from .kaldi.table import parse_wspecifier as parse_kaldi_wspecifier
 class AtomicArkScpWriter:
     """Write a binary ark (+ optional scp) whose files appear only when complete."""
 
-    def __init__(self, ark: str | os.PathLike, scp: str | os.PathLike | None = None, compression_method: int | None = None):
+    def __init__(self, ark: str | os.PathLike, scp: str | os.PathLike | None = None,
+                 compression_method: int | None = None):
         self.ark, self.scp = Path(ark), Path(scp) if scp else None
         self.ark.parent.mkdir(parents=True, exist_ok=True)
         self._tmp_ark = self.ark.with_name(f".{self.ark.name}.{os.getpid()}.tmp")
@@ -53,7 +54,7 @@ class AtomicArkScpWriter:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._tmp_ark)
 
-    def __enter__(self) -> "AtomicArkScpWriter":
+    def __enter__(self) -> AtomicArkScpWriter:
         return self
 
     def __exit__(self, exc_type, *_) -> None:

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
-
-import soundfile as sf
+from typing import Any
 
 from ..errors import BabelflowError, where
 from ..io import read_table, write_table
@@ -48,11 +47,11 @@ class DataDir:
         return sorted(self.utt2spk)
 
     @classmethod
-    def load(cls, path: str | Path, check_audio: bool = True) -> "DataDir":
+    def load(cls, path: str | Path, check_audio: bool = True) -> DataDir:
         """Parse and validate ``path``; raises :class:`BabelflowError` on the first problem."""
         return _load(Path(path), check_audio)[0]
 
-    def subset(self, utts: Iterable[str]) -> "DataDir":
+    def subset(self, utts: Iterable[str]) -> DataDir:
         """The data dir restricted to ``utts`` (file order kept), as ``filter_scps.pl`` would."""
         keep = set(utts)
         utt2spk = {u: s for u, s in self.utt2spk.items() if u in keep}
@@ -104,6 +103,21 @@ class DataDir:
             stale = p.name in ("segments", "text", "spk2gender") or _UTT2_RE.match(p.name)
             if stale and p.name != "utt2spk" and optional.get(p.name) is None and p.is_file():
                 p.unlink()
+
+
+def _table_path(path: str | Path) -> str | Path:
+    """A text table's file; a ``str`` may be a Kaldi rspecifier (``ark:utt2spk``, ``ark,t:...``)."""
+    return re.sub(r"^ark(,[a-z]+)*:", "", path) if isinstance(path, str) else path
+
+
+def read_utt2spk(path: str | Path) -> dict[str, str]:
+    """utt2spk as {utterance: speaker}, file order (no data-dir validation)."""
+    return {u: f[0] for _, u, f in read_table(_table_path(path), 2, 2)}
+
+
+def read_spk2utt(path: str | Path) -> dict[str, list[str]]:
+    """spk2utt as {speaker: [utterance, ...]}, file order (no data-dir validation)."""
+    return {s: us for _, s, us in read_table(_table_path(path), 2)}
 
 
 def utt2spk_to_spk2utt(utt2spk: dict[str, str]) -> dict[str, list[str]]:
@@ -321,6 +335,7 @@ def _check_numeric(path: Path, rows: list[Row]) -> None:
 
 
 def _audio_info(wav_path: Path, n: int, rec: str, value: str) -> Any:
+    import soundfile as sf  # only when audio is checked: readers of utt2spk need no libsndfile
     p = Path(value)
     if not p.is_file():
         raise BabelflowError(f"{where(wav_path, n, rec)}: audio file not found: {value}"

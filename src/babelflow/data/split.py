@@ -7,11 +7,12 @@ job contents identical to a Kaldi recipe run on the same data dir.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import BabelflowError
-from ..io import atomic_dir, write_text
+from ..io import atomic_dir, write_info
 from .datadir import DataDir, _load
 
 
@@ -91,7 +92,5 @@ def prepare_data_dir(src: str | Path, out_dir: str | Path, nj: int) -> dict[str,
     with atomic_dir(out_dir) as tmp:
         data.write(tmp)
         split_data(data, nj, tmp)
-        write_text(tmp / "info" / "num_utts", f"{summary['num_utts']}\n")
-        write_text(tmp / "info" / "num_spks", f"{summary['num_spks']}\n")
-        write_text(tmp / "info" / "nj", f"{nj}\n")
+        write_info(tmp, {"num_utts": summary["num_utts"], "num_spks": summary["num_spks"], "nj": nj})
     return {**summary, "nj": nj}

@@ -24,23 +24,23 @@ from tqdm import tqdm
 from ..errors import BabelflowError
 from ..io import atomic_dir, write_table, write_text
 from .espeak import PITCH, RANGE, RATE, Espeak
+from .lexicon import write_language_lexicon
+from .options import DemoOptions
 
 SAMPLE_RATE = 16000
 FRAME_LENGTH, FRAME_SHIFT = 400, 160  # samples at 16 kHz: Kaldi's 25 ms / 10 ms
 MIN_PHONE_FRAMES = 3  # one frame per state of the 3-state topology
 RATE_CLASSES = {"slow": (110, 140), "normal": (160, 190), "fast": (220, 260)}
-DEFAULT_LANGS = {"en": "en-us", "de": "de", "es": "es", "fr": "fr"}
-DEFAULT_VOICES = ["m1", "m2", "m3", "m5", "f1", "f2", "f3", "f4"]
-SIZES = {"default": 200, "large": 2000}
+DEFAULT = DemoOptions()
 
 
 @dataclass
 class DemoConfig:
     """What to synthesise. ``langs`` maps our language name to an espeak voice name."""
 
-    langs: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_LANGS))
-    voices: list[str] = field(default_factory=lambda: list(DEFAULT_VOICES))
-    utts_per_lang: int = SIZES["default"]
+    langs: dict[str, str] = field(default_factory=lambda: dict(DEFAULT.langs))
+    voices: list[str] = field(default_factory=lambda: list(DEFAULT.voices))
+    utts_per_lang: int = DEFAULT.num_utts
     seed: int = 0
     ali_jobs: int = 2
     snr_db: tuple[float, float] = (15.0, 35.0)
@@ -123,7 +123,8 @@ def _synthesise_one(engine: Espeak, lang: str, voice_name: str, i: int, cfg: Dem
     rate = rng.choice(sorted(RATE_CLASSES))
     text = _utterance_text(rng)
     params = {RATE: rng.randint(*RATE_CLASSES[rate]), PITCH: rng.randint(25, 75), RANGE: rng.randint(20, 80)}
-    audio, spans = engine.synth(text, f"{voice_name}+{voice}", params)
+    # numbers read as a list: "313 681" alone would be one number with a thousands separator in de/fr
+    audio, spans = engine.synth(", ".join(text.split()), f"{voice_name}+{voice}", params)
     ratio = (320, 441) if engine.sample_rate == 22050 else (SAMPLE_RATE, engine.sample_rate)
     speech = resample_poly(audio.astype(np.float32), *ratio).astype(np.float32)
     spans = [(p, s * ratio[0] // ratio[1], e * ratio[0] // ratio[1]) for p, s, e in spans]
@@ -168,6 +169,7 @@ def generate_language(lang: str, out_dir: str | os.PathLike, cfg: DemoConfig, pr
             for i in tqdm(range(cfg.utts_per_lang), desc=f"demo {lang}", disable=not progress, unit="utt")
         ]
         utts.sort(key=lambda u: u.utt)
+        write_language_lexicon(tmp / "dict" / "lexicon.txt", [u.text for u in utts], cfg.langs[lang], engine)
         _write_data_dir(tmp / "data", out_dir / "wav", lang, utts)
         phones = _phone_inventory(utts)
         phone_id = {p: k + 1 for k, p in enumerate(phones)}
@@ -222,7 +224,8 @@ def _generate_star(args: tuple) -> dict:
     return generate_language(*args)
 
 
-def generate_corpus(out_root: str | os.PathLike, cfg: DemoConfig, langs: list[str] | None = None, jobs: int = 1) -> list[dict]:
+def generate_corpus(out_root: str | os.PathLike, cfg: DemoConfig, langs: list[str] | None = None,
+                    jobs: int = 1) -> list[dict]:
     """Generate ``out_root/<lang>`` for each language, one fresh process per language."""
     langs = langs or list(cfg.langs)
     work = [(lang, Path(out_root) / lang, cfg, jobs == 1) for lang in langs]

@@ -48,7 +48,7 @@ _Callback = C.CFUNCTYPE(C.c_int, C.POINTER(C.c_short), C.c_int, C.POINTER(_Event
 class Espeak:
     """One initialised espeak-ng engine (one per process)."""
 
-    _instance: "Espeak | None" = None
+    _instance: Espeak | None = None
 
     def __init__(self) -> None:
         name = ctypes.util.find_library("espeak-ng") or "libespeak-ng.so.1"
@@ -73,7 +73,7 @@ class Espeak:
         ]
 
     @classmethod
-    def get(cls) -> "Espeak":
+    def get(cls) -> Espeak:
         """The process-wide engine (espeak cannot be re-initialised in a process)."""
         if cls._instance is None:
             cls._instance = Espeak()

@@ -22,6 +22,8 @@ class DemoOptions(StepOptions):
                                help="espeak voice variants (the speakers)")
     seed: int = 0
     ali_jobs: int = option(2, help="ali.N.gz files per language")
+    ali: str = option("synth", choices=("synth", "auto"), cli=False,
+                      help="the frame tasks' alignments: synth (the synthesiser's timings) | auto (GMM, lexicon)")
     utterance_tasks: list[str] = option(default_factory=lambda: ["lang", "voice", "gender", "rate"], cli=False,
                                         help="the demo's utterance tasks (lang, voice, gender, rate)")
 

@@ -48,7 +48,8 @@ class ArchiveWriter:
         self.prefix.parent.mkdir(parents=True, exist_ok=True)
         self.feat_dim, self.dtype = feat_dim, np.dtype(dtype)
         self.frame_labels, self.ivector_dim = frame_labels, ivector_dim
-        names = ["feats", "segments", "index"] + (["labels"] if frame_labels else []) + (["ivector"] if ivector_dim else [])
+        names = (["feats", "segments", "index"] + (["labels"] if frame_labels else [])
+                 + (["ivector"] if ivector_dim else []))
         self._final = {n: Path(f"{self.prefix}.{n}") for n in names}
         self._tmp = {n: p.with_name(f".{p.name}.{os.getpid()}.tmp") for n, p in self._final.items()}
         self._files = {n: open(p, "w" if n == "segments" else "wb") for n, p in self._tmp.items()}
@@ -114,7 +115,7 @@ class ArchiveWriter:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
 
-    def __enter__(self) -> "ArchiveWriter":
+    def __enter__(self) -> ArchiveWriter:
         return self
 
     def __exit__(self, exc_type, *_) -> None:
@@ -136,11 +137,12 @@ class Archive:
 
     @classmethod
     def open(cls, prefix: str | os.PathLike, feat_dim: int, dtype: str, frame_labels: bool,
-             ivector_dim: int = 0) -> "Archive":
+             ivector_dim: int = 0) -> Archive:
         prefix = Path(prefix)
         try:
             keys, starts, lens = [], [], []
-            for n, line in enumerate(Path(f"{prefix}.segments").read_text().splitlines(), 1):
+            lines = Path(f"{prefix}.segments").read_text().splitlines()
+            for n, line in enumerate(lines, 1):  # noqa: B007 (n names the line in the error below)
                 k, s, m = line.split()
                 keys.append(k), starts.append(int(s)), lens.append(int(m))
             index = np.fromfile(f"{prefix}.index", INDEX_DTYPE)

@@ -1,51 +1,28 @@
 """Kaldi nnet3 egs <-> babelflow egs: ``egs show``, ``egs export-kaldi``, ``egs import-kaldi``.
 
-An example of ours becomes the NnetExample that ``nnet3-get-egs`` would have written: an
-``input`` NnetIo with t = -left_context .. frames_per_eg + right_context - 1 (edge rows
-repeated), an ``ivector`` row when present, and a sparse ``output`` with one
-``[ pdf weight ]`` per frame (empty where unsupervised). Importing goes the other way;
-each Kaldi eg becomes one segment holding its input rows, so nothing is lost.
+An example of ours becomes the NnetExample that ``nnet3-get-egs`` would have written
+(:mod:`babelflow.egs.examples`). Importing goes the other way; each Kaldi eg becomes one
+segment holding its input rows, so nothing is lost.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Iterator, TextIO
+from typing import TextIO
 
 import numpy as np
 
 from ..errors import BabelflowError
-from ..io import atomic_dir, write_text
+from ..io import atomic_dir, write_info, write_text
 from ..kaldi.general_matrix import SparseMatrix
-from ..kaldi.nnet_example import NnetExample, NnetIo, egs_to_text, read_egs, write_egs
-from .format import FORMAT_VERSION, LABEL_DTYPE, Archive, ArchiveWriter
+from ..kaldi.nnet_example import NnetExample, egs_to_text, read_egs, write_egs
+from .examples import merged_nnet_examples, nnet_examples
+from .format import FORMAT_VERSION, LABEL_DTYPE, ArchiveWriter
+from .merged import MergedDir, is_merged_dir
 from .reader import PARTS, EgsDir
-
-
-def example_at(egs: EgsDir, arch: Archive, i: int) -> tuple[str, NnetExample]:
-    """Example ``i`` of an archive of ``egs`` as (key, Kaldi NnetExample)."""
-    ids = np.array([i])
-    rec = arch.index[i]
-    ios = [NnetIo.frames("input", -egs.left_context, arch.inputs(ids, egs.left_context, egs.right_context)[0])]
-    if arch.ivector is not None:
-        ios.append(NnetIo.frames("ivector", 0, arch.ivector[i:i + 1]))
-    num_out = egs.num_outputs
-    if egs.kind == "frame":
-        pdf, weight = arch.frame_targets(ids)
-        rows = [(num_out, [(int(p), float(w))] if p >= 0 else []) for p, w in zip(pdf[0], weight[0])]
-    else:
-        rows = [(num_out, [(int(rec["label"]), 1.0)])]
-    ios.append(NnetIo.frames("output", 0, SparseMatrix.from_rows(rows)))
-    return arch.key(i, egs.key_format), NnetExample(ios)
-
-
-def nnet_examples(egs: EgsDir, part: str = "train") -> Iterator[tuple[str, NnetExample]]:
-    """Every example of ``part`` in archive order, as Kaldi NnetExamples."""
-    for arch in egs.archives(part):
-        for i in range(len(arch)):
-            yield example_at(egs, arch, i)
 
 
 def _is_kaldi_source(source: str) -> bool:
@@ -58,10 +35,10 @@ def show(source: str, out: TextIO = sys.stdout, limit: int | None = None, key: s
     items: Iterable[tuple[str, NnetExample]]
     if _is_kaldi_source(source):
         items = read_egs(source)
+    elif is_merged_dir(source):
+        items = merged_nnet_examples(MergedDir(source))
     else:
-        from .merged import MergedEgs, is_merged_dir
-
-        items = MergedEgs(source).nnet_examples() if is_merged_dir(source) else nnet_examples(EgsDir(source))
+        items = nnet_examples(EgsDir(source))
     shown = 0
     for k, eg in items:
         if key is not None and k != key:
@@ -170,7 +147,6 @@ def import_kaldi(source: str, out_dir: str | os.PathLike, dtype: str = "float32"
         if cmvn is not None and cmvn.exists():
             info["cmvn_opts"] = cmvn.read_text().strip()
             write_text(tmp / "cmvn_opts", cmvn.read_text())
-        for k, v in info.items():
-            write_text(tmp / "info" / k, f"{v}\n")
+        write_info(tmp, info)
         EgsDir(tmp).check()
     return info

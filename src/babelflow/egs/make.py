@@ -25,12 +25,16 @@ import kaldiio
 import numpy as np
 from tqdm import tqdm
 
+from ..data.datadir import read_utt2spk
+from ..data.featsdir import FeatsDir
 from ..errors import BabelflowError
 from ..features import apply_cmvn, parse_cmvn_opts
-from ..io import read_scalar, read_table, write_table, write_text
+from ..io import read_scalar, read_table, write_info, write_table, write_text
 from .chunking import kaldi_chunks, utterance_chunks
 from .format import FORMAT_VERSION, LABEL_DTYPE, ArchiveWriter
+from .ivectors import IvectorSource
 from .options import EgsOptions
+from .reader import EgsDir
 
 
 @dataclass
@@ -78,54 +82,12 @@ def task_utterances(src: TaskSource) -> list[str]:
     """All utterances of a task (sorted); utterance ids must be unique across its data sets."""
     owner: dict[str, str] = {}
     for name, _, feats in src.sets:
-        for _, utt, _ in read_table(feats / "utt2num_frames", 2, 2):
+        for utt in FeatsDir(feats).utts:
             if utt in owner:
                 raise BabelflowError(f"task '{src.task}': utterance '{utt}' is in data sets '{owner[utt]}' and "
                                      f"'{name}'; prefix utterance ids with the data set (as Kaldi's chain2 does)")
             owner[utt] = name
     return sorted(owner)
-
-
-IVECTOR_LENGTH_TOLERANCE = 100  # frames, as nnet3-get-egs --length-tolerance
-
-
-@dataclass
-class IvectorSource:
-    """A Kaldi online i-vector dir: ``ivector_online.scp`` (one row per ``ivector_period`` frames)."""
-
-    path: Path
-    table: object
-    period: int
-    dim: int
-
-    @classmethod
-    def open(cls, path: str | os.PathLike) -> "IvectorSource":
-        path = Path(path)
-        scp = path / "ivector_online.scp"
-        if not scp.is_file():
-            raise BabelflowError(f"{path}: not an online i-vector dir (no ivector_online.scp)")
-        try:
-            period = int(read_scalar(path / "ivector_period"))
-        except ValueError:
-            raise BabelflowError(f"{path}/ivector_period: not an integer") from None
-        table = kaldiio.load_scp(str(scp))
-        first = next(iter(table), None)
-        if first is None:
-            raise BabelflowError(f"{scp}: empty")
-        return cls(path, table, period, int(np.asarray(table[first]).shape[1]))
-
-    def rows_for(self, utt: str, num_frames: int, starts: np.ndarray, left_context: int,
-                 rng: np.random.Generator) -> np.ndarray | None:
-        """One i-vector per chunk as nnet3-get-egs picks it: the row of a random frame in
-        [chunk start - left context, that + utterance length - 1] (Kaldi's own range), clamped."""
-        if utt not in self.table:
-            return None
-        m = np.asarray(self.table[utt], np.float32)
-        if abs(m.shape[0] * self.period - num_frames) > IVECTOR_LENGTH_TOLERANCE:
-            return None
-        first = starts.astype(np.int64) - left_context
-        frames = first + rng.integers(0, num_frames, size=len(starts))
-        return m[np.clip(frames // self.period, 0, m.shape[0] - 1)]
 
 
 def class_map(src: TaskSource) -> list[str]:
@@ -157,7 +119,8 @@ def egs_job(src: TaskSource, archive: int, out_dir: str | os.PathLike, opts: Egs
     valid, subset = held_out_lists(utts, opts, src.task)
     mine = {u for u, a in archive_of_utterances(utts, src.nj, opts, src.task).items() if a == archive}
     frame = src.kind == "frame"
-    feat_dim = int(read_scalar(src.sets[0][2] / "info" / "feat_dim"))
+    feats_dirs = [FeatsDir(f) for _, _, f in src.sets]
+    feat_dim = feats_dirs[0].feat_dim
     if frame:
         pdfs = kaldiio.load_scp(str(out_dir / "ali_pdf.scp"))
         num_pdfs = int(read_scalar(out_dir / "num_pdfs"))
@@ -170,14 +133,14 @@ def egs_job(src: TaskSource, archive: int, out_dir: str | os.PathLike, opts: Egs
                                    shuffle_seed=int(rng.integers(2**31)))
                for part, prefix in (("train", "egs"), ("valid", "valid"), ("train_diagnostic", "train_diagnostic"))}
     try:
-        for name, data_dir, feats_dir in src.sets:
-            means, variances = parse_cmvn_opts(read_scalar(feats_dir / "cmvn_opts"))
-            cmvn = dict(kaldiio.load_scp(str(feats_dir / "cmvn.scp"))) if means else {}
-            utt2spk = {k: v[0] for _, k, v in read_table(data_dir / "utt2spk", 2, 2)}
+        for (name, data_dir, _), fd in zip(src.sets, feats_dirs):
+            means, variances = parse_cmvn_opts(_cmvn_opts(fd))
+            cmvn = fd.cmvn_stats() if means else {}
+            utt2spk = read_utt2spk(data_dir / "utt2spk")
             ivec = IvectorSource.open(src.ivectors[name]) if src.ivectors else None
             if not frame:
                 utt2label = {k: v[0] for _, k, v in read_table(data_dir / src.labels, 2, 2)}
-            entries = [(u, rx[0]) for _, u, rx in read_table(feats_dir / "feats.scp", 2, 2) if u in mine]
+            entries = [(u, rx) for u, rx in fd.feats.items() if u in mine]
             for utt, rx in tqdm(entries, desc=f"egs {src.task}.{archive} {name}", unit="utt",
                                 disable=not progress, mininterval=2.0):
                 feats = kaldiio.load_mat(rx)
@@ -210,9 +173,18 @@ def egs_job(src: TaskSource, archive: int, out_dir: str | os.PathLike, opts: Egs
     for w in writers.values():
         w.close()
     report = {"archive": archive, "data_sets": ",".join(n for n, _, _ in src.sets), "utts": counts.utts,
-              "frames": counts.frames, "examples": counts.examples, "skipped": counts.skipped, "classes": counts.classes}
+              "frames": counts.frames, "examples": counts.examples, "skipped": counts.skipped,
+              "classes": counts.classes}
     write_text(out_dir / f"report.{archive}.json", json.dumps(report, indent=1) + "\n")
     return report
+
+
+def _cmvn_opts(feats: FeatsDir) -> str:
+    """The features' CMVN options; an adopted Kaldi data dir must be given a ``cmvn_opts`` file."""
+    if feats.cmvn_opts is None:
+        raise BabelflowError(f"{feats.path / 'cmvn_opts'}: file not found (a Kaldi data dir does not record the "
+                             "CMVN to apply: write it there, e.g. --norm-means=false --norm-vars=false)")
+    return feats.cmvn_opts
 
 
 def _frame_examples(utt, feats, pdfs, num_pdfs, opts, rng, counts):
@@ -256,8 +228,6 @@ def finalize_egs_dir(src: TaskSource, out_dir: str | os.PathLike, opts: EgsOptio
     """Merge job reports, write ``info/`` (Kaldi's names), the utterance lists and report.tsv."""
     import pandas as pd
 
-    from .reader import EgsDir
-
     out_dir = Path(out_dir)
     reports = [json.loads((out_dir / f"report.{a}.json").read_text()) for a in range(1, len(src.archives()) + 1)]
     rows = []
@@ -280,11 +250,12 @@ def finalize_egs_dir(src: TaskSource, out_dir: str | os.PathLike, opts: EgsOptio
     valid, subset = held_out_lists(utts, opts, src.task)
     write_table(out_dir / "valid_uttlist", [(u,) for u in sorted(valid)])
     write_table(out_dir / "train_subset_uttlist", [(u,) for u in sorted(subset)])
-    feats_dir = src.sets[0][2]
-    cmvn_opts = read_scalar(feats_dir / "cmvn_opts")
-    for name, _, f in src.sets[1:]:
-        if read_scalar(f / "cmvn_opts") != cmvn_opts or read_scalar(f / "info" / "feat_dim") != read_scalar(feats_dir / "info" / "feat_dim"):
-            raise BabelflowError(f"task '{src.task}': data set '{name}' has other features/CMVN than '{src.sets[0][0]}'")
+    feats, *others = [FeatsDir(f) for _, _, f in src.sets]
+    cmvn_opts = _cmvn_opts(feats)
+    for (name, _, _), fd in zip(src.sets[1:], others):
+        if _cmvn_opts(fd) != cmvn_opts or fd.feat_dim != feats.feat_dim:
+            raise BabelflowError(f"task '{src.task}': data set '{name}' has other features/CMVN than "
+                                 f"'{src.sets[0][0]}'")
     write_text(out_dir / "cmvn_opts", cmvn_opts + "\n")
     ivector_dim = 0
     if src.ivectors:
@@ -294,8 +265,7 @@ def finalize_egs_dir(src: TaskSource, out_dir: str | os.PathLike, opts: EgsOptio
         ivector_dim = next(iter(dims.values()))
     info = {
         "format_version": FORMAT_VERSION, "task": src.task, "kind": src.kind,
-        "feat_dim": read_scalar(feats_dir / "info" / "feat_dim"), "feats_dtype": opts.dtype,
-        "feat_type": read_scalar(feats_dir / "info" / "feat_type"),
+        "feat_dim": feats.feat_dim, "feats_dtype": opts.dtype, "feat_type": feats.feat_type,
         "left_context": opts.left_context, "right_context": opts.right_context,
         "left_context_initial": -1, "right_context_final": -1,
         "frames_per_eg": opts.frames_per_eg if src.kind == "frame" else 0,
@@ -310,7 +280,8 @@ def finalize_egs_dir(src: TaskSource, out_dir: str | os.PathLike, opts: EgsOptio
         classes = class_map(src)
         info["num_classes"] = len(classes)
         write_table(out_dir / "info" / "classes.txt", [(c, i) for i, c in enumerate(classes)])
-    for key, value in info.items():
-        write_text(out_dir / "info" / key, f"{value}\n")
+    if info["feat_type"] is None:  # an adopted Kaldi data dir that does not say (as imported Kaldi egs)
+        del info["feat_type"]
+    write_info(out_dir, info)
     EgsDir(out_dir).check()  # every archive opens and agrees with info/
     return info

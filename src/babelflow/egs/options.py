@@ -79,7 +79,7 @@ def _check_ivectors(p: Pipeline, check_paths: bool) -> None:
                       "(the shared network takes one i-vector input: give every task one)")
     if not check_paths:
         return
-    from .make import IvectorSource
+    from .ivectors import IvectorSource
 
     dims = {(t.name, s): IvectorSource.open(d).dim for t in with_iv for s, d in t.ivectors.items()}
     (t0, s0), d0 = next(iter(dims.items()))

@@ -3,34 +3,42 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
-from typing import Iterator
-
 
 from ..errors import BabelflowError
+from ..io import read_info
 from .format import Archive
 
 PARTS = {"train": "egs", "valid": "valid", "train_diagnostic": "train_diagnostic"}
 
 
-class EgsDir:
+class InfoDir:
+    """An artifact dir with an ``info/`` dir of one-value files (read once)."""
+
+    path: Path
+
+    @cached_property
+    def info(self) -> dict[str, str]:
+        return read_info(self.path)
+
+    def _int(self, name: str, default: int | None = None) -> int:
+        if default is not None and name not in self.info:
+            return default
+        try:
+            return int(self.info[name])
+        except (KeyError, ValueError):
+            raise BabelflowError(f"{self.path}/info/{name}: missing or not an integer") from None
+
+
+class EgsDir(InfoDir):
     """An egs dir written by ``babelflow egs`` (or imported from Kaldi egs)."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         if not (self.path / "info").is_dir():
             raise BabelflowError(f"{self.path}: not an egs dir (no info/)")
-
-    @cached_property
-    def info(self) -> dict[str, str]:
-        return {p.name: p.read_text().strip() for p in sorted((self.path / "info").iterdir()) if p.is_file()}
-
-    def _int(self, name: str) -> int:
-        try:
-            return int(self.info[name])
-        except (KeyError, ValueError):
-            raise BabelflowError(f"{self.path}/info/{name}: missing or not an integer") from None
 
     @property
     def kind(self) -> str:
@@ -58,7 +66,7 @@ class EgsDir:
 
     @property
     def ivector_dim(self) -> int:
-        return int(self.info.get("ivector_dim", "0"))
+        return self._int("ivector_dim", 0)
 
     @property
     def key_format(self) -> str:

@@ -18,7 +18,8 @@ callers re-raise or prefix it with the file name they know.
 from __future__ import annotations
 
 import struct
-from typing import BinaryIO, Sequence
+from collections.abc import Sequence
+from typing import BinaryIO
 
 import numpy as np
 
@@ -149,7 +150,7 @@ def write_token(f: BinaryIO, binary: bool, token: str) -> None:
 
 def format_float(x: float) -> str:
     """C++ ``os << x`` at Kaldi's output precision 7 (``%g`` style)."""
-    return "%.7g" % x
+    return f"{x:.7g}"
 
 
 def _int(word: str, what: str, f: BinaryIO) -> int:

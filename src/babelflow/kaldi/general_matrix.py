@@ -16,14 +16,27 @@ uint8 row-major. Text mode has no compressed form: compressed matrices print dec
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import BinaryIO, Iterable
+from typing import BinaryIO
 
 import numpy as np
 
 from ..errors import BabelflowError
-from .basic_io import (KaldiFormatError, _read_exact, _read_word, _skip_ws, _where, expect_token,
-                       format_float, peek, read_int32, read_token, write_int32, write_token)
+from .basic_io import (
+    KaldiFormatError,
+    _read_exact,
+    _read_word,
+    _skip_ws,
+    _where,
+    expect_token,
+    format_float,
+    peek,
+    read_int32,
+    read_token,
+    write_int32,
+    write_token,
+)
 
 __all__ = ["SparseMatrix", "compress_matrix", "decompress_matrix", "read_compressed_matrix",
            "read_general_matrix", "write_general_matrix", "matrix_to_text", "COMPRESSED_TOKENS"]
@@ -47,7 +60,7 @@ class SparseMatrix:
     rows: list[tuple[int, list[tuple[int, float]]]] = field(default_factory=list)
 
     @classmethod
-    def from_rows(cls, rows: Iterable[tuple[int, Iterable[tuple[int, float]]]]) -> "SparseMatrix":
+    def from_rows(cls, rows: Iterable[tuple[int, Iterable[tuple[int, float]]]]) -> SparseMatrix:
         out = []
         for dim, pairs in rows:
             pairs = [(int(c), float(_F32(v))) for c, v in pairs]
@@ -57,7 +70,7 @@ class SparseMatrix:
         return cls(out)
 
     @classmethod
-    def from_dense(cls, m: np.ndarray) -> "SparseMatrix":
+    def from_dense(cls, m: np.ndarray) -> SparseMatrix:
         m = np.asarray(m, dtype=_F32)
         return cls([(m.shape[1], [(int(c), float(m[r, c])) for c in np.flatnonzero(m[r])])
                     for r in range(m.shape[0])])
@@ -323,7 +336,7 @@ def matrix_to_text(m: np.ndarray) -> str:
     m = np.asarray(m, dtype=_F32)
     if m.size == 0:
         return " [ ]\n"
-    return " [" + "".join("\n  " + "".join("%.7g " % x for x in row) for row in m.tolist()) + "]\n"
+    return " [" + "".join("\n  " + "".join(f"{x:.7g} " for x in row) for row in m.tolist()) + "]\n"
 
 
 def _sparse_to_text(s: SparseMatrix) -> str:

@@ -171,7 +171,8 @@ def compute(nnet: Nnet, feats: np.ndarray, ivector: np.ndarray | None = None, ou
         else:
             v = desc_value(n.desc)
             if n.kind == "component-node":
-                v = _Value(v.start, apply_component(nnet.component(n.attrs["component"]), v.mat).astype(_F32, copy=False))
+                y = apply_component(nnet.component(n.attrs["component"]), v.mat)
+                v = _Value(v.start, y.astype(_F32, copy=False))
         memo[name] = v
         active.discard(name)
         return v

@@ -18,15 +18,21 @@ from __future__ import annotations
 
 import io
 import struct
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO
 
 import numpy as np
 
 from ..errors import BabelflowError
 from .basic_io import KaldiFormatError, _read_exact, _read_word, _where, peek, read_int32, write_int32, write_token
-from .general_matrix import (COMPRESSED_TOKENS, SparseMatrix, decompress_matrix, read_general_matrix_raw,
-                             write_general_matrix)
+from .general_matrix import (
+    COMPRESSED_TOKENS,
+    SparseMatrix,
+    decompress_matrix,
+    read_general_matrix_raw,
+    write_general_matrix,
+)
 from .table import iter_table, write_table
 
 __all__ = ["NnetIo", "NnetExample", "read_egs", "write_egs", "egs_to_text"]
@@ -117,7 +123,7 @@ class NnetIo:
                 raise ValueError(f"io '{self.name}': features must be 2-D, got shape {self.features.shape}")
 
     @classmethod
-    def frames(cls, name: str, t_begin: int, features: np.ndarray | SparseMatrix, t_stride: int = 1) -> "NnetIo":
+    def frames(cls, name: str, t_begin: int, features: np.ndarray | SparseMatrix, t_stride: int = 1) -> NnetIo:
         """Kaldi's NnetIo constructor: one row per frame, indexes (0, t_begin + i*t_stride, 0)."""
         rows = features.shape[0]
         idx = np.zeros((rows, 3), dtype=np.int64)
@@ -148,7 +154,7 @@ class NnetIo:
         return raw if dec.shape == self.features.shape and np.array_equal(dec, self.features) else None
 
     @classmethod
-    def read(cls, f: BinaryIO, binary: bool) -> "NnetIo":
+    def read(cls, f: BinaryIO, binary: bool) -> NnetIo:
         _token(f, "<NnetIo>")
         name = _token(f)
         indexes = _read_indexes(f, binary)
@@ -182,7 +188,7 @@ class NnetExample:
     io: list[NnetIo]
 
     @classmethod
-    def read(cls, f: BinaryIO, binary: bool) -> "NnetExample":
+    def read(cls, f: BinaryIO, binary: bool) -> NnetExample:
         _token(f, "<Nnet3Eg>")
         _token(f, "<NumIo>")
         size = read_int32(f, binary)

@@ -22,7 +22,8 @@ import re
 import subprocess
 import sys
 import tempfile
-from typing import BinaryIO, Callable, Iterable, Iterator, TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import BinaryIO, TypeVar
 
 from ..errors import BabelflowError, where
 from ..io import atomic_open

@@ -167,8 +167,10 @@ def register_export(sub: argparse._SubParsersAction) -> None:
     """``babelflow export-kaldi [--dir] MODEL_DIR OUT.mdl|OUT_DIR [--binary=true|false] [--raw OUT.raw]``."""
     p = sub.add_parser("export-kaldi", help="a frame task model as a Kaldi nnet3 AmNnetSimple .mdl "
                                             "(nnet3-am-init + priors), optionally also the raw nnet")
-    p.add_argument("--binary", type=parse_bool, default=True, metavar="BOOL", help="binary (default) or text Kaldi files")
-    p.add_argument("--raw", default=None, metavar="OUT.raw", help="also write the raw nnet (as nnet3-am-copy --raw=true)")
+    p.add_argument("--binary", type=parse_bool, default=True, metavar="BOOL",
+                   help="binary (default) or text Kaldi files")
+    p.add_argument("--raw", default=None, metavar="OUT.raw",
+                   help="also write the raw nnet (as nnet3-am-copy --raw=true)")
     p.add_argument("--dir", action="store_true",
                    help="OUT is a Kaldi model dir: final.mdl + the model's cmvn_opts, conf/ and info/")
     p.add_argument("model_dir", help="a task model dir (babelflow split [+ priors]) with trans.mdl")

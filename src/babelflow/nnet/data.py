@@ -1,8 +1,9 @@
 """Minibatches from a merged schedule: each block of one task is a minibatch (Kaldi's
 monolingual minibatches), or blocks of several tasks form one mixed step.
 
-A block is read from the task's own egs archives by index (no copy of the data was
-made by the merge); inputs are sliced with context at read time.
+The schedule is read by :class:`babelflow.egs.merged.MergedDir`; a block is read from the
+task's own egs archives by index (no copy of the data was made by the merge); inputs are
+sliced with context at read time.
 """
 
 from __future__ import annotations
@@ -11,27 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
-from ..egs.format import Archive
-from ..egs.reader import EgsDir
-from ..errors import BabelflowError
+from ..egs.merged import Block, MergedDir
 
-PART_FILES = {"train": "egs.{a}.blocks.tsv", "valid": "valid.blocks.tsv", "train_diagnostic": "train_diagnostic.blocks.tsv"}
-
-
-@dataclass
-class Block:
-    """One minibatch's worth of examples of one task: [(source archive, first, count)]."""
-
-    task: int
-    weight: float
-    pieces: list[tuple[int, int, int]]
-
-    @property
-    def size(self) -> int:
-        return sum(c for _, _, c in self.pieces)
+__all__ = ["Batch", "Block", "MergedSchedule", "epoch_plan", "majority_labels"]
 
 
 @dataclass
@@ -51,56 +36,30 @@ class Batch:
 
 
 class MergedSchedule:
-    """A merged egs dir (``babelflow merge``): its tasks and blocks per part."""
+    """Training's view of a merged egs dir (``babelflow merge``): its :class:`MergedDir`
+    (``merged``) and its blocks loaded as tensors."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        tasks = self.path / "tasks.tsv"
-        if not tasks.is_file():
-            raise BabelflowError(f"{self.path}: not a merged egs dir (no tasks.tsv; run `babelflow merge`)")
-        self.tasks = pd.read_csv(tasks, sep="\t", keep_default_na=False)
-        self.egs = [EgsDir(d) for d in self.tasks["egs_dir"]]
-        info = {p.name: p.read_text().strip() for p in (self.path / "info").iterdir()}
-        self.num_archives = int(info["num_archives"])
-        self.left_context, self.right_context = int(info["left_context"]), int(info["right_context"])
-        self.feat_dim, self.ivector_dim = int(info["feat_dim"]), int(info.get("ivector_dim", 0))
-        self._archives: dict[tuple[int, str, int], Archive] = {}
-
-    @property
-    def names(self) -> list[str]:
-        return list(self.tasks["name"])
+        self.merged = MergedDir(path)
+        self.path = self.merged.path
+        self.egs = self.merged.egs  # reads and checks tasks.tsv now
+        self.names = self.merged.names
+        self.egs_dirs = [t.egs_dir for t in self.merged.tasks]  # as in tasks.tsv
+        self.num_archives = self.merged.num_archives
+        self.left_context, self.right_context = self.merged.left_context, self.merged.right_context
+        self.feat_dim, self.ivector_dim = self.merged.feat_dim, self.merged.ivector_dim
 
     def blocks(self, part: str = "train") -> list[list[Block]]:
         """Per merged archive, its blocks in schedule order."""
-        files = ([self.path / PART_FILES["train"].format(a=a) for a in range(1, self.num_archives + 1)]
-                 if part == "train" else [self.path / PART_FILES[part]])
-        out = []
-        for f in files:
-            if not f.exists():
-                out.append([])
-                continue
-            df = pd.read_csv(f, sep="\t")
-            blocks = []
-            for _, rows in df.groupby("block", sort=True):
-                r0 = rows.iloc[0]
-                blocks.append(Block(int(r0["task"]), float(r0["weight"]),
-                                    [(int(r["src_archive"]), int(r["first"]), int(r["count"])) for _, r in rows.iterrows()]))
-            out.append(blocks)
-        return out
-
-    def archive(self, task: int, part: str, number: int) -> Archive:
-        key = (task, part, number)
-        if key not in self._archives:
-            self._archives[key] = self.egs[task].archive(part, number)
-        return self._archives[key]
+        return self.merged.archive_blocks(part)
 
     def load(self, block: Block, part: str = "train", device: str | torch.device = "cpu") -> Batch:
         """Gather a block's inputs (with context) and targets as tensors."""
         egs = self.egs[block.task]
         xs, ivs, tgt, fw, lens = [], [], [], [], []
-        for src, first, count in block.pieces:
-            arch = self.archive(block.task, part, src)
-            ids = np.arange(first, first + count)
+        for piece in block.pieces:
+            arch = self.merged.piece_archive(block, piece, part)
+            ids = np.arange(piece.first, piece.first + piece.count)
             x, n = arch.inputs_padded(ids, self.left_context, self.right_context, dtype=None)
             xs.append(x)
             if arch.ivector is not None:
@@ -138,7 +97,7 @@ def epoch_plan(archives: list[list[Block]], epoch: int, seed: int, window: int =
 def majority_labels(schedule: MergedSchedule) -> list[int]:
     """Per task, the most frequent training label (pdf or class): the baseline's prediction."""
     out = []
-    for t, egs in enumerate(schedule.egs):
+    for egs in schedule.egs:
         counts = np.zeros(egs.num_outputs, np.float64)
         for arch in egs.archives("train"):
             if egs.kind == "frame":

@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.datadir import read_utt2spk
 from ..errors import BabelflowError
 from ..features import apply_cmvn, parse_cmvn_opts
-from ..io import atomic_open, read_table
+from ..io import atomic_open
 from ..tables import open_matrix_writer, read_matrices
 from .model import MultiTaskModel
 from .modeldir import ModelDir
@@ -33,7 +34,7 @@ def input_features(feats_rspecifier: str, blob: dict, cmvn_rspecifier: str | Non
     stats = dict(read_matrices(cmvn_rspecifier)) if means and cmvn_rspecifier else None
     if means and stats is None:
         raise BabelflowError(f"the model's cmvn_opts are '{blob['cmvn_opts']}': give --cmvn (and --utt2spk)")
-    spk = {k: v[0] for _, k, v in read_table(utt2spk.removeprefix("ark:"), 2, 2)} if utt2spk else {}
+    spk = read_utt2spk(utt2spk) if utt2spk else {}
     for utt, m in read_matrices(feats_rspecifier):
         m = np.asarray(m, dtype=np.float32)
         if m.ndim != 2 or m.shape[1] != blob["input_dim"]:

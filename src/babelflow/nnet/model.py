@@ -17,7 +17,6 @@ from torch import nn
 from ..errors import BabelflowError
 from .modelconfig import LayerConfig, ModelConfig, load_model_config  # noqa: F401  (re-exported)
 
-
 ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
 
 
@@ -49,7 +48,8 @@ class TdnnLayer(nn.Module):
         self.offsets = sorted(cfg.splice)
         self.linear = nn.Linear(in_dim * len(self.offsets) + extra_dim, cfg.dim)
         self.act = ACTIVATIONS[cfg.nonlinearity]()
-        self.norm = Renorm() if cfg.norm == "renorm" else FrameBatchNorm(cfg.dim) if cfg.norm == "batchnorm" else nn.Identity()
+        self.norm = (Renorm() if cfg.norm == "renorm" else FrameBatchNorm(cfg.dim) if cfg.norm == "batchnorm"
+                     else nn.Identity())
 
     def forward(self, x: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
         lo, hi = self.offsets[0], self.offsets[-1]
@@ -130,7 +130,8 @@ class MultiTaskModel(nn.Module):
         self.head_names = head_names or [f"output-{i}" for i in range(len(tasks))]
         heads = {}
         for name, t in zip(self.head_names, tasks):
-            cls, hidden = (FrameHead, config.frame_head) if t.kind == "frame" else (UtteranceHead, config.utterance_head)
+            cls, hidden = ((FrameHead, config.frame_head) if t.kind == "frame"
+                           else (UtteranceHead, config.utterance_head))
             heads[name] = cls(dim, hidden, t.num_outputs, config.nonlinearity, config.norm)
         self.heads = nn.ModuleDict(heads)
 
@@ -152,12 +153,13 @@ class MultiTaskModel(nn.Module):
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.heads[self.head_names[task]](self.embed(x, ivector), mask)
 
-    def split(self, task: int) -> "MultiTaskModel":
+    def split(self, task: int) -> MultiTaskModel:
         """The trunk plus one head renamed ``output`` (Kaldi: rename-node output-<i> -> output)."""
         single = MultiTaskModel(self.config, self.input_dim, [self.tasks[task]], self.ivector_dim, ["output"])
         state = {k: v for k, v in self.state_dict().items() if k.startswith("trunk.")}
         prefix = f"heads.{self.head_names[task]}."
-        state.update({"heads.output." + k[len(prefix):]: v for k, v in self.state_dict().items() if k.startswith(prefix)})
+        state.update({"heads.output." + k[len(prefix):]: v
+                      for k, v in self.state_dict().items() if k.startswith(prefix)})
         single.load_state_dict(state)
         return single
 

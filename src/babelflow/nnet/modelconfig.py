@@ -71,8 +71,10 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         lay = lambda c: {"dim": c.dim, "splice": list(c.splice), "nonlinearity": c.nonlinearity, "norm": c.norm}
-        return {"layers": [lay(c) for c in self.layers], "bottleneck": lay(self.bottleneck) if self.bottleneck else None,
-                "frame_head": {"hidden": list(self.frame_head)}, "utterance_head": {"hidden": list(self.utterance_head)},
+        return {"layers": [lay(c) for c in self.layers],
+                "bottleneck": lay(self.bottleneck) if self.bottleneck else None,
+                "frame_head": {"hidden": list(self.frame_head)},
+                "utterance_head": {"hidden": list(self.utterance_head)},
                 "nonlinearity": self.nonlinearity, "norm": self.norm}
 
     def to_args(self) -> list[str]:

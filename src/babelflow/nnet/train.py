@@ -75,7 +75,7 @@ def _data_fingerprint(schedule: MergedSchedule) -> str:
     for p in sorted(p for p in schedule.path.rglob("*") if p.is_file()):
         h.update(f"{p.relative_to(schedule.path)}\0".encode())
         h.update(p.read_bytes())
-    for d in sorted(set(schedule.tasks["egs_dir"])):
+    for d in sorted(set(schedule.egs_dirs)):
         for p in sorted(Path(d).rglob("*")) if Path(d).is_dir() else ():
             if p.is_file():
                 st = p.stat()
@@ -308,7 +308,7 @@ def _log_diagnostics(names: list[str], diag: dict) -> None:
 
 
 def _write_outputs(out: Path, model, schedule: MergedSchedule, state: dict, seconds: float) -> dict:
-    save_model(out / "final.pt", model, schedule.egs[0].info, schedule.tasks["egs_dir"],
+    save_model(out / "final.pt", model, schedule.egs[0].info, schedule.egs_dirs,
                {"history": json.dumps(state["history"])})
     last = state["history"][-1]["diagnostics"] if state["history"] else {}
     metrics = {name: {"valid_accuracy": r["valid"]["accuracy"], "valid_objective": r["valid"]["objective"],
