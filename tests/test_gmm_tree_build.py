@@ -211,11 +211,15 @@ def test_tree_written_reads_back_identically(synth, tmp_path):
         write_tree(tmp_path / "tree", tree, binary=binary)
         back = read_tree(tmp_path / "tree")
         assert back == tree
+    from babelflow.gmm.model import to_khg_tree
+
+    kaldi_tree = to_khg_tree(tree)  # Kaldi's own C++ reading our bytes
     rng = np.random.default_rng(0)
     for ctx in rng.integers(0, NUM_PHONES + 1, size=(300, 3)):
         ctx[1] = max(ctx[1], 1)
         for c in range(3):
             assert back.pdf(ctx.tolist(), c) == tree.pdf(ctx.tolist(), c)
+            assert kaldi_tree.compute(ctx.tolist(), c) == (True, tree.pdf(ctx.tolist(), c))
     buf = io.BytesIO()
     tree.write(buf, binary=False)
     assert buf.getvalue().startswith(b"ContextDependency 3 1 ToPdf TE 1 7 ( NULL")

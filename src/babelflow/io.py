@@ -79,6 +79,17 @@ def write_table(path: str | os.PathLike, rows: Iterable[tuple[str, ...] | list[s
             f.write(" ".join(str(x) for x in row) + "\n")
 
 
+def read_lines(path: str | os.PathLike, what: str = "file") -> list[str]:
+    """A UTF-8 text file's lines; a missing or non-UTF-8 file is one error naming it (``what``: e.g. lexicon)."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise BabelflowError(f"{path}: {what} not found") from None
+    except UnicodeDecodeError as e:
+        raise BabelflowError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
 def read_table(path: str | os.PathLike, min_fields: int = 2,
                max_fields: int | None = None) -> list[tuple[int, str, list[str]]]:
     """Read a Kaldi ``key value...`` text file as (line number, key, fields) triples.
@@ -87,13 +98,7 @@ def read_table(path: str | os.PathLike, min_fields: int = 2,
     """
     path = Path(path)
     out = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise BabelflowError(f"{path}: file not found") from None
-    except UnicodeDecodeError as e:
-        raise BabelflowError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    for n, line in enumerate(lines, 1):
+    for n, line in enumerate(read_lines(path), 1):
         fields = line.split()
         if not fields:
             raise BabelflowError(f"{where(path, n)}: empty line")

@@ -78,26 +78,6 @@ class MergedDir(InfoDir):
                                  "run `babelflow merge`)")
         self._archives: dict[tuple[int, str, int], Archive] = {}
 
-    @property
-    def num_archives(self) -> int:
-        return self._int("num_archives")
-
-    @property
-    def feat_dim(self) -> int:
-        return self._int("feat_dim")
-
-    @property
-    def left_context(self) -> int:
-        return self._int("left_context")
-
-    @property
-    def right_context(self) -> int:
-        return self._int("right_context")
-
-    @property
-    def ivector_dim(self) -> int:
-        return self._int("ivector_dim", 0)
-
     @cached_property
     def tasks(self) -> list[MergedTask]:
         with open(self.path / "tasks.tsv", newline="") as f:

@@ -15,7 +15,7 @@ PARTS = {"train": "egs", "valid": "valid", "train_diagnostic": "train_diagnostic
 
 
 class InfoDir:
-    """An artifact dir with an ``info/`` dir of one-value files (read once)."""
+    """An artifact dir with an ``info/`` dir of one-value files (read once): what egs and merged dirs share."""
 
     path: Path
 
@@ -30,19 +30,6 @@ class InfoDir:
             return int(self.info[name])
         except (KeyError, ValueError):
             raise BabelflowError(f"{self.path}/info/{name}: missing or not an integer") from None
-
-
-class EgsDir(InfoDir):
-    """An egs dir written by ``babelflow egs`` (or imported from Kaldi egs)."""
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        if not (self.path / "info").is_dir():
-            raise BabelflowError(f"{self.path}: not an egs dir (no info/)")
-
-    @property
-    def kind(self) -> str:
-        return self.info.get("kind", "frame")
 
     @property
     def feat_dim(self) -> int:
@@ -61,12 +48,25 @@ class EgsDir(InfoDir):
         return self._int("num_archives")
 
     @property
-    def num_outputs(self) -> int:
-        return self._int("num_pdfs") if self.kind == "frame" else self._int("num_classes")
-
-    @property
     def ivector_dim(self) -> int:
         return self._int("ivector_dim", 0)
+
+
+class EgsDir(InfoDir):
+    """An egs dir written by ``babelflow egs`` (or imported from Kaldi egs)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not (self.path / "info").is_dir():
+            raise BabelflowError(f"{self.path}: not an egs dir (no info/)")
+
+    @property
+    def kind(self) -> str:
+        return self.info.get("kind", "frame")
+
+    @property
+    def num_outputs(self) -> int:
+        return self._int("num_pdfs") if self.kind == "frame" else self._int("num_classes")
 
     @property
     def key_format(self) -> str:

@@ -124,8 +124,7 @@ def _load(run: str, job: int, split_dir: str, spec: GmmFeatureSpec, words: dict[
     st = JobState(job, keys, x, starts, ids)
     _STATES[(run, job)] = st
     first = x[: starts[min(10, len(keys))]].astype(np.float64)  # gmm-init-mono: subset-feats --n=10
-    return {"utts": len(keys), "frames": int(starts[-1]), "no_text": [k for k, w in zip(keys, ids) if w is None],
-            "oov": sum(w == oov for ws in ids if ws for w in ws),
+    return {"utts": len(keys), "frames": int(starts[-1]), "oov": sum(w == oov for ws in ids if ws for w in ws),
             "init": (first.shape[0], first.sum(0), (first * first).sum(0))}
 
 
@@ -199,18 +198,16 @@ def accumulate(g: dict[str, np.ndarray], x: np.ndarray, pdf: np.ndarray) -> tupl
     order = frames[np.argsort(pdf[frames], kind="stable")]
     counts = np.bincount(pdf[frames], minlength=off.size - 1)
     bounds = np.concatenate([[0], np.cumsum(counts)])
-    xs = x[order]
-    xa = augment(xs)
-    xd = xs.astype(np.float64)
-    xd = np.concatenate([xd, xd * xd], axis=1)
     for p in np.flatnonzero(counts):
-        s, e = bounds[p], bounds[p + 1]
+        xs = x[order[bounds[p]:bounds[p + 1]]]
+        xd = xs.astype(np.float64)
+        xd = np.concatenate([xd, xd * xd], axis=1)
         a, b = off[p], off[p + 1]
-        ll = xa[s:e] @ w[a:b].T
+        ll = augment(xs) @ w[a:b].T
         if b - a == 1:
             total += float(ll.sum(dtype=np.float64))
-            occ[a] += e - s
-            mv[a] += xd[s:e].sum(axis=0)
+            occ[a] += xs.shape[0]
+            mv[a] += xd.sum(axis=0)
             continue
         top = ll.max(axis=1, keepdims=True)
         ll = np.exp(ll - top)
@@ -218,7 +215,7 @@ def accumulate(g: dict[str, np.ndarray], x: np.ndarray, pdf: np.ndarray) -> tupl
         total += float((np.log(norm.astype(np.float64)) + top).sum())
         post = (ll / norm).astype(np.float64)
         occ[a:b] += post.sum(axis=0)
-        mv[a:b] += post.T @ xd[s:e]
+        mv[a:b] += post.T @ xd
     return GmmStats(occ, mv[:, :dim], mv[:, dim:]), total
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ..errors import BabelflowError, where
-from ..io import atomic_dir, write_text
+from ..io import atomic_dir, read_lines, write_text
 from .k2 import kaldifst
 
 __all__ = ["LexiconEntry", "LangDir", "read_lexicon", "prepare_lang", "gen_topo"]
@@ -41,12 +41,7 @@ def read_lexicon(path: str | os.PathLike, with_probs: bool | None = None) -> lis
     path = Path(path)
     if with_probs is None:
         with_probs = path.name.startswith("lexiconp")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise BabelflowError(f"{path}: lexicon not found") from None
-    except UnicodeDecodeError as e:
-        raise BabelflowError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    lines = read_lines(path, "lexicon")
     entries = []
     for n, line in enumerate(lines, 1):
         fields = line.split()
