@@ -30,6 +30,8 @@ DATASETS = PIPELINE.datasets
 # trip each would cost more than they do).
 localrules:
     all,
+    gmm_compare,
+    gmm_metrics,
     egs,
     merge,
     model_config,
@@ -39,6 +41,7 @@ localrules:
 include: "rules/common.smk"
 include: "rules/demo.smk"
 include: "rules/data.smk"
+include: "rules/gmm.smk"
 include: "rules/features.smk"
 include: "rules/egs.smk"
 include: "rules/merge.smk"
@@ -52,3 +55,4 @@ rule all:
     input:
         rules.metrics.output[0],
         expand(rules.export_kaldi.output.mdl, task=PIPELINE.frame_tasks()),
+        [rules.gmm_metrics.output[0]] if SCORED else [],

@@ -1,6 +1,8 @@
 # Shared helpers for the rule files. Each step's flags come from its options dataclass
 # (babelflow.options): the rules pass them as lists, quoted by Snakemake's {x:q}.
 
+import os
+
 from babelflow.steps import code_files
 
 
@@ -23,3 +25,85 @@ def options(cls, **kw):
 def local_cores():
     """Every core of a local run; on a cluster (no --cores) the profile's set-threads decides."""
     return workflow._cores or 1
+
+
+# --- data step
+
+
+def data_source(wildcards):
+    """The Kaldi data dir behind a data set (the demo rule makes the demo's)."""
+    return DATASETS[wildcards.name]
+
+
+# --- egs step
+
+
+def egs_ali_source(wildcards):
+    """The task's alignment dir (its final.mdl + ali.*.gz); a pdf-id rspecifier is read as is."""
+    ali = PIPELINE.tasks[wildcards.task].ali_dir
+    return [ali] if ali else []
+
+
+def egs_job_inputs(wildcards):
+    task = PIPELINE.tasks[wildcards.task]
+    ins = {
+        "feats": expand(rules.features.output.scp, name=task.data),
+        "data": expand(rules.data.output[0], name=task.data),
+    }
+    if task.kind == "frame":
+        ins["ali"] = rules.egs_ali.output.scp.format(task=wildcards.task)
+    if task.ivectors:
+        ins["ivectors"] = list(task.ivectors.values())
+    ins["code"] = step_code("egs")
+    return ins
+
+
+def num_pdfs_arg(wildcards):
+    n = PIPELINE.tasks[wildcards.task].num_pdfs
+    return [f"--num-pdfs={n}"] if n else []
+
+
+# --- features step
+
+
+def feature_conf():
+    """The Kaldi conf file named in params: its contents shape the features."""
+    conf = PIPELINE.options(FeaturesOptions).config
+    return [conf] if conf else []
+
+
+# --- gmm step
+
+
+def task_data(wildcards):
+    return L.data(PIPELINE.tasks[wildcards.task].data[0])
+
+
+# --- split step
+
+
+def task_ali_dir(wildcards):
+    ali = PIPELINE.tasks[wildcards.task].ali_dir
+    return [f"--ali={ali}"] if ali else []
+
+
+def phone_eval_args(wildcards):
+    """Frame tasks with true alignments at hand (the demo): the phone accuracy against them too."""
+    t = PIPELINE.tasks[wildcards.task]
+    if not t.ref_ali:
+        return []
+    return ["--ref-ali", t.ref_ali, "--feats-dir", L.feats(t.data[0]), "--data-dir", L.data(t.data[0])]
+
+
+# --- train step
+
+
+def model_args():
+    """The network as flags (one --layer per TDNN layer), or the file params.yaml names."""
+    return ["--config", MODEL_FILE] if MODEL_FILE else PIPELINE.model_config.to_args()
+
+
+def train_mpi():
+    """Several nodes: the SLURM plugin runs the shell in the batch step (``mpi``), where
+    ``babelflow torchrun`` calls srun itself; one node: the plugin's own ``srun -n1`` is enough."""
+    return {"mpi": "srun"} if LAUNCH.nnodes > 1 else {}

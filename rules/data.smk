@@ -3,11 +3,6 @@
 from babelflow.data.options import DataOptions
 
 
-def data_source(wildcards):
-    """The Kaldi data dir behind a data set (the demo rule makes the demo's)."""
-    return DATASETS[wildcards.name]
-
-
 rule data:
     input:
         src=data_source,

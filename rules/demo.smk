@@ -3,6 +3,8 @@
 from babelflow.demo.options import DemoOptions
 from babelflow.layout import corpus
 
+DEMO = PIPELINE.options(DemoOptions)
+
 
 rule demo_corpus:
     input:
@@ -11,10 +13,11 @@ rule demo_corpus:
         data=directory(corpus("{lang}", "data")),
         ali=directory(corpus("{lang}", "ali")),
         wav=directory(corpus("{lang}", "wav")),
-        dict=directory(corpus("{lang}", "dict")),
+        lexicon=corpus("{lang}", "dict", "lexicon.txt"),
+        test=directory(corpus("{lang}", "test")) if DEMO.test_utts_per_lang else [],
     params:
-        opts=options(DemoOptions),
-        root=corpus(""),
+        opts=DEMO.to_args(),
+        root=lambda wc, output: os.path.dirname(os.path.dirname(output.data)),
     conda:
         "../workflow/envs/babelflow.yaml"
     log:

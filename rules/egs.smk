@@ -3,31 +3,6 @@
 from babelflow.egs.options import task_args
 
 
-def egs_ali_source(wildcards):
-    """The task's alignment dir (its final.mdl + ali.*.gz); a pdf-id rspecifier is read as is."""
-    ali = PIPELINE.tasks[wildcards.task].ali_dir
-    return [ali] if ali else []
-
-
-def egs_job_inputs(wildcards):
-    task = PIPELINE.tasks[wildcards.task]
-    ins = {
-        "feats": expand(rules.features.output.scp, name=task.data),
-        "data": expand(rules.data.output[0], name=task.data),
-    }
-    if task.kind == "frame":
-        ins["ali"] = rules.egs_ali.output.scp.format(task=wildcards.task)
-    if task.ivectors:
-        ins["ivectors"] = list(task.ivectors.values())
-    ins["code"] = step_code("egs")
-    return ins
-
-
-def num_pdfs_arg(wildcards):
-    n = PIPELINE.tasks[wildcards.task].num_pdfs
-    return [f"--num-pdfs={n}"] if n else []
-
-
 rule egs_ali:
     input:
         ali=egs_ali_source,
@@ -39,7 +14,7 @@ rule egs_ali:
     params:
         source=lambda wc: PIPELINE.tasks[wc.task].ali,
         num_pdfs=num_pdfs_arg,
-        out=L.egs("{task}"),
+        out=lambda wc, output: os.path.dirname(output.scp),
     conda:
         "../workflow/envs/babelflow.yaml"
     log:
@@ -56,7 +31,7 @@ rule egs_job:
         report=L.egs("{task}", "report.{archive}.json"),
     params:
         args=lambda wc: task_args(PIPELINE, wc.task),
-        out=L.egs("{task}"),
+        out=lambda wc, output: os.path.dirname(output.index),
     conda:
         "../workflow/envs/babelflow.yaml"
     log:
@@ -75,7 +50,7 @@ rule egs:
         report=L.egs("{task}", "report.tsv"),
     params:
         args=lambda wc: task_args(PIPELINE, wc.task),
-        out=L.egs("{task}"),
+        out=lambda wc, output: os.path.dirname(output.report),
     conda:
         "../workflow/envs/babelflow.yaml"
     log:

@@ -9,8 +9,8 @@ rule export_kaldi:
     output:
         mdl=L.kaldi("{task}", "final.mdl"),
     params:
-        model_dir=L.models("{task}"),
-        out=L.kaldi("{task}"),
+        model_dir=lambda wc, input: os.path.dirname(input.model),
+        out=lambda wc, output: os.path.dirname(output.mdl),
     conda:
         "../workflow/envs/babelflow.yaml"
     log:

@@ -5,12 +5,6 @@ from babelflow.features import FeaturesOptions
 FEAT_TYPE = PIPELINE.options(FeaturesOptions).type
 
 
-def feature_conf():
-    """The Kaldi conf file named in params: its contents shape the features."""
-    conf = PIPELINE.options(FeaturesOptions).config
-    return [conf] if conf else []
-
-
 rule features_job:
     input:
         data=rules.data.output[0],
@@ -23,7 +17,7 @@ rule features_job:
     params:
         opts=options(FeaturesOptions, exclude=("cmvn_opts",)),
         nj=NJ,
-        out=L.feats("{name}"),
+        out=lambda wc, output: os.path.dirname(output.ark),
     conda:
         "../workflow/envs/babelflow.yaml"
     log:
@@ -49,7 +43,7 @@ rule features:
     params:
         opts=options(FeaturesOptions),
         nj=NJ,
-        out=L.feats("{name}"),
+        out=lambda wc, output: os.path.dirname(output.scp),
     conda:
         "../workflow/envs/babelflow.yaml"
     log:

@@ -1,15 +1,10 @@
 # GMM alignments from scratch for frame tasks with `ali: auto` (utils/prepare_lang.sh, steps/train_mono.sh,
 # steps/train_deltas.sh, steps/align_si.sh): lexicon -> lang dir -> mono -> mono_ali -> tri -> tri_ali, per task.
 # With true alignments at hand (the demo), each stage's alignments are scored against them.
-from babelflow.gmm.options import STAGES, LangOptions
-from babelflow.gmm.train_cli import AlignOptions, MonoOptions, TriOptions
+from babelflow.gmm.options import STAGES, AlignOptions, LangOptions, MonoOptions, TriOptions
 
 AUTO_ALI = [t.name for t in PIPELINE.tasks.values() if t.auto_ali]
 SCORED = [t.name for t in PIPELINE.tasks.values() if t.auto_ali and t.ref_ali]
-
-
-def task_data(wildcards):
-    return L.data(PIPELINE.tasks[wildcards.task].data[0])
 
 
 rule gmm_lang:
@@ -20,6 +15,8 @@ rule gmm_lang:
         directory(L.gmm("{task}", "lang")),
     params:
         opts=options(LangOptions),
+    conda:
+        "../workflow/envs/babelflow.yaml"
     log:
         "logs/gmm/{task}.lang.log",
     shell:
@@ -35,11 +32,14 @@ rule gmm_mono:
         directory(L.gmm("{task}", "mono")),
     params:
         opts=options(MonoOptions),
+        nj=NJ,
     threads: local_cores()
+    conda:
+        "../workflow/envs/babelflow.yaml"
     log:
         "logs/gmm/{task}.mono.log",
     shell:
-        "babelflow train-gmm mono --quiet {params.opts:q} {input.data:q} {input.lang:q} {output:q} > {log} 2>&1"
+        "babelflow train-gmm mono --quiet --nj {params.nj} {params.opts:q} {input.data:q} {input.lang:q} {output:q} > {log} 2>&1"
 
 
 rule gmm_tri:
@@ -52,11 +52,14 @@ rule gmm_tri:
         directory(L.gmm("{task}", "tri")),
     params:
         opts=options(TriOptions),
+        nj=NJ,
     threads: local_cores()
+    conda:
+        "../workflow/envs/babelflow.yaml"
     log:
         "logs/gmm/{task}.tri.log",
     shell:
-        "babelflow train-gmm tri --quiet {params.opts:q} {input.data:q} {input.lang:q} {input.ali:q} {output:q}"
+        "babelflow train-gmm tri --quiet --nj {params.nj} {params.opts:q} {input.data:q} {input.lang:q} {input.ali:q} {output:q}"
         " > {log} 2>&1"
 
 
@@ -70,13 +73,16 @@ rule gmm_align:
         directory(L.gmm("{task}", "{stage}_ali")),
     params:
         opts=options(AlignOptions),
+        nj=NJ,
     wildcard_constraints:
         stage="|".join(STAGES),
     threads: local_cores()
+    conda:
+        "../workflow/envs/babelflow.yaml"
     log:
         "logs/gmm/{task}.{stage}_ali.log",
     shell:
-        "babelflow align-gmm --quiet {params.opts:q} {input.data:q} {input.lang:q} {input.model:q} {output:q}"
+        "babelflow align-gmm --quiet --nj {params.nj} {params.opts:q} {input.data:q} {input.lang:q} {input.model:q} {output:q}"
         " > {log} 2>&1"
 
 
@@ -89,6 +95,8 @@ rule gmm_compare:
         L.gmm("{task}", "{stage}_ali.compare.json"),
     wildcard_constraints:
         stage="|".join(STAGES),
+    conda:
+        "../workflow/envs/babelflow.yaml"
     log:
         "logs/gmm/{task}.{stage}_ali.compare.log",
     shell:
@@ -101,8 +109,10 @@ rule gmm_metrics:
     output:
         L.gmm_metrics(),
     params:
-        items=[f"{t}.{s}={L.gmm(t, f'{s}_ali.compare.json')}" for t in SCORED for s in STAGES],
+        results=[f"{t}.{s}={L.gmm(t, f'{s}_ali.compare.json')}" for t in SCORED for s in STAGES],
+    conda:
+        "../workflow/envs/babelflow.yaml"
     log:
         "logs/gmm/metrics.log",
     shell:
-        "babelflow ali-compare --collect {output:q} {params.items:q} > {log} 2>&1"
+        "babelflow ali-compare --collect {output:q} {params.results:q} > {log} 2>&1"

@@ -4,11 +4,6 @@
 from babelflow.nnet.options import priors_args
 
 
-def task_ali_dir(wildcards):
-    ali = PIPELINE.tasks[wildcards.task].ali_dir
-    return [f"--ali={ali}"] if ali else []
-
-
 rule split:
     input:
         model=rules.train.output.model,
@@ -21,7 +16,7 @@ rule split:
         ali=task_ali_dir,
         feats=lambda wc: L.feats(PIPELINE.tasks[wc.task].data[0]),
         priors=lambda wc: priors_args(PIPELINE, wc.task),
-        out=L.models("{task}"),
+        out=lambda wc, output: os.path.dirname(output[0]),
     conda:
         "../workflow/envs/babelflow.yaml"
     log:
@@ -34,6 +29,8 @@ rule split:
 rule eval:
     input:
         model=rules.split.output[0],
+        ref=lambda wc: [PIPELINE.tasks[wc.task].ref_ali] if PIPELINE.tasks[wc.task].ref_ali else [],
+        feats=lambda wc: rules.features.output.scp.format(name=PIPELINE.tasks[wc.task].data[0]),
         code=step_code("models"),
     output:
         report(
@@ -44,13 +41,14 @@ rule eval:
             subcategory="{task}",
         ),
     params:
-        dir=L.models("{task}"),
+        dir=lambda wc, input: os.path.dirname(input.model),
+        phones=phone_eval_args,
     conda:
         "../workflow/envs/babelflow.yaml"
     log:
         "logs/models/{task}.eval.log",
     shell:
-        "babelflow eval {params.dir:q} > {log} 2>&1"
+        "babelflow eval {params.phones:q} {params.dir:q} > {log} 2>&1"
 
 
 rule metrics:

@@ -8,17 +8,6 @@ TRAIN = PIPELINE.options(TrainOptions)
 MODEL_FILE = config["model"].get("config")
 
 
-def model_args():
-    """The network as flags (one --layer per TDNN layer), or the file params.yaml names."""
-    return ["--config", MODEL_FILE] if MODEL_FILE else PIPELINE.model_config.to_args()
-
-
-def train_mpi():
-    """Several nodes: the SLURM plugin runs the shell in the batch step (``mpi``), where
-    ``babelflow torchrun`` calls srun itself; one node: the plugin's own ``srun -n1`` is enough."""
-    return {"mpi": "srun"} if LAUNCH.nnodes > 1 else {}
-
-
 rule model_config:
     input:
         model=[MODEL_FILE] if MODEL_FILE else [],
@@ -52,7 +41,7 @@ rule train:
     params:
         nproc=LAUNCH.nproc,
         args=TRAIN.to_args(),
-        out=L.train(),
+        out=lambda wc, output: os.path.dirname(output.model),
     threads: local_cores()
     resources:
         train_slots=1,

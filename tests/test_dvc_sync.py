@@ -60,10 +60,17 @@ def _user_data_one_task(corpus):
     return edits
 
 
-REFERENCE = {"tasks": _user_data}  # probed against user data, not against the demo's derived tasks
+def _auto_alignments(corpus):
+    return {"demo.ali": "auto"}
+
+
+# probed against another reference than params.yaml: tasks against user data (not the demo's derived
+# tasks); gmm.* with the demo's alignments made by the gmm step (by default nothing reads gmm.*)
+REFERENCE = {"tasks": _user_data, "gmm": _auto_alignments}
 PERTURB = {
     "demo.size": "large", "demo.utts_per_lang": 50, "demo.langs": {"en": "en-gb", "de": "de", "es": "es"},
     "demo.voices": ["m1", "f1"], "demo.seed": 1, "demo.ali_jobs": 1, "demo.utterance_tasks": ["lang"],
+    "demo.ali": "auto", "demo.test_utts_per_lang": 10, "demo.test_voices": ["m6"],
     "data.nj": 3, "data.dirs": _user_data, "tasks": _user_data_one_task,
     "features.type": "mfcc", "features.config": "conf", "features.options": {"num_mel_bins": 30, "dither": 0},
     "features.cmvn_opts": "--norm-means=true --norm-vars=false",
@@ -82,6 +89,10 @@ PERTURB = {
     "train.nproc": 2, "train.nnodes": 2, "train.freeze_trunk": True, "train.init": "init", "train.tasks": ["en"],
     "train.seed": 1,
     "priors.method": "counts", "priors.num_egs": 100, "priors.floor": 1e-6, "priors.seed": 1,
+    "gmm.use": "mono", "gmm.lang": {"sil_phone": "sil", "oov_word": "<unk>", "num_sil_states": 5},
+    "gmm.mono": {"num_iters": 30, "totgauss": 500, "boost_silence": 1.25, "seed": 1},
+    "gmm.tri": {"num_leaves": 100, "totgauss": 400, "num_iters": 30, "realign_iters": [10, 20],
+                "boost_silence": 1.25, "seed": 1},
 }
 STRUCTURAL = {"workdir"}  # changes every path: dvc.yaml is regenerated (`babelflow dvc-sync`), not re-run
 
@@ -126,8 +137,9 @@ def probe(tiny_corpus, tmp_path_factory):
     for key, value in PERTURB.items():
         cfg = copy.deepcopy(base)
         ref = default_ref
-        if key in REFERENCE:
-            for k, v in REFERENCE[key](tiny_corpus).items():
+        reference = REFERENCE.get(key) or REFERENCE.get(key.split(".")[0])
+        if reference:
+            for k, v in reference(tiny_corpus).items():
                 _set(cfg, k, v)
             cfg["merge"]["weights"] = {}
             ref = _signature(workflow_jobs(REPO, copy.deepcopy(cfg)))

@@ -27,8 +27,9 @@ from babelflow.gmm.model import (
     to_khg_transition_model,
     transition_model_for_tree,
 )
+from babelflow.gmm.options import AlignOptions, MonoOptions, TriOptions
 from babelflow.gmm.train import align, mle_update, split_by_count, split_targets, train_mono, update_transitions
-from babelflow.gmm.train_cli import AlignOptions, MonoOptions, register
+from babelflow.gmm.train_cli import register
 from babelflow.kaldi.alignments import AlignmentDir, read_int_vectors
 from babelflow.kaldi.hmm_topology import read_topology
 from babelflow.kaldi.tree import read_tree, tree_from_topology
@@ -140,9 +141,10 @@ def flat_start(tiny_corpus, tmp_path_factory):
         pytest.skip("the demo corpus has no lexicon")
     prepare_lang(lexicon, root / "lang", add_oov=True)
     data = tiny_corpus / "en" / "data"
-    runs = {"a": MonoOptions(nj=2, workers=2), "b": MonoOptions(nj=2, workers=-1),
-            "seed1": MonoOptions(nj=2, workers=-1, seed=1), "equal": MonoOptions(nj=2, workers=-1, num_iters=1)}
-    info = {name: train_mono(data, root / "lang", root / name, opts, progress=False) for name, opts in runs.items()}
+    runs = {"a": (MonoOptions(), 2), "b": (MonoOptions(), -1), "seed1": (MonoOptions(seed=1), -1),
+            "equal": (MonoOptions(num_iters=1), -1)}
+    info = {name: train_mono(data, root / "lang", root / name, opts, nj=2, workers=workers, progress=False)
+            for name, (opts, workers) in runs.items()}
     return root, tiny_corpus / "en", info
 
 
@@ -177,7 +179,12 @@ def _transitions(tm):
 
 def test_alignments_are_valid_hmm_paths(flat_start):
     root, _, _ = flat_start
-    ali = AlignmentDir(root / "a")
+    check_hmm_paths(AlignmentDir(root / "a"))
+
+
+def check_hmm_paths(ali: AlignmentDir) -> None:
+    """Every utterance's transition-ids walk the topology: phones entered at state 0, one forward arc per
+    state visit (on its first frame, Kaldi's reordering), the utterance ending at a phone's end."""
     table = _transitions(ali.transition_model)
     for key, tids in ali.transition_alignments():
         # per visit of an HMM state: [phone, state, final state, forward arcs' destinations]; with Kaldi's
@@ -258,7 +265,7 @@ def test_mono_alignment_is_far_better_than_equal(flat_start):
 def test_align_si_with_the_trained_model(flat_start, tmp_path):
     root, corpus, info = flat_start
     out = tmp_path / "ali"
-    got = align(corpus / "data", root / "lang", root / "a", out, AlignOptions(nj=2, workers=-1))
+    got = align(corpus / "data", root / "lang", root / "a", out, AlignOptions(), nj=2, workers=-1)
     assert got["num_aligned"] == 16 and got["num_failed"] == 0
     assert (out / "final.mdl").read_bytes() == (root / "a" / "final.mdl").read_bytes()
     assert (out / "tree").read_bytes() == (root / "a" / "tree").read_bytes()
@@ -270,11 +277,29 @@ def test_cli_and_options():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="command", required=True)
     stages = register(sub)
-    assert "mono" in stages.choices
-    opts = MonoOptions(nj=3, totgauss=500, realign_iters=[1, 2, 5], boost_silence=1.5, mfcc_config="conf/m.conf")
-    args = p.parse_args(["train-gmm", "mono", *opts.to_args(), "d", "l", "o"])
-    assert (args.data, args.lang, args.out) == ("d", "l", "o") and MonoOptions.from_args(args) == opts
+    assert {"mono", "tri"} <= set(stages.choices)
+    opts = MonoOptions(totgauss=500, realign_iters=[1, 2, 5], boost_silence=1.5, mfcc_config="conf/m.conf")
+    args = p.parse_args(["train-gmm", "mono", *opts.to_args(), "--nj=3", "d", "l", "o"])
+    assert (args.data, args.lang, args.out, args.nj, args.workers) == ("d", "l", "o", 3, 0)
+    assert MonoOptions.from_args(args) == opts
+    tri = TriOptions(num_leaves=300, totgauss=900, realign_iters=[5], thresh=100.0)
+    args = p.parse_args(["train-gmm", "tri", *tri.to_args(), "--workers=-1", "d", "l", "a", "o"])
+    assert (args.ali_dir, args.out, args.nj, args.workers) == ("a", "o", 4, -1) and TriOptions.from_args(args) == tri
     args = p.parse_args(["align-gmm", "--beam=12", "d", "l", "m", "o"])
-    assert AlignOptions.from_args(args) == AlignOptions(beam=12.0) and args.model_dir == "m"
+    assert AlignOptions.from_args(args) == AlignOptions(beam=12.0) and args.model_dir == "m" and args.nj == 4
     assert MonoOptions.param_paths()["num_iters"] == "gmm.mono.num_iters"
     assert AlignOptions.param_paths()["beam"] == "gmm.align.beam"
+    assert TriOptions.param_paths()["num_leaves"] == "gmm.tri.num_leaves"
+    for cls in (MonoOptions, TriOptions, AlignOptions):  # how a stage runs is not a params key
+        assert not {"nj", "workers"} & set(cls.param_paths())
+
+
+def test_options_module_is_light():
+    """The Snakefile imports the options: no numpy, no k2-fsa."""
+    import subprocess
+    import sys
+
+    code = "import sys, babelflow.gmm.options, babelflow.gmm.train_cli; print(sorted({'numpy', 'kaldifst', " \
+           "'kaldi_hmm_gmm'} & set(sys.modules)))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "[]"

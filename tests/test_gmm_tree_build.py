@@ -9,25 +9,11 @@ import io
 import numpy as np
 import pytest
 
-from babelflow.gmm.clustering import (
-    GaussStats,
-    GlibcRand,
-    cluster_bottom_up,
-    cluster_phones,
-    compile_questions,
-    gauss_objf,
-)
-from babelflow.gmm.tree_build import (
-    TreeStats,
-    accumulate_tree_stats,
-    build_tree,
-    build_tree_report,
-    convert_alignments,
-    default_roots,
-    init_model_from_tree,
-    map_events,
-    split_to_phones,
-)
+from babelflow.gmm.clustering import GaussStats, GlibcRand, cluster_bottom_up, gauss_objf
+from babelflow.gmm.questions import cluster_phones, compile_questions
+from babelflow.gmm.tree_build import build_tree, build_tree_report, default_roots, map_events
+from babelflow.gmm.tree_model import convert_alignments, init_model_from_tree
+from babelflow.gmm.tree_stats import TreeStats, accumulate_tree_stats, split_to_phones
 from babelflow.kaldi.hmm_topology import HmmTopology
 from babelflow.kaldi.transition_model import TransitionModel
 from babelflow.kaldi.tree import ContextDependency, SplitEventMap, TableEventMap, read_tree, write_tree
@@ -40,7 +26,7 @@ def synthetic(num_utts: int = 150, seed: int = 0, dim: int = 2) -> tuple[Transit
     on phone and state, and for phone 3 also on the left phone; state means are far apart."""
     rng = np.random.default_rng(seed)
     tm = TransitionModel.monophone(NUM_PHONES)
-    means = 12.0 * np.arange(3 * (NUM_PHONES + 1))[:, None].reshape(NUM_PHONES + 1, 3, 1) * np.ones(dim)
+    means = 12.0 * np.arange(3 * (NUM_PHONES + 1)).reshape(NUM_PHONES + 1, 3, 1) * np.ones(dim)
     feats, alis = {}, {}
     for u in range(num_utts):
         seq = [SIL] + [int(p) for p in rng.integers(2, NUM_PHONES + 1, size=rng.integers(3, 8))] + [SIL]
@@ -88,14 +74,15 @@ def test_gauss_objf_matches_kaldi_hmm_gmm():
 
 
 def test_split_to_phones_on_kaldi_alignments(kaldi_fixtures):
-    from babelflow.gmm.tree_build import _change_reordering, _tid_table
+    from babelflow.gmm.tree_model import _change_reordering
+    from babelflow.gmm.tree_stats import tid_table
     from babelflow.kaldi.alignments import AlignmentDir
 
     ali_dir = AlignmentDir(kaldi_fixtures / "lang0")
     tm = ali_dir.transition_model
     phone_seqs = {k: [int(x) for x in v] for k, *v in
                   (line.split() for line in (kaldi_fixtures / "lang0" / "phone_seq.txt").read_text().splitlines())}
-    table = _tid_table(tm)
+    table = tid_table(tm)
     for key, ali in ali_dir.transition_alignments():
         bounds, ok = split_to_phones(tm, ali)
         assert ok and bounds[-1] == len(ali)
@@ -105,6 +92,27 @@ def test_split_to_phones_on_kaldi_alignments(kaldi_fixtures):
         assert np.array_equal(split_to_phones(tm, reordered)[0], bounds)  # Kaldi's default order splits the same
         assert np.array_equal(_change_reordering(table, reordered), ali)
     assert not split_to_phones(tm, ali[:-1])[1]  # cut inside the last phone: rejected, as Kaldi does
+
+
+def test_real_kaldi_lang_dir_and_alignments(kaldi_fixtures, monkeypatch):
+    """Kaldi's own lang dir (prepare_lang.sh: sets, roots, extra questions, CI phones) and align-equal output."""
+    from babelflow.gmm.lang import LangDir
+    from babelflow.kaldi.alignments import AlignmentDir
+    from babelflow.tables import read_matrices
+
+    lang = LangDir(kaldi_fixtures / "graph" / "lang")
+    assert default_roots(range(1, 7), lang.silence_phones) == (
+        lang.sets, [(r[0] == "shared", r[1] == "split", r[2]) for r in lang.roots])
+    monkeypatch.chdir(kaldi_fixtures)
+    feats = dict(read_matrices("scp:lang0/feats.scp"))
+    ali_dir = AlignmentDir(kaldi_fixtures / "lang0")
+    tm = ali_dir.transition_model
+    stats = accumulate_tree_stats(feats, dict(ali_dir.transition_alignments()), tm,
+                                  ci_phones=lang.context_indep_phones)
+    questions = cluster_phones(stats, lang.sets, extra_questions=lang.extra_questions)
+    tree, report = build_tree_report(stats, questions, lang.roots, tm.topology, max_leaves=30, thresh=10)
+    assert (map_events(tree.to_pdf, stats.events, 3) >= 0).all() and report.num_leaves % 8 == 0
+    assert len({tree.pdf([left, 1, right], c) for left in range(7) for right in range(7) for c in range(3)}) <= 3
 
 
 def test_tree_stats_events(synth):

@@ -19,13 +19,14 @@ from babelflow.demo.options import DemoOptions
 from babelflow.egs.options import EgsOptions
 from babelflow.errors import BabelflowError
 from babelflow.features import FeaturesOptions
+from babelflow.gmm.options import AlignOptions, GmmOptions, LangOptions, MonoOptions, TriOptions
 from babelflow.merge import MergeOptions, parse_task_arg
 from babelflow.nnet.modelconfig import ModelConfig
 from babelflow.nnet.options import LaunchOptions, PriorsOptions, TrainOptions
 
 REPO = Path(__file__).resolve().parents[1]
 ALL = (DemoOptions, DataOptions, FeaturesOptions, EgsOptions, MergeOptions, TrainOptions, LaunchOptions,
-       PriorsOptions)
+       PriorsOptions, GmmOptions, LangOptions, MonoOptions, TriOptions, AlignOptions)
 NOT_OPTIONS = {"workdir", "tasks", "model"}  # resolved by config.py (tasks) and ModelConfig (model)
 
 
@@ -34,7 +35,7 @@ def _schema_leaves(node: dict, prefix: str = "") -> dict[str, dict]:
     out = {}
     for k, sub in node.get("properties", {}).items():
         key = f"{prefix}{k}"
-        if sub.get("type") == "object" and "properties" in sub and key.count(".") < 2 and k != "bottleneck":
+        if sub.get("type") == "object" and "properties" in sub and k != "bottleneck":
             out.update(_schema_leaves(sub, key + "."))
         else:
             out[key] = sub

@@ -30,10 +30,17 @@ def _under(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
-def _expand(templates: tuple[str, ...], workdir: str, tasks: list[str]) -> list[str]:
+def _expand(templates: tuple[str, ...], workdir: str, tasks: list[str],
+            auto_tasks: tuple[str, ...] = ()) -> list[str]:
+    """``{task}``: one path per task; ``{auto_task}``: per task whose alignments the gmm step makes."""
     out: list[str] = []
     for t in templates:
-        out += [t.format(workdir=workdir, task=k) for k in tasks] if "{task}" in t else [t.format(workdir=workdir)]
+        if "{task}" in t:
+            out += [t.format(workdir=workdir, task=k) for k in tasks]
+        elif "{auto_task}" in t:
+            out += [t.format(workdir=workdir, auto_task=k) for k in auto_tasks]
+        else:
+            out.append(t.format(workdir=workdir))
     return out
 
 
@@ -46,7 +53,8 @@ def _owner(path: str, owned: dict[str, list[str]]) -> tuple[str, str] | None:
     return None
 
 
-def build_stages(jobs: list[Job], workdir: str, tasks: list[str]) -> dict[str, dict[str, Any]]:
+def build_stages(jobs: list[Job], workdir: str, tasks: list[str],
+                 auto_tasks: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
     """DVC stages (dvc.yaml ``stages:``) for the given workflow jobs."""
     by_step: dict[str, list[Job]] = defaultdict(list)
     for j in jobs:
@@ -55,14 +63,15 @@ def build_stages(jobs: list[Job], workdir: str, tasks: list[str]) -> dict[str, d
         elif j.output:
             raise BabelflowError(f"rule {j.rule} belongs to no step of babelflow.steps.STEPS")
     steps = [s for s in STEPS if by_step.get(s.name)]
-    owned = {s.name: _expand(s.outs + s.metrics + s.plots, workdir, tasks) for s in steps}
+    owned = {s.name: _expand(s.outs + s.metrics + s.plots, workdir, tasks, auto_tasks) for s in steps}
     stages = {}
     for s in steps:
-        stages[s.name] = _stage(s, by_step[s.name], owned, workdir, tasks)
+        stages[s.name] = _stage(s, by_step[s.name], owned, workdir, tasks, auto_tasks)
     return stages
 
 
-def _stage(s: Step, jobs: list[Job], owned: dict[str, list[str]], workdir: str, tasks: list[str]) -> dict:
+def _stage(s: Step, jobs: list[Job], owned: dict[str, list[str]], workdir: str, tasks: list[str],
+           auto_tasks: tuple[str, ...]) -> dict:
     produced = {o for j in jobs for o in j.output}
     for o in sorted(produced):
         hit = _owner(o, {s.name: owned[s.name]})
@@ -88,7 +97,7 @@ def _stage(s: Step, jobs: list[Job], owned: dict[str, list[str]], workdir: str, 
         "cmd": f"snakemake --cores all --allowed-rules {rules} -- {' '.join(sorted(targets))}",
         "deps": sorted(deps),
         "params": list(s.params),
-        "outs": _expand(s.outs, workdir, tasks),
+        "outs": _expand(s.outs, workdir, tasks, auto_tasks),
     }
     if s.metrics:
         stage["metrics"] = _expand(s.metrics, workdir, tasks)
@@ -124,7 +133,8 @@ def render_dvc_yaml(project: str | Path = ".") -> str:
     pipeline = load_pipeline(project / "params.yaml", check_paths=False)
     jobs = workflow_jobs(project)
     tasks = {name: t.kind for name, t in pipeline.tasks.items()}
-    doc = {"stages": build_stages(jobs, pipeline.workdir, list(tasks)),
+    auto = tuple(name for name, t in pipeline.tasks.items() if t.auto_ali)
+    doc = {"stages": build_stages(jobs, pipeline.workdir, list(tasks), auto),
            "plots": _top_level_plots(pipeline.workdir, tasks)}
     return HEADER + yaml.safe_dump(doc, sort_keys=False, width=120)
 

@@ -41,6 +41,8 @@ class DemoConfig:
     langs: dict[str, str] = field(default_factory=lambda: dict(DEFAULT.langs))
     voices: list[str] = field(default_factory=lambda: list(DEFAULT.voices))
     utts_per_lang: int = DEFAULT.num_utts
+    test_voices: list[str] = field(default_factory=lambda: list(DEFAULT.test_voices))
+    test_utts_per_lang: int = DEFAULT.test_utts_per_lang
     seed: int = 0
     ali_jobs: int = 2
     snr_db: tuple[float, float] = (15.0, 35.0)
@@ -115,13 +117,17 @@ def enforce_min_duration(labels: list[str], min_frames: int = MIN_PHONE_FRAMES) 
             runs = merged
 
 
-def _synthesise_one(engine: Espeak, lang: str, voice_name: str, i: int, cfg: DemoConfig, wav_dir: Path) -> Utterance:
+def _synthesise_one(engine: Espeak, lang: str, voice_name: str, i: int, cfg: DemoConfig, wav_dir: Path,
+                    part: str = "", vocab: list[str] | None = None) -> Utterance:
+    """Utterance ``i`` of the training part (``part=""``) or of the test part (``"test"``: held-out voices,
+    texts drawn from the training vocabulary, so new word sequences but no unknown words)."""
     from scipy.signal import resample_poly
 
-    rng = random.Random(f"{cfg.seed}-{lang}-{i}")
-    voice = cfg.voices[i % len(cfg.voices)]
+    rng = random.Random(f"{cfg.seed}-{lang}-{part}{i}")
+    voices = cfg.test_voices if part else cfg.voices
+    voice = voices[i % len(voices)]
     rate = rng.choice(sorted(RATE_CLASSES))
-    text = _utterance_text(rng)
+    text = _utterance_text(rng) if vocab is None else " ".join(rng.choice(vocab) for _ in range(rng.randint(2, 4)))
     params = {RATE: rng.randint(*RATE_CLASSES[rate]), PITCH: rng.randint(25, 75), RANGE: rng.randint(20, 80)}
     # numbers read as a list: "313 681" alone would be one number with a thousands separator in de/fr
     audio, spans = engine.synth(", ".join(text.split()), f"{voice_name}+{voice}", params)
@@ -137,7 +143,7 @@ def _synthesise_one(engine: Espeak, lang: str, voice_name: str, i: int, cfg: Dem
     sig = sig + nrng.standard_normal(len(sig)).astype(np.float32) * np.sqrt(power / 10 ** (snr / 10))
     sig *= 10 ** (rng.uniform(-8.0, 0.0) / 20)
     pcm = np.clip(np.round(sig), -32768, 32767).astype(np.int16)
-    utt = f"{voice}-{lang}-{i:05d}"
+    utt = f"{voice}-{lang}-{part}{i:05d}"
     sf.write(wav_dir / f"{utt}.wav", pcm, SAMPLE_RATE, format="WAV", subtype="PCM_16")
     return Utterance(utt, voice, voice[0], rate, text, len(pcm), frame_labels(spans, len(pcm)))
 
@@ -149,7 +155,7 @@ def _phone_inventory(utts: list[Utterance]) -> list[str]:
 
 
 def generate_language(lang: str, out_dir: str | os.PathLike, cfg: DemoConfig, progress: bool = True) -> dict:
-    """Write ``out_dir/{wav,data,ali}`` for one language; returns a summary.
+    """Write ``out_dir/{wav,data,ali,dict,test}`` for one language; returns a summary.
 
     The final paths in ``wav.scp`` are those under ``out_dir`` (which is built under a
     temporary name and renamed when complete).
@@ -169,6 +175,11 @@ def generate_language(lang: str, out_dir: str | os.PathLike, cfg: DemoConfig, pr
             for i in tqdm(range(cfg.utts_per_lang), desc=f"demo {lang}", disable=not progress, unit="utt")
         ]
         utts.sort(key=lambda u: u.utt)
+        vocab = sorted({w for u in utts for w in u.text.split()})
+        test = sorted((_synthesise_one(engine, lang, cfg.langs[lang], i, cfg, tmp / "wav", "test", vocab)
+                       for i in range(cfg.test_utts_per_lang)), key=lambda u: u.utt)
+        if test:
+            _write_data_dir(tmp / "test", out_dir / "wav", lang, test)
         write_language_lexicon(tmp / "dict" / "lexicon.txt", [u.text for u in utts], cfg.langs[lang], engine)
         _write_data_dir(tmp / "data", out_dir / "wav", lang, utts)
         phones = _phone_inventory(utts)

@@ -20,6 +20,8 @@ class DemoOptions(StepOptions):
                                    help="our language name -> espeak-ng voice name")
     voices: list[str] = option(default_factory=lambda: ["m1", "m2", "m3", "m5", "f1", "f2", "f3", "f4"],
                                help="espeak voice variants (the speakers)")
+    test_utts_per_lang: int = option(40, help="a test set per language: held-out voices, new texts (0: none)")
+    test_voices: list[str] = option(default_factory=lambda: ["m4", "f5"], help="the test set's speakers")
     seed: int = 0
     ali_jobs: int = option(2, help="ali.N.gz files per language")
     ali: str = option("synth", choices=("synth", "auto"), cli=False,

@@ -33,6 +33,7 @@ import numpy as np
 
 from ..data.datadir import DataDir
 from ..data.split import split_data
+from ..errors import BabelflowError
 from ..io import read_table
 from ..kaldi.alignments import write_int_vectors
 from ..kaldi.transition_model import TransitionModel
@@ -137,7 +138,8 @@ def _drop(run: str, job: int) -> None:
 
 
 def compile_graphs(st: JobState, tree: ContextDependency, tm: TransitionModel, lang: LangInfo) -> list[str]:
-    """compile-train-graphs (scales 0/0, as Kaldi): one graph per transcribed utterance; returns failures."""
+    """compile-train-graphs (scales 0/0, as Kaldi): one graph per transcribed utterance; returns failures.
+    The job's alignments are kept: they may be the new tree's, from convert-ali."""
     from .k2 import kaldifst, khg
     from .model import to_khg_transition_model, to_khg_tree
 
@@ -153,7 +155,8 @@ def compile_graphs(st: JobState, tree: ContextDependency, tm: TransitionModel, l
             failed.append(key)
             g = None
         st.graphs.append(g)
-    st.ali = [None] * len(st.keys)
+    if len(st.ali) != len(st.keys):  # kept when set already (convert-ali'd alignments for this tree)
+        st.ali = [None] * len(st.keys)
     del compiler  # before lex, ktm and ktree
     return failed
 
@@ -312,7 +315,8 @@ def _env(values: dict[str, str]) -> Iterator[None]:
 
 class GmmJobs:
     """A data dir split by speaker into ``nj`` jobs, each held by one of ``workers`` processes (0: one per job,
-    up to the CPU count; -1: all in this process). :meth:`map` runs ``fn(JobState, *args)`` on every job.
+    up to the CPUs this process may use; -1: all in this process). :meth:`map` runs ``fn(JobState, *args)``
+    on every job.
 
     Workers run single-threaded BLAS: the matrices are small, and threaded OpenBLAS on them is
     several times slower on a busy machine.
@@ -320,12 +324,14 @@ class GmmJobs:
 
     def __init__(self, data_dir: str | os.PathLike, spec: GmmFeatureSpec, lang: LangInfo, nj: int,
                  workers: int = 0):
+        if nj < 1:
+            raise BabelflowError(f"GMM jobs: nj must be at least 1 (got {nj})")
         self.run, self.nj, self.spec = uuid.uuid4().hex, nj, spec
         self._tmp = Path(tempfile.mkdtemp(prefix="babelflow-gmm-"))
         self._pools: list[ProcessPoolExecutor] = []
         try:
             splits = split_data(DataDir.load(data_dir, check_audio=False), nj, self._tmp)
-            n = workers if workers > 0 else min(nj, os.cpu_count() or 1) if workers == 0 else 0
+            n = workers if workers > 0 else min(nj, len(os.sched_getaffinity(0))) if workers == 0 else 0
             ctx = get_context("spawn")  # no fork of a process holding OpenFst/BLAS state
             with _env(_ONE_THREAD):  # read by the workers' BLAS when they start, i.e. now
                 self._pools = [ProcessPoolExecutor(1, mp_context=ctx) for _ in range(n)]

@@ -1,6 +1,6 @@
-"""Kaldi's clustering of diagonal-Gaussian statistics (``tree/clusterable-classes.cc``, ``tree/cluster-utils.cc``,
-``AutomaticallyObtainQuestions`` of ``tree/build-tree.cc``), the pieces behind ``cluster-phones`` and the
-post-clustering of ``build-tree``.
+"""Kaldi's clustering of diagonal-Gaussian statistics (``tree/clusterable-classes.cc``, ``tree/cluster-utils.cc``):
+the objective, 2-means with Kaldi's pseudo-random starts, top-down tree clustering and bottom-up merging, which
+``cluster-phones`` (:mod:`.questions`) and ``build-tree`` (:mod:`.tree_split`, :mod:`.tree_build`) are made of.
 
 kaldi-hmm-gmm binds ``GaussClusterable`` but none of the clustering algorithms, so they are
 reimplemented here step for step: same objective, same visiting order, same tie-breaking
@@ -13,25 +13,14 @@ keeps objective values in float32, so exact ties may break differently.
 from __future__ import annotations
 
 import heapq
-import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import BabelflowError
-from ..kaldi.tree import PDF_CLASS_KEY, ConstantEventMap, EventMap, SplitEventMap
-
-if TYPE_CHECKING:  # hints only: tree_build imports this module
-    from ..kaldi.hmm_topology import HmmTopology
-    from .tree_build import TreeStats
-
 __all__ = ["GaussStats", "gauss_objf", "GlibcRand", "refine_clusters", "cluster_kmeans", "tree_cluster",
-           "cluster_bottom_up", "obtain_questions", "cluster_phones", "Questions", "compile_questions"]
-
-log = logging.getLogger(__name__)
+           "cluster_bottom_up"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -232,25 +221,6 @@ def tree_cluster(points: GaussStats, max_clust: int, rand: GlibcRand, num_tries:
     return assignments, parents, len(leaves)
 
 
-def obtain_questions(phone_sets: Sequence[Sequence[int]], assignments: np.ndarray, parents: np.ndarray,
-                     num_leaves: int) -> list[list[int]]:
-    """Kaldi ``ObtainSetsOfPhones``: each tree cluster's phones (non-leaf clusters collect their descendants';
-    Kaldi does not fill the root), top-level first, then the input sets; duplicates and empty sets dropped."""
-    raw: list[list[int]] = [[] for _ in parents]
-    for i, clust in enumerate(assignments):
-        raw[clust] += list(phone_sets[i])
-    for j, parent in enumerate(parents):
-        raw[j].sort()
-        if parent < len(parents) - 1:
-            raw[parent] += raw[j]
-    out, seen = [], set()
-    for s in raw[::-1] + [sorted(s) for s in phone_sets]:
-        if tuple(s) not in seen:
-            seen.add(tuple(s))
-            if s:
-                out.append(list(s))
-    return out
-
 
 def cluster_bottom_up(groups: Sequence[GaussStats], thresh: float, min_clust: int = 0,
                       compartmentalized: bool = False) -> tuple[float, list[np.ndarray]]:
@@ -310,128 +280,3 @@ def _distances(cl: GaussStats, objf: np.ndarray, i: int, others: np.ndarray) -> 
                         cl.var_floor)
     return np.maximum(objf[i] + objf[others] - merged, 0.0)
 
-
-def cluster_phones(stats: TreeStats, phone_sets: Sequence[Sequence[int]], pdf_class_list: Sequence[int] = (1,),
-                   extra_questions: Sequence[Sequence[int]] = (), num_tries: int = 10) -> list[list[int]]:
-    """Kaldi ``cluster-phones`` (``AutomaticallyObtainQuestions``) plus the lang's ``extra_questions``, as
-    ``train_deltas.sh`` builds ``questions.int``: phone sets are clustered top-down by 2-means on their
-    Gaussians pooled over ``pdf_class_list`` (default: the middle state of 3), and every cluster of the
-    binary tree becomes a question. The k-means starts use Kaldi's own pseudo-random sequence."""
-    sets = [sorted(int(p) for p in s) for s in phone_sets]
-    flat = [p for s in sets for p in s]
-    if not sets or any(not s or len(set(s)) != len(s) for s in sets) or len(set(flat)) != len(flat):
-        raise BabelflowError("cluster-phones: phone sets must be non-empty, without duplicates, and disjoint")
-    keep = np.isin(stats.events[:, stats.N], list(pdf_class_list))
-    if keep.sum() * 10 < len(keep):
-        log.warning("cluster-phones: most tree stats are not of pdf-classes %s (non-standard topology?)",
-                    list(pdf_class_list))
-    central = stats.events[keep, stats.P].astype(np.int64)
-    set_of = np.full(max(max(flat), central.max(initial=0)) + 1, len(sets), dtype=np.int64)
-    for i, s in enumerate(sets):
-        set_of[s] = i
-    per_set = stats.stats.take(np.flatnonzero(keep)).group_sum(set_of[central], len(sets) + 1).take(
-        np.arange(len(sets)))
-    for i in np.flatnonzero(per_set.count == 0):
-        log.warning("cluster-phones: no stats available for phone set %s", sets[i])
-    assign, parents, num_leaves = tree_cluster(per_set, len(sets), GlibcRand(), num_tries=num_tries)
-    return obtain_questions(sets, assign, parents, num_leaves) + [sorted(q) for q in extra_questions]
-
-
-@dataclass
-class Questions:
-    """Kaldi's compiled questions (``compile-questions`` → ``questions.qst``): the yes-sets per event key."""
-
-    by_key: dict[int, list[tuple[int, ...]]]
-    refine_iters: int = 0  # --num-iters-refine (Kaldi default 0: questions used as given)
-
-
-def compile_questions(phone_questions: Sequence[Sequence[int]], topo: HmmTopology, context_width: int = 3,
-                      num_iters_refine: int = 0) -> Questions:
-    """Kaldi ``compile-questions``: the phone questions (sorted, de-duplicated) for every context position,
-    and the pdf-class questions ``{0}, {0,1}, ...`` up to the largest number of pdf-classes in ``topo``."""
-    qs = [tuple(sorted(int(p) for p in q)) for q in phone_questions]
-    if any(len(set(q)) != len(q) for q in qs):
-        raise BabelflowError("compile-questions: a question contains a phone twice")
-    qs = sorted(set(qs))
-    max_classes = max(topo.num_pdf_classes(p) for p in topo.phones)
-    by_key = {n: qs for n in range(context_width)}
-    by_key[PDF_CLASS_KEY] = [tuple(range(i + 1)) for i in range(max_classes - 1)]
-    return Questions(by_key, num_iters_refine)
-
-
-class TreeSplitter:
-    """Kaldi ``DecisionTreeSplitter``: one leaf (or split node) of the tree grown from one stub leaf."""
-
-    def __init__(self, leaf: int, idx: np.ndarray, ctx: SplitFinder):
-        self.leaf, self.idx, self.yes, self.no = leaf, idx, None, None
-        self.best, self.key, self.yes_set = ctx.best_split(idx)
-
-    def do_split(self, ctx: SplitFinder, next_leaf: list[int]) -> None:
-        if self.yes is None:  # a leaf: split it, the "no" side gets a new leaf id
-            yes = np.isin(ctx.stats.events[self.idx, ctx.stats.column(self.key)], self.yes_set)
-            self.yes = TreeSplitter(self.leaf, self.idx[yes], ctx)
-            self.no = TreeSplitter(next_leaf[0], self.idx[~yes], ctx)
-            next_leaf[0] += 1
-            self.leaf, self.idx = -1, None
-        else:
-            (self.yes if self.yes.best >= self.no.best else self.no).do_split(ctx, next_leaf)
-        self.best = max(self.yes.best, self.no.best)
-
-    def to_map(self) -> EventMap:
-        if self.yes is None:
-            return ConstantEventMap(self.leaf)
-        return SplitEventMap(self.key, tuple(self.yes_set), self.yes.to_map(), self.no.to_map())
-
-
-class SplitFinder:
-    """The question tables and stats shared by all splitters (``FindBestSplitForKey`` vectorised over questions)."""
-
-    def __init__(self, stats: TreeStats, questions: Questions, min_count: float):
-        self.stats, self.questions, self.min_count = stats, questions, min_count
-        self.keys = sorted(k for k in questions.by_key)  # Kaldi asks the keys in sorted order: pdf-class first
-        width = 1 + max([int(stats.events.max(initial=0))] + [max(q, default=0) for qs in questions.by_key.values()
-                                                                  for q in qs])
-        self.tables = {}
-        for key, qs in questions.by_key.items():
-            a = np.zeros((len(qs), width))
-            for i, q in enumerate(qs):
-                a[i, list(q)] = 1.0
-            self.tables[key] = a
-
-    def best_split(self, idx: np.ndarray) -> tuple[float, int, tuple[int, ...]]:
-        """Kaldi ``FindBestSplit``: the best question over all keys (the first key wins ties)."""
-        best: tuple[float, int, tuple[int, ...]] = (0.0, 0, ())
-        if len(idx) <= 1:
-            return best
-        events, stats = self.stats.events[idx], self.stats.stats.take(idx)
-        for key in self.keys:
-            impr, yes_set = self._best_for_key(events[:, self.stats.column(key)].astype(np.int64), stats, key)
-            if impr > best[0]:
-                best = (impr, key, yes_set)
-        return best
-
-    def _best_for_key(self, vals: np.ndarray, stats: GaussStats, key: int) -> tuple[float, tuple[int, ...]]:
-        """Kaldi ``FindBestSplitForKey``: every question's gain at once; the first best wins. ``min_count`` applies
-        to the questions, not to Kaldi's optional refinement of the best one."""
-        qs, table = self.questions.by_key[key], self.tables[key]
-        if vals.min() < 0:  # the key is absent from some events (context-independent phone): not askable
-            return 0.0, ()
-        summed = stats.group_sum(vals, vals.max() + 1)
-        impr, yes_set = 0.0, ()
-        if qs:
-            a = table[:, : len(summed)]
-            yes = GaussStats(a @ summed.count, a @ summed.x, a @ summed.x2, summed.var_floor)
-            tot = summed.total()
-            no = GaussStats(tot.count - yes.count, tot.x - yes.x, tot.x2 - yes.x2, summed.var_floor)
-            gain = yes.objf() + no.objf() - tot.objf()
-            valid = (yes.count > 0) & (no.count > 0) & (yes.count >= self.min_count) & (no.count >= self.min_count)
-            gain = np.where(valid, gain, 0.0)
-            b = int(np.argmax(gain))
-            if gain[b] > 0:
-                impr, yes_set = float(gain[b]), qs[b]
-        if self.questions.refine_iters > 0:  # Kaldi refines the best question like 2-means over the values
-            assign = np.zeros(len(summed), dtype=np.int64)
-            assign[[v for v in yes_set if v < len(summed)]] = 1
-            impr += refine_clusters(summed, summed.group_sum(assign, 2), assign, self.questions.refine_iters)
-            yes_set = tuple(int(v) for v in np.flatnonzero(assign == 1))
-        return impr, tuple(yes_set)

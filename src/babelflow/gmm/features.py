@@ -47,6 +47,11 @@ class GmmFeatureSpec:
         return self.mfcc.dim * (self.delta_order + 1)
 
     @property
+    def frame_shift(self) -> float:
+        """Seconds per frame (for the hours in ``info/``)."""
+        return float(self.mfcc.options["frame_shift"]) / 1000.0
+
+    @property
     def delta_opts(self) -> str:
         return f"--delta-order={self.delta_order} --delta-window={self.delta_window}"
 

@@ -5,8 +5,8 @@ compile-train-graphs + align-equal-compiled + :func:`train_gmm` over Kaldi's sch
 (:func:`mono_passes`: 40 passes, realignment at 1-10, 12, ..., 20, 23, ..., 38, Gaussians
 mixed up towards ``totgauss`` until pass ``max_iter_inc``). :func:`train_gmm` itself knows
 nothing of monophones: give it a tree's model, jobs whose graphs were compiled for that
-tree and that hold initial alignments, and a list of passes (``train_deltas.sh`` is the
-same loop on a triphone tree with convert-ali'd alignments).
+tree and that hold initial alignments, and a list of passes (:mod:`.train_tri`, Kaldi's
+``train_deltas.sh``, is the same loop on a triphone tree with convert-ali'd alignments).
 
 Every random choice is seeded (mix-up perturbations from ``seed`` and the pass number,
 equal alignment from the utterance id as Kaldi), so the same inputs and options give
@@ -41,10 +41,11 @@ from .model import (
     transition_state_ranges,
     write_gmm_model,
 )
-from .train_cli import AlignOptions, MonoOptions
+from .options import AlignOptions, MonoOptions
 
 __all__ = ["EmPass", "EmSettings", "em_passes", "mono_passes", "train_gmm", "train_mono", "align", "write_model_files",
-           "MonoOptions", "AlignOptions", "mle_update", "split_by_count", "split_targets", "update_transitions"]
+           "write_info", "write_train_log", "last_failed", "mle_update", "split_by_count", "split_targets",
+           "update_transitions"]
 
 _F32 = np.float32
 
@@ -268,15 +269,16 @@ def write_train_log(out: Path, rows: list[dict]) -> None:
 
 
 def train_mono(data_dir: str | os.PathLike, lang_dir: str | os.PathLike, out_dir: str | os.PathLike,
-               opts: MonoOptions = MonoOptions(), progress: bool = True) -> dict:
+               opts: MonoOptions = MonoOptions(), nj: int = 4, workers: int = 0, progress: bool = True) -> dict:
     """Kaldi ``steps/train_mono.sh``: a data dir with transcripts + a lang dir -> a monophone model and
-    alignment dir (final.mdl, tree, ali.N.gz, ...). Returns the figures written to ``info/``."""
+    alignment dir (final.mdl, tree, ali.N.gz, ...) from ``nj`` jobs in ``workers`` processes (see
+    :class:`~.align.GmmJobs`). Returns the figures written to ``info/``."""
     start = time.time()
     lang = read_lang(lang_dir)
     spec = GmmFeatureSpec.build(opts.mfcc_config, opts.cmvn_opts, opts.delta_order, opts.delta_window)
     tree = tree_from_topology(lang.topology)  # gmm-init-mono's monophone tree
     tm = transition_model_for_tree(tree, lang.topology)
-    with GmmJobs(data_dir, spec, lang, opts.nj, opts.workers) as jobs, atomic_dir(out_dir) as tmp:
+    with GmmJobs(data_dir, spec, lang, nj, workers) as jobs, atomic_dir(out_dir) as tmp:
         count, total, total_sq = jobs.summaries[0]["init"]
         mean, var = global_moments(count, total, total_sq)
         model = GmmModel(tm, AmDiagGmm.init_mono(tm.num_pdfs, mean, var))
@@ -291,20 +293,28 @@ def train_mono(data_dir: str | os.PathLike, lang_dir: str | os.PathLike, out_dir
         model, occs, rows = train_gmm(jobs, model, passes, settings, progress, desc="mono")
         num_aligned = sum(write_model_files(tmp, model, tree, lang, spec, jobs, occs))
         write_train_log(tmp, rows)
-        last = [r for r in rows if r["realigned"]][-1:] or rows[:1]
         notes = ([f"no transcript or no training graph: {k}" for k in no_graph]
-                 + [f"equal alignment failed: {k}" for k in no_equal]
-                 + [f"not aligned in the last realignment: {k}" for k in last[0]["ali_failed_keys"]])
+                 + [f"equal alignment failed: {k}" for k in no_equal] + last_failed(rows))
         write_text(tmp / "log" / "train.log", "".join(n + "\n" for n in notes))
-        shift = float(spec.mfcc.options["frame_shift"]) / 1000.0
         info = {"num_pdfs": tm.num_pdfs, "num_gauss": model.am.num_gauss, "feat_dim": spec.dim,
-                "num_utts": num_utts, "num_aligned": num_aligned,
-                "frames": jobs.frames, "hours": jobs.frames * shift / 3600, "num_iters": opts.num_iters,
+                "num_utts": num_utts, "num_aligned": num_aligned, "frames": jobs.frames,
+                "hours": jobs.frames * spec.frame_shift / 3600, "num_iters": opts.num_iters,
                 "avg_loglike": rows[-1]["avg_loglike"], "seconds": time.time() - start}
-        for k, v in info.items():
-            if k != "seconds":  # the only figure that is not reproducible
-                write_text(tmp / "info" / k, f"{v:.6g}\n" if isinstance(v, float) else f"{v}\n")
+        write_info(tmp, info)
     return info
+
+
+def last_failed(rows: list[dict]) -> list[str]:
+    """train.log lines for the utterances the last realignment (or the first pass) could not align."""
+    last = [r for r in rows if r["realigned"]][-1:] or rows[:1]
+    return [f"not aligned in the last realignment: {k}" for r in last for k in r["ali_failed_keys"]]
+
+
+def write_info(out: Path, info: dict) -> None:
+    """``info/<name>``, one figure per file; ``seconds``, the only figure that is not reproducible, is left out."""
+    for k, v in info.items():
+        if k != "seconds":
+            write_text(out / "info" / k, f"{v:.6g}\n" if isinstance(v, float) else f"{v}\n")
 
 
 def write_model_files(out: Path, model: GmmModel, tree: ContextDependency, lang: LangInfo, spec: GmmFeatureSpec,
@@ -325,7 +335,7 @@ def write_model_files(out: Path, model: GmmModel, tree: ContextDependency, lang:
 
 
 def align(data_dir: str | os.PathLike, lang_dir: str | os.PathLike, model_dir: str | os.PathLike,
-          out_dir: str | os.PathLike, opts: AlignOptions = AlignOptions()) -> dict:
+          out_dir: str | os.PathLike, opts: AlignOptions = AlignOptions(), nj: int = 4, workers: int = 0) -> dict:
     """Kaldi ``steps/align_si.sh``: align ``data_dir`` with ``model_dir``'s final.mdl and tree (and the features
     it was trained on) into a new alignment dir. Returns the figures written to ``info/``."""
     model_dir = Path(model_dir)
@@ -338,7 +348,7 @@ def align(data_dir: str | os.PathLike, lang_dir: str | os.PathLike, model_dir: s
     params = AlignParams(opts.beam, opts.retry_beam, opts.careful, opts.acoustic_scale, opts.transition_scale,
                          opts.self_loop_scale, opts.boost_silence,
                          silence_pdfs(model.transition_model, lang.optional_silence))
-    with GmmJobs(data_dir, spec, lang, opts.nj, opts.workers) as jobs, atomic_dir(out_dir) as tmp:
+    with GmmJobs(data_dir, spec, lang, nj, workers) as jobs, atomic_dir(out_dir) as tmp:
         failed = sum(jobs.map(compile_graphs, tree, model.transition_model, lang), [])
         results = jobs.map(em_pass, model, params, False)
         counts = write_model_files(tmp, model, tree, lang, spec, jobs, None)
@@ -350,8 +360,7 @@ def align(data_dir: str | os.PathLike, lang_dir: str | os.PathLike, model_dir: s
                 "num_failed": len(failed) + sum(len(r.ali_failed) for r in results),
                 "num_retried": sum(r.ali_retried for r in results), "frames": frames,
                 "avg_loglike": sum(r.ali_loglike for r in results) / max(frames, 1)}
-        for k, v in info.items():
-            write_text(tmp / "info" / k, f"{v:.6g}\n" if isinstance(v, float) else f"{v}\n")
+        write_info(tmp, info)
         notes = failed + [k for r in results for k in r.ali_failed]
         write_text(tmp / "log" / "align.log", "".join(f"not aligned: {k}\n" for k in notes))
     return info

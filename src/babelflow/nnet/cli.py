@@ -106,8 +106,15 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.collect:
         collect_metrics(args.model_dirs, args.collect)
         return
+    extra = None
+    if args.ref_ali:
+        from .phone_eval import phone_accuracy
+
+        if len(args.model_dirs) != 1 or not (args.feats_dir and args.data_dir):
+            raise BabelflowError("eval --ref-ali: one MODEL_DIR, with --feats-dir and --data-dir")
+        extra = phone_accuracy(args.model_dirs[0], args.feats_dir, args.data_dir, args.ref_ali)
     for d in args.model_dirs:
-        log.info("%s: %s", d, evaluate_task_model(d))
+        log.info("%s: %s", d, evaluate_task_model(d, extra=extra))
 
 
 def _inference_args(p: argparse.ArgumentParser) -> None:
@@ -148,6 +155,10 @@ def register_models(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("eval", help="evaluation report of task models on their valid egs")
     p.add_argument("--collect", metavar="METRICS_JSON", help="instead: gather the models' eval/metrics.json into one")
+    p.add_argument("--ref-ali", metavar="ALI_DIR", help="frame tasks: also the phone accuracy against these (true) "
+                                                        "alignments on the valid utterances (phones by symbol)")
+    p.add_argument("--feats-dir", help="with --ref-ali: the task's features dir")
+    p.add_argument("--data-dir", help="with --ref-ali: the task's data dir (utt2spk for CMVN)")
     p.add_argument("model_dirs", nargs="+")
     p.set_defaults(func=cmd_eval)
 

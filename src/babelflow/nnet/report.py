@@ -41,8 +41,9 @@ def _predictions(model, egs: EgsDir, part: str = "valid", batch: int = 128):
     return np.concatenate(tgt), np.concatenate(pred), np.concatenate(wts)
 
 
-def evaluate_task_model(model_dir: str | Path, out_dir: str | Path | None = None) -> dict:
-    """Write ``eval/metrics.json`` (+ per_pdf.tsv, or confusion.tsv/.png) for a task model."""
+def evaluate_task_model(model_dir: str | Path, out_dir: str | Path | None = None, extra: dict | None = None) -> dict:
+    """Write ``eval/metrics.json`` (+ per_pdf.tsv, or confusion.tsv/.png) for a task model; ``extra``
+    metrics (e.g. the phone accuracy against true alignments) go into the same file."""
     import pandas as pd
 
     md = ModelDir(model_dir)
@@ -74,6 +75,7 @@ def evaluate_task_model(model_dir: str | Path, out_dir: str | Path | None = None
         _plot_confusion(conf, names, blob["task"], out / "confusion.png")
         rows = [{"actual": names[t], "predicted": names[p]} for t, p in zip(tgt, pred)]
         write_text(out / "confusion.json", json.dumps(rows) + "\n")  # DVC's confusion plot template input
+    metrics.update(extra or {})
     write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
 

@@ -65,6 +65,8 @@ def split_model(multitask: str | Path, task: str, out_dir: str | Path, feats_dir
             raise BabelflowError(f"{ali}/final.mdl: {tm.num_pdfs} pdfs, but head '{task}' has {info['num_outputs']}")
         write_transition_model(md.trans_path, tm)
         has_tree = _copy_tree(Path(ali) / "tree", md.tree_path)
+        if (Path(ali) / "phones.txt").is_file():  # the phone symbols of trans.mdl (graphs, phone scoring)
+            write_text(md.path / "phones.txt", (Path(ali) / "phones.txt").read_text())
     save_task_model(md.path, single, {**info, "labels": labels, "feature_conf": conf, "priors": None,
                                       "prior_method": ""})
     write_text(md.cmvn_opts_path, info["cmvn_opts"] + "\n")

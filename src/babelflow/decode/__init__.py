@@ -1,0 +1,1 @@
+"""Decoding and scoring: LMs, graphs (mkgraph.sh), decoders, WER (score.sh)."""
