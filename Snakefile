@@ -32,6 +32,7 @@ localrules:
     all,
     gmm_compare,
     gmm_metrics,
+    decode_metrics,
     egs,
     merge,
     model_config,
@@ -48,6 +49,7 @@ include: "rules/merge.smk"
 include: "rules/train.smk"
 include: "rules/split.smk"
 include: "rules/export.smk"
+include: "rules/decode.smk"
 
 
 rule all:
@@ -56,3 +58,4 @@ rule all:
         rules.metrics.output[0],
         expand(rules.export_kaldi.output.mdl, task=PIPELINE.frame_tasks()),
         [rules.gmm_metrics.output[0]] if SCORED else [],
+        [rules.decode_metrics.output.metrics] if DECODED else [],

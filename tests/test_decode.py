@@ -288,6 +288,14 @@ def test_cli_registers_decode_and_score(fx, tmp_path):
                          str(tmp_path / "dec")])
     args.func(args)
     assert (tmp_path / "dec" / "wer_5_0.5").is_file()
+    args = p.parse_args(["decode", "--nj", "1", "--workers", "1", "--skip-scoring", "--loglikes",
+                         f"ark:{root / 'am' / 'lang0' / 'compute.final_adj.use-priors.txt'}",
+                         str(root / "graph" / "graph_nnet3"), str(root / "am" / "lang0" / "final_adj.mdl"),
+                         str(data), str(tmp_path / "skip")])
+    args.func(args)
+    assert "en1 WAN TR \n" in (tmp_path / "skip" / "log" / "decode.1.log").read_text()
+    assert not list((tmp_path / "skip").glob("wer_*")) and "wer" not in json.loads(
+        (tmp_path / "skip" / "metrics.json").read_text())
     with pytest.raises(BabelflowError, match="LM weight range"):
         p.parse_args(["score", "--min-lmwt", "5", "--max-lmwt", "4", "a", "b", "c"]).func(
             p.parse_args(["score", "--min-lmwt", "5", "--max-lmwt", "4", "a", "b", "c"]))

@@ -15,6 +15,7 @@ import yaml
 
 from babelflow.config import SCHEMA, load_params, resolve_config, validate_schema
 from babelflow.data.options import DataOptions
+from babelflow.decode.options import DecodeOptions
 from babelflow.demo.options import DemoOptions
 from babelflow.egs.options import EgsOptions
 from babelflow.errors import BabelflowError
@@ -26,7 +27,7 @@ from babelflow.nnet.options import LaunchOptions, PriorsOptions, TrainOptions
 
 REPO = Path(__file__).resolve().parents[1]
 ALL = (DemoOptions, DataOptions, FeaturesOptions, EgsOptions, MergeOptions, TrainOptions, LaunchOptions,
-       PriorsOptions, GmmOptions, LangOptions, MonoOptions, TriOptions, AlignOptions)
+       PriorsOptions, GmmOptions, LangOptions, MonoOptions, TriOptions, AlignOptions, DecodeOptions)
 NOT_OPTIONS = {"workdir", "tasks", "model"}  # resolved by config.py (tasks) and ModelConfig (model)
 
 

@@ -93,6 +93,8 @@ def cmd_touch(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import kaldi_tools
+    from .decode.decode_cli import register as register_decode
+    from .decode.decode_cli import register_tools as register_decode_tools
     from .egs.cli import register as register_egs
     from .gmm.cli import register as register_gmm
     from .gmm.cli import register_compare
@@ -147,8 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
     register_models(sub)
     register_export(sub)
 
-    s = sub.add_parser("kaldi", help="Kaldi-named tools (compute-feats, compute-cmvn-stats, apply-cmvn, ali-to-pdf)")
-    kaldi_tools.register(s.add_subparsers(dest="tool", required=True, metavar="TOOL"))
+    register_decode(sub)
+
+    s = sub.add_parser("kaldi", help="Kaldi-named tools (compute-feats, compute-cmvn-stats, apply-cmvn, ali-to-pdf, "
+                                     "compute-wer)")
+    tools = s.add_subparsers(dest="tool", required=True, metavar="TOOL")
+    kaldi_tools.register(tools)
+    register_decode_tools(tools)
     kaldi_tools.register(sub, alias=True)
 
     s = sub.add_parser("dvc-sync", help="write dvc.yaml from the Snakemake DAG (--check: fail if it is stale)")

@@ -36,7 +36,8 @@ class Task:
     data: list[str]  # data set names
     ali: str | None = None  # alignment dir or pdf-id rspecifier (frame tasks)
     ali_from: str | None = None  # the step that makes ``ali`` (None: it comes from outside the workflow)
-    lexicon: str | None = None  # for ``ali: auto``: the GMM system's lexicon (Kaldi lexicon.txt)
+    lexicon: str | None = None  # Kaldi lexicon.txt: for ``ali: auto`` (the GMM's) and for decoding (the graph's)
+    test: str | None = None  # the data set decoded for WER (decode.tasks)
     ref_ali: str | None = None  # true alignments to score others against (the demo's synthesiser timings)
     labels: str | None = None
     weight: float = 1.0
@@ -48,6 +49,10 @@ class Task:
     def auto_ali(self) -> bool:
         """Alignments made by the workflow's GMM step (``ali: auto``)."""
         return self.ali_from == "gmm"
+
+    @property
+    def decode_lexicon(self) -> str | None:
+        return self.lexicon
 
     @property
     def ali_dir(self) -> str | None:
@@ -147,12 +152,17 @@ def resolve_config(config: dict[str, Any], check_paths: bool = True, origin: str
         d = DemoOptions.from_params(config)
         langs = list(d.langs)
         dirs = {lang: corpus(lang, "data") for lang in langs}
+        tests = {lang: f"{lang}_test" for lang in langs} if d.test_utts_per_lang else {}
+        dirs |= {name: corpus(lang, "test") for lang, name in tests.items()}
         tasks_cfg = {lang: {"kind": "frame", "data": lang, "ali": corpus(lang, "ali") if d.ali == "synth" else "auto",
-                            "lexicon": corpus(lang, "dict", "lexicon.txt")} for lang in langs}
+                            "lexicon": corpus(lang, "dict", "lexicon.txt"), **({"test": tests[lang]} if tests else {})}
+                     for lang in langs}
+        if tests and not config["decode"]["tasks"]:
+            config["decode"]["tasks"] = list(langs)  # the demo decodes every language
         for label in d.utterance_tasks:
             tasks_cfg[label] = {"kind": "utterance", "data": langs, "labels": f"utt2{label}"}
         config["data"]["dirs"], config["tasks"] = dirs, tasks_cfg
-        produced = {corpus(lang, part) for lang in langs for part in ("data", "ali")}
+        produced = {corpus(lang, part) for lang in langs for part in ("data", "ali", "test")}
         produced |= {corpus(lang, "dict", "lexicon.txt") for lang in langs}
     elif not dirs:
         raise BabelflowError(f"{origin}: data.dirs: empty, but tasks are configured (name each Kaldi data dir there)")
@@ -173,8 +183,9 @@ def resolve_config(config: dict[str, Any], check_paths: bool = True, origin: str
             t.ref_ali = corpus(t.data[0], "ali")
         if check_paths and t.ali_dir and not t.ali_from and not Path(t.ali_dir).is_dir():
             raise BabelflowError(f"{origin}: tasks.{t.name}.ali: alignment dir '{t.ali}' not found")
-        if t.lexicon and not t.auto_ali:
-            t.lexicon = None  # only the GMM step reads it
+        if t.test and t.test not in dirs:
+            raise BabelflowError(f"{origin}: tasks.{t.name}.test: unknown data set '{t.test}' "
+                                 f"(data.dirs has: {', '.join(dirs)})")
         if check_paths and t.lexicon and t.lexicon not in produced and not Path(t.lexicon).is_file():
             raise BabelflowError(f"{origin}: tasks.{t.name}.lexicon: file '{t.lexicon}' not found")
 
@@ -214,8 +225,8 @@ def _task(name: str, t: dict, dirs: dict[str, str], origin: str) -> Task:
             raise BabelflowError(f"{origin}: tasks.{name}.data: a frame task takes one data set")
     elif not t.get("labels"):
         raise BabelflowError(f"{origin}: tasks.{name}.labels: required for an utterance task (e.g. utt2lang)")
-    return Task(name, t["kind"], data, t.get("ali"), lexicon=t.get("lexicon"), labels=t.get("labels"),
-                classes=t.get("classes"),
+    return Task(name, t["kind"], data, t.get("ali"), lexicon=t.get("lexicon"), test=t.get("test"),
+                labels=t.get("labels"), classes=t.get("classes"),
                 num_pdfs=t.get("num_pdfs"), ivectors=_task_ivectors(name, t, data, origin))
 
 

@@ -31,16 +31,17 @@ def _under(path: str, root: str) -> bool:
 
 
 def _expand(templates: tuple[str, ...], workdir: str, tasks: list[str],
-            auto_tasks: tuple[str, ...] = ()) -> list[str]:
-    """``{task}``: one path per task; ``{auto_task}``: per task whose alignments the gmm step makes."""
+            groups: dict[str, list[str]] | None = None) -> list[str]:
+    """``{task}``: one path per task; ``{<group>}`` (``auto_task``: tasks whose alignments the gmm step
+    makes, ``decoded_task``: decode.tasks): one per task of that group."""
+    groups = {"task": list(tasks), **(groups or {})}
     out: list[str] = []
     for t in templates:
-        if "{task}" in t:
-            out += [t.format(workdir=workdir, task=k) for k in tasks]
-        elif "{auto_task}" in t:
-            out += [t.format(workdir=workdir, auto_task=k) for k in auto_tasks]
-        else:
+        name = next((g for g in groups if "{" + g + "}" in t), None)
+        if name is None:
             out.append(t.format(workdir=workdir))
+        else:
+            out += [t.format(workdir=workdir, **{name: k}) for k in groups[name]]
     return out
 
 
@@ -54,7 +55,7 @@ def _owner(path: str, owned: dict[str, list[str]]) -> tuple[str, str] | None:
 
 
 def build_stages(jobs: list[Job], workdir: str, tasks: list[str],
-                 auto_tasks: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
+                 groups: dict[str, list[str]] | None = None) -> dict[str, dict[str, Any]]:
     """DVC stages (dvc.yaml ``stages:``) for the given workflow jobs."""
     by_step: dict[str, list[Job]] = defaultdict(list)
     for j in jobs:
@@ -63,15 +64,15 @@ def build_stages(jobs: list[Job], workdir: str, tasks: list[str],
         elif j.output:
             raise BabelflowError(f"rule {j.rule} belongs to no step of babelflow.steps.STEPS")
     steps = [s for s in STEPS if by_step.get(s.name)]
-    owned = {s.name: _expand(s.outs + s.metrics + s.plots, workdir, tasks, auto_tasks) for s in steps}
+    owned = {s.name: _expand(s.outs + s.metrics + s.plots, workdir, tasks, groups) for s in steps}
     stages = {}
     for s in steps:
-        stages[s.name] = _stage(s, by_step[s.name], owned, workdir, tasks, auto_tasks)
+        stages[s.name] = _stage(s, by_step[s.name], owned, workdir, tasks, groups)
     return stages
 
 
 def _stage(s: Step, jobs: list[Job], owned: dict[str, list[str]], workdir: str, tasks: list[str],
-           auto_tasks: tuple[str, ...]) -> dict:
+           groups: dict[str, list[str]] | None) -> dict:
     produced = {o for j in jobs for o in j.output}
     for o in sorted(produced):
         hit = _owner(o, {s.name: owned[s.name]})
@@ -97,12 +98,12 @@ def _stage(s: Step, jobs: list[Job], owned: dict[str, list[str]], workdir: str, 
         "cmd": f"snakemake --cores all --allowed-rules {rules} -- {' '.join(sorted(targets))}",
         "deps": sorted(deps),
         "params": list(s.params),
-        "outs": _expand(s.outs, workdir, tasks, auto_tasks),
+        "outs": _expand(s.outs, workdir, tasks, groups),
     }
     if s.metrics:
-        stage["metrics"] = _expand(s.metrics, workdir, tasks)
+        stage["metrics"] = _expand(s.metrics, workdir, tasks, groups)
     if s.plots:
-        stage["plots"] = _expand(s.plots, workdir, tasks)
+        stage["plots"] = _expand(s.plots, workdir, tasks, groups)
     return stage
 
 
@@ -133,8 +134,11 @@ def render_dvc_yaml(project: str | Path = ".") -> str:
     pipeline = load_pipeline(project / "params.yaml", check_paths=False)
     jobs = workflow_jobs(project)
     tasks = {name: t.kind for name, t in pipeline.tasks.items()}
-    auto = tuple(name for name, t in pipeline.tasks.items() if t.auto_ali)
-    doc = {"stages": build_stages(jobs, pipeline.workdir, list(tasks), auto),
+    from .decode.options import decoded_tasks
+
+    groups = {"auto_task": [name for name, t in pipeline.tasks.items() if t.auto_ali],
+              "decoded_task": decoded_tasks(pipeline)}
+    doc = {"stages": build_stages(jobs, pipeline.workdir, list(tasks), groups),
            "plots": _top_level_plots(pipeline.workdir, tasks)}
     return HEADER + yaml.safe_dump(doc, sort_keys=False, width=120)
 

@@ -63,6 +63,15 @@ class Layout:
         """Every task model's valid accuracy beside its majority baseline (``babelflow eval --collect``)."""
         return self._at("models", "metrics.json")
 
+    def decode(self, task: str = "{task}", *files: str) -> str:
+        """A task's decoding: ``lm.arpa``, ``lang/``, ``graph/``, ``decode_test/`` (+ the GMM's ``graph_gmm/``,
+        ``decode_gmm_test/``)."""
+        return self._at("decode", task, *files)
+
+    def decode_metrics(self) -> str:
+        """WER per decoded task, network and GMM (``babelflow score``'s metrics, collected)."""
+        return self._at("decode", "metrics.json")
+
     def kaldi(self, task: str = "{task}", *files: str) -> str:
         """One frame task's Kaldi model dir (``babelflow export-kaldi --dir``)."""
         return self._at("kaldi", task, *files)

@@ -61,12 +61,12 @@ STEPS: tuple[Step, ...] = (
          ("corpus",),
          "espeak-ng demo corpus: Kaldi data + alignment dirs per language (only without data.dirs)"),
     Step("data", ("data",), ("data/split.py",),
-         ("data.nj", "data.dirs", "tasks", "demo.langs"),
+         ("data.nj", "data.dirs", "tasks", "demo.langs", "decode.tasks"),
          ("{workdir}/data",),
          "validate_data_dir.sh + split_data.sh: exp/data/<set>"),
     Step("gmm", ("gmm_lang", "gmm_mono", "gmm_tri", "gmm_align", "gmm_compare", "gmm_metrics"),
          ("gmm/lang.py", "gmm/train.py", "gmm/train_tri.py", "gmm/compare.py"),
-         ("gmm", "tasks", "data.nj", "data.dirs", "demo.ali", "demo.langs"),
+         ("gmm", "data.nj", "demo.ali", "demo.langs"),  # task and data paths reach dvc.yaml as deps
          ("{workdir}/gmm/{auto_task}",),
          "prepare_lang.sh + train_mono.sh + train_deltas.sh + align_si.sh for ali: auto tasks: exp/gmm/<task>",
          metrics=("{workdir}/gmm/metrics.json",),
@@ -104,7 +104,17 @@ STEPS: tuple[Step, ...] = (
          ("tasks", "data.dirs", "demo.langs"),
          ("{workdir}/kaldi",),
          "frame tasks as Kaldi model dirs (final.mdl, conf/, cmvn_opts): exp/kaldi/<task>"),
+    Step("decode", ("decode_lm", "decode_lang", "decode_graph", "decode_nnet", "decode_graph_gmm", "decode_gmm",
+                    "decode_metrics"),
+         ("decode/lm.py", "decode/graph.py", "decode/decoder.py", "decode/score.py", "decode/decode_cli.py",
+          "gmm/lang.py"),
+         ("decode", "gmm.lang", "gmm.use", "data.nj", "data.dirs", "tasks", "demo.ali", "demo.langs"),
+         ("{workdir}/decode/{decoded_task}",),
+         "lm + mkgraph.sh + nnet3/decode.sh + score.sh per task of decode.tasks: exp/decode/<task>",
+         metrics=("{workdir}/decode/metrics.json",), plots=("{workdir}/decode/metrics.tsv",),
+         resolve=".decode.options:resolve"),
 )
+
 
 STEP_OF_RULE = {rule: step for step in STEPS for rule in step.rules}
 

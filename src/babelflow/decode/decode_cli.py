@@ -164,6 +164,9 @@ def decode_dir(graph_dir: str, model_dir: str, data_dir: str, out_dir: str, conf
     nnet_seconds, mats = 0.0, {}
     if loglikes:
         mats = {k: m for k, m in read_matrices(loglikes) if k in data.utt2spk}
+        if len(mats) < len(data.utt2spk):
+            log.warning("%s: no log-likelihoods for %d of %d utterances", loglikes, len(data.utt2spk) - len(mats),
+                        len(data.utt2spk))
     elif not gmm:
         segments = str(data.path / "segments") if data.segments is not None else None
         mats, nnet_seconds = _nnet_loglikes(str(md), str(data.path / "wav.scp"), segments, data.utt2spk,
@@ -238,8 +241,9 @@ def _write_decode_dir(d: Path, outs: list[dict], words: dict[int, str], data: An
     results = [r for o in outs for r in o["results"]]
     metrics = {"num_utts": len(data.utt2spk), "num_decoded": len(results),
                "num_failed": sum(len(o["failed"]) for o in outs)}
-    if data.text is None:
-        log.warning("%s has no text: not scoring", data.path)
+    if data.text is None or not c.lmwts or not c.wips:
+        if data.text is None:
+            log.warning("%s has no text: not scoring", data.path)
         return metrics
     sweep = {combo: {r.key: [words.get(w, str(w)) for w in r.sweep[combo].words] for r in results
                      if combo in r.sweep} for combo in [(lm, w) for w in c.wips for lm in c.lmwts]}
@@ -257,8 +261,9 @@ def _score(d: Path, data: Any, hyps: dict) -> dict:
     ref = {u: data.text[u].split() for u in data.utt2spk if u in data.text}
     best = score_dir(d, ref, hyps, data.utt2spk)
     st = best["stats"]
-    return {"wer": st.wer, "ser": st.ser, "lmwt": best["lmwt"], "wip": best["wip"], "best_wer": best["best_wer"],
-            "words": st.words, "errors": st.errors, "ins": st.ins, "del": st.dels, "sub": st.subs}
+    return {"wer": round(st.wer, 4), "ser": round(st.ser, 4), "lmwt": best["lmwt"], "wip": best["wip"],
+            "best_wer": best["best_wer"], "words": st.words, "errors": st.errors, "ins": st.ins, "del": st.dels,
+            "sub": st.subs}
 
 
 def score_decode_dir(data_dir: str, graph_dir: str, decode: str, lmwts: tuple[int, ...], wips: tuple[str, ...]
@@ -287,26 +292,21 @@ def score_decode_dir(data_dir: str, graph_dir: str, decode: str, lmwts: tuple[in
 
 # ----------------------------------------------------------------------------- CLI
 def _sweep_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--min-lmwt", type=int, default=7)
-    p.add_argument("--max-lmwt", type=int, default=17)
-    p.add_argument("--word-ins-penalty", default="0.0,0.5,1.0", help="comma list, as score.sh")
+    from .options import DecodeOptions
+
+    DecodeOptions.add_arguments(p)
 
 
 def _sweep(args: argparse.Namespace) -> tuple[tuple[int, ...], tuple[str, ...]]:
     if args.min_lmwt < 1 or args.max_lmwt < args.min_lmwt:
         raise BabelflowError(f"bad LM weight range {args.min_lmwt}..{args.max_lmwt}")
-    wips = tuple(w for w in args.word_ins_penalty.split(",") if w)
-    try:
-        [float(w) for w in wips]
-    except ValueError:
-        raise BabelflowError(f"--word-ins-penalty: not numbers: {args.word_ins_penalty}") from None
-    return tuple(range(args.min_lmwt, args.max_lmwt + 1)), wips
+    return tuple(range(args.min_lmwt, args.max_lmwt + 1)), tuple(str(w) for w in args.word_ins_penalty)
 
 
 def cmd_decode(args: argparse.Namespace) -> None:
     from .decoder import DecodeConfig
 
-    lmwts, wips = _sweep(args)
+    lmwts, wips = ((), ()) if args.skip_scoring else _sweep(args)
     cfg = DecodeConfig(args.acoustic_scale, args.beam, args.lattice_beam, args.max_active, args.min_active,
                        args.allow_partial, lmwts, wips)
     m = decode_dir(args.graph_dir, args.model_dir, args.data_dir, args.decode_dir, cfg, args.nj, args.workers,
@@ -334,12 +334,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("decode", help="decode a data dir with an HCLG and score it (nnet3/decode.sh + score.sh)")
     p.add_argument("--nj", type=int, default=4, help="jobs (the data dir is split by speaker)")
     p.add_argument("--workers", type=int, default=0, help="decoding processes (0: one per job up to the CPUs)")
-    p.add_argument("--acoustic-scale", type=float, default=0.1)
-    p.add_argument("--beam", type=float, default=15.0)
-    p.add_argument("--lattice-beam", type=float, default=8.0)
-    p.add_argument("--max-active", type=int, default=7000)
-    p.add_argument("--min-active", type=int, default=200)
     p.add_argument("--allow-partial", action="store_true", help="output utterances that reach no final state")
+    p.add_argument("--skip-scoring", action="store_true", help="best paths only: no lattices, sweep or scoring")
     _sweep_args(p)
     p.add_argument("--feats-scp", help="nnet: existing features (feats.scp) instead of computing them")
     p.add_argument("--loglikes", metavar="RSPECIFIER", help="decode these log-likelihoods (nnet3-compute output)")
@@ -348,11 +344,41 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument(a, metavar=a.upper())
     p.set_defaults(func=cmd_decode)
 
+    p = sub.add_parser("decode-metrics", help="collect decode dirs' WER into one metrics.json (+ .tsv)")
+    p.add_argument("out", metavar="METRICS_JSON")
+    p.add_argument("results", nargs="+", metavar="TASK.KEY=DECODE_DIR")
+    p.set_defaults(func=cmd_decode_metrics)
+
     p = sub.add_parser("score", help="score a decode dir against a data dir's text (local/score.sh)")
     _sweep_args(p)
     for a in ("data_dir", "graph_dir", "decode_dir"):
         p.add_argument(a, metavar=a.upper())
     p.set_defaults(func=cmd_score)
+
+
+def cmd_decode_metrics(args: argparse.Namespace) -> None:
+    """TASK.KEY=DECODE_DIR items -> {task: {key: wer}} (DVC metrics) and a TSV of WER per task and system
+    (DVC plots; ``wer`` is the network's, ``gmm_wer`` the GMM baseline's)."""
+    import json
+
+    from ..io import write_text
+
+    out: dict[str, dict[str, float]] = {}
+    rows = ["task\tsystem\twer"]
+    for item in args.results:
+        key, sep, path = item.partition("=")
+        task, dot, name = key.rpartition(".")
+        if not (sep and dot):
+            raise BabelflowError(f"decode-metrics: expected TASK.KEY=DECODE_DIR, got '{item}'")
+        f = Path(path) / "metrics.json"
+        try:
+            m = json.loads(f.read_text())
+        except (OSError, ValueError) as e:
+            raise BabelflowError(f"{f}: cannot read ({e})") from None
+        out.setdefault(task, {})[name] = m["wer"]
+        rows.append(f"{task}\t{name.removesuffix('_wer') if name != 'wer' else 'nnet'}\t{m['wer']}")
+    write_text(args.out, json.dumps(out, indent=2, sort_keys=True) + "\n")
+    write_text(Path(args.out).with_suffix(".tsv"), "\n".join(rows) + "\n")
 
 
 def register_tools(sub: argparse._SubParsersAction) -> None:

@@ -230,12 +230,6 @@ def _topo_order(offsets: Sequence[int], nxt: Sequence[int]) -> list[int]:
     return order
 
 
-def _less(x: tuple[float, float], y: tuple[float, float]) -> bool:
-    """Kaldi's lattice weight order: smaller total cost, then smaller graph cost."""
-    sx, sy = x[0] + x[1], y[0] + y[1]
-    return sx < sy or (sx == sy and x[0] < y[0])
-
-
 def word_lattice(lat: Any, acoustic_scale: float, beam: float, max_states: int = 200_000) -> WordLattice:
     """Raw lattice (acoustics at ``acoustic_scale``) -> pruned at ``beam`` -> determinized on words, with
     acoustic costs unscaled as latgen writes them."""
@@ -364,6 +358,8 @@ def best_paths(lat: WordLattice, lmwts: Sequence[int], wips: Sequence[str]) -> d
     """lattice-scale --inv-acoustic-scale=LMWT | lattice-add-penalty --word-ins-penalty=WIP | lattice-best-path,
     for every (LMWT, WIP) at once: a forward pass over the (acyclic) word lattice with one cost per pair."""
     combos = [(lm, wip) for wip in wips for lm in lmwts]
+    if not lat.arcs or not combos:
+        return {}
     k = np.array([1.0 / lm for lm, _ in combos])
     p = np.array([float(wip) for _, wip in combos])
     n, nc = len(lat.arcs), len(combos)

@@ -16,12 +16,19 @@ def cmd_prepare_lang(args: argparse.Namespace) -> None:
     from .lang import prepare_lang
 
     nonsil = None
+    o = LangOptions.from_args(args)
+    if args.nonsilence_phones and args.phone_symbols:
+        raise BabelflowError("prepare-lang: --nonsilence-phones or --phone-symbols, not both")
     if args.nonsilence_phones:
         try:
             nonsil = Path(args.nonsilence_phones).read_text(encoding="utf-8").splitlines()
         except FileNotFoundError:
             raise BabelflowError(f"{args.nonsilence_phones}: file not found") from None
-    o = LangOptions.from_args(args)
+    elif args.phone_symbols:  # a model's phones.txt: keep its phone ids (sil first, then the rest in id order)
+        from ..io import read_table
+
+        rows = sorted((int(v[0]), k) for _, k, v in read_table(args.phone_symbols, 2, 2))
+        nonsil = [k for i, k in rows if i > 0 and k != o.sil_phone and not k.startswith("#")]
     lang = prepare_lang(args.lexicon, args.lang_dir, sil_phone=o.sil_phone, oov_word=o.oov_word,
                         position_dependent_phones=o.position_dependent_phones, num_sil_states=o.num_sil_states,
                         num_nonsil_states=args.num_nonsil_states, sil_prob=o.sil_prob, nonsilence_phones=nonsil,
@@ -35,6 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     LangOptions.add_arguments(p)
     p.add_argument("--add-oov", action="store_true", help="add '<oov-word> <sil-phone>' if the lexicon lacks it")
     p.add_argument("--num-nonsil-states", type=int, default=3, help="states of the other phones' HMMs (default: 3)")
+    p.add_argument("--phone-symbols", metavar="PHONES_TXT",
+                   help="keep the phone ids of this phones.txt (a model's: its tree and TransitionModel use them)")
     p.add_argument("--nonsilence-phones", metavar="FILE",
                    help="a dict dir's nonsilence_phones.txt: phone order (ids) and shared roots; "
                         "default: the lexicon's phones in C sort order")
