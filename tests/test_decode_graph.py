@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from babelflow.decode.fstio import FstArrays, arrays_to_fst, fst_to_arrays, isomorphism_mismatch, read_fst, write_fst
-from babelflow.decode.graph import build_graph, load_model, mkgraph, push_special, remove_eps_local, rmsymbols
+from babelflow.decode.fstops import push_special, remove_eps_local, rmsymbols
+from babelflow.decode.graph import build_graph, load_model, mkgraph
 from babelflow.decode.lm import arpa_to_g, make_lm
 from babelflow.errors import BabelflowError
 from babelflow.gmm.k2 import kaldifst
@@ -220,6 +221,12 @@ def test_mkgraph_errors(fx, tmp_path: Path) -> None:
         mkgraph(g / "lang", g / "lm.arpa", tmp_path / "m", tmp_path / "out")
     with pytest.raises(BabelflowError, match="not found"):
         mkgraph(g / "lang", tmp_path / "none.arpa", fx["root"] / "lang0", tmp_path / "out")
+    shutil.copytree(g / "lang", tmp_path / "lang")  # WAN and WON are homophones: L without #1/#2 cannot work
+    shutil.copyfile(g / "lang" / "L.fst", tmp_path / "lang" / "L_disambig.fst")
+    w = fx["lang"].words
+    write_fst(kaldifst.compile(f"0 1 {w['WAN']} {w['WAN']} 0.5\n0 1 {w['WON']} {w['WON']} 1\n1\n"), tmp_path / "G.fst")
+    with pytest.raises(BabelflowError, match="LG is not determinizable.*not functional"):
+        mkgraph(tmp_path / "lang", tmp_path / "G.fst", fx["root"] / "lang0", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

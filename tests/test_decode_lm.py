@@ -163,6 +163,13 @@ def test_arpa_to_g_skips_unknown_words(kaldi_fixtures: Path, tmp_path: Path, cap
     (tmp_path / "words.txt").write_text("<eps> 0\na 1\n")
     with pytest.raises(BabelflowError, match="has no '#0'"):
         arpa_to_g(g / "lm.arpa", tmp_path / "words.txt")
+    # kaldilm aborts the process on a malformed ARPA file: it must be caught before
+    (tmp_path / "bad.arpa").write_text("\\data\\\nngram 1=2\n\n\\1-grams:\n-1 <s>\nfoo\n\\end\\\n")
+    with pytest.raises(BabelflowError, match=r"bad.arpa:6: expected a log-prob"):
+        arpa_to_g(tmp_path / "bad.arpa", g / "lang" / "words.txt")
+    (tmp_path / "nobos.arpa").write_text("\\data\\\nngram 1=1\n\n\\1-grams:\n-1 WAN\n\\end\\\n")
+    with pytest.raises(BabelflowError, match="no unigram '<s>'"):
+        arpa_to_g(tmp_path / "nobos.arpa", g / "lang" / "words.txt")
 
 
 def test_cli_make_lm_and_g(kaldi_fixtures: Path, tmp_path: Path) -> None:

@@ -22,8 +22,8 @@ GMM = {"mono": {"num_iters": 10, "totgauss": 200, "boost_silence": 1.0, "seed": 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    proj = project_copy(tmp_path_factory.mktemp("auto"), **TINY, demo__ali="auto", demo__test_utts_per_lang=0,
-                        gmm__mono=GMM["mono"], gmm__tri=GMM["tri"])
+    proj = project_copy(tmp_path_factory.mktemp("auto"), **TINY, demo__ali="auto", gmm__mono=GMM["mono"],
+                        gmm__tri=GMM["tri"])
     run(["snakemake", "--cores", "2"], proj)
     return proj
 
@@ -50,6 +50,17 @@ def test_alignment_quality_is_measured_against_the_true_timings(built):
     models = json.loads((built / "exp" / "models" / "metrics.json").read_text())
     for lang in ("en", "de"):
         assert 0.0 < models[lang]["valid_phone_accuracy"] <= 1.0  # against the true phones, not the GMM's
+
+
+def test_the_gmm_baseline_is_decoded_beside_the_network(built):
+    wer = json.loads((built / "exp" / "decode" / "metrics.json").read_text())
+    assert set(wer) == {"en", "de"}
+    for lang in ("en", "de"):
+        assert set(wer[lang]) == {"wer", "gmm_wer"}
+        gmm = json.loads((built / "exp" / "decode" / lang / "decode_gmm_test" / "metrics.json").read_text())
+        assert gmm["model"] == "gmm" and gmm["num_decoded"] == 8
+    table = (built / "exp" / "decode" / "metrics.tsv").read_text().splitlines()
+    assert table[0] == "task\tsystem\twer" and len(table) == 5
 
 
 def test_rerun_is_a_noop(built):

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 TINY = dict(demo__utts_per_lang=16, demo__langs={"en": "en-us", "de": "de"}, demo__utterance_tasks=["lang", "gender"],
             model__layers=[{"dim": 32, "splice": [-2, 0, 2]}, {"dim": 32, "splice": [-3, 3]}],
             model__bottleneck={"dim": 16}, model__frame_head={"hidden": [32]}, model__utterance_head={"hidden": [32]},
-            train__num_epochs=2, merge__block_size=16,
+            train__num_epochs=2, merge__block_size=16, demo__test_utts_per_lang=8,
             merge__weights={"en": 1.0, "de": 1.0, "lang": 1.0, "gender": 1.0})
 
 
@@ -69,6 +69,21 @@ def test_chain_ends_with_one_usable_model_per_task(built):
     assert (proj / "exp" / "models" / "lang" / "eval" / "confusion.png").is_file()
 
 
+def test_every_language_is_decoded(built):
+    import json
+
+    proj, _ = built
+    wer = json.loads((proj / "exp" / "decode" / "metrics.json").read_text())
+    assert set(wer) == {"en", "de"} and all(0.0 <= w["wer"] <= 100.0 for w in wer.values())
+    for lang in ("en", "de"):
+        d = proj / "exp" / "decode" / lang / "decode_test"
+        assert (d / "scoring_kaldi" / "best_wer").read_text().startswith("%WER ")
+        hyps = (d / "scoring_kaldi" / "penalty_0.0" / "7.txt").read_text().splitlines()
+        assert len(hyps) == 8  # every test utterance decoded
+        graph = proj / "exp" / "decode" / lang / "graph"
+        assert (graph / "HCLG.fst").is_file() and (graph / "words.txt").is_file()
+
+
 def test_rerun_is_a_noop(built):
     proj, _ = built
     assert planned_jobs(proj) == {}
@@ -86,7 +101,8 @@ def test_feature_option_change_reruns_features_only(built):
     # 2 languages x 2 jobs of features, then every egs archive (2 per task: one per features job)
     # and finalize; not the corpus, the data step or the alignments
     assert jobs == {"features_job": 4, "features": 2, "egs_job": 8, "egs": 4, "merge": 1, "train": 1,
-                    "split": 4, "eval": 4, "export_kaldi": 2, "metrics": 1, "all": 1}
+                    "split": 4, "eval": 4, "export_kaldi": 2, "metrics": 1, "decode_lang": 2, "decode_graph": 2,
+                    "decode_nnet": 2, "decode_metrics": 1, "all": 1}
 
 
 def test_bad_params_fail_before_any_job(tmp_path):

@@ -93,6 +93,7 @@ def cmd_touch(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import kaldi_tools
+    from .decode.cli import register as register_graph
     from .decode.decode_cli import register as register_decode
     from .decode.decode_cli import register_tools as register_decode_tools
     from .egs.cli import register as register_egs
@@ -149,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_models(sub)
     register_export(sub)
 
+    register_graph(sub)
     register_decode(sub)
 
     s = sub.add_parser("kaldi", help="Kaldi-named tools (compute-feats, compute-cmvn-stats, apply-cmvn, ali-to-pdf, "

@@ -108,7 +108,7 @@ STEPS: tuple[Step, ...] = (
                     "decode_metrics"),
          ("decode/lm.py", "decode/graph.py", "decode/decoder.py", "decode/score.py", "decode/decode_cli.py",
           "gmm/lang.py"),
-         ("decode", "gmm.lang", "gmm.use", "data.nj", "data.dirs", "tasks", "demo.ali", "demo.langs"),
+         ("decode", "gmm.lang", "gmm.use", "data.nj", "data.dirs", "demo.ali", "demo.langs"),
          ("{workdir}/decode/{decoded_task}",),
          "lm + mkgraph.sh + nnet3/decode.sh + score.sh per task of decode.tasks: exp/decode/<task>",
          metrics=("{workdir}/decode/metrics.json",), plots=("{workdir}/decode/metrics.tsv",),

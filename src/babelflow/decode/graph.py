@@ -24,16 +24,19 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import NamedTuple
-
-import numpy as np
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..errors import BabelflowError
 from ..io import atomic_dir, write_info, write_text
-from .fstio import FstArrays, arrays_to_fst, fst_to_arrays, read_fst, write_fst
+from .fstio import fst_to_arrays, read_fst, write_fst
+from .fstops import push_special, remove_eps_local, rmsymbols
 
-__all__ = ["GraphStages", "ModelFiles", "build_graph", "mkgraph", "push_special", "rmsymbols", "remove_eps_local",
-           "load_model", "load_grammar"]
+if TYPE_CHECKING:  # hints only: the k2-fsa packages load on first use
+    from ..gmm.lang import LangDir
+    from ..kaldi.transition_model import TransitionModel
+    from ..kaldi.tree import ContextDependency
+
+__all__ = ["GraphStages", "ModelFiles", "build_graph", "mkgraph", "load_model", "load_grammar"]
 
 log = logging.getLogger("babelflow")
 _INF = math.inf
@@ -49,169 +52,11 @@ def _k2():
     return khg, kaldifst
 
 
-# ----------------------------------------------------------------------------- FST tools Kaldi has, kaldifst lacks
-def rmsymbols(fst, labels) -> object:
-    """``fstrmsymbols``: the input labels in ``labels`` become epsilon (disambiguation transition-ids)."""
-    a = fst_to_arrays(fst)
-    ilabel = np.where(np.isin(a.ilabel, np.asarray(list(labels), dtype=np.int32)), 0, a.ilabel).astype(np.int32)
-    return arrays_to_fst(a.replace(ilabel=ilabel))
-
-
-def push_special(fst, delta: float = 1.0 / 1024) -> object:
-    """``fstpushspecial`` (Kaldi fstext/push-special.cc): reweight with the top eigenvector of the arc-probability
-    matrix (final weights loop back to the start), found by the power method, so that every state's outgoing
-    probabilities sum to the same value; this keeps LG as close to stochastic as it can be made."""
-    from scipy import sparse
-
-    a = fst_to_arrays(fst)
-    n = a.num_states
-    if n == 0:
-        return arrays_to_fst(a)
-    fin = np.flatnonzero(np.isfinite(a.final))
-    rows = np.concatenate([a.src, fin])
-    cols = np.concatenate([a.dst, np.full(fin.size, a.start)])
-    probs = np.exp(-np.concatenate([a.weight, a.final[fin]]).astype(np.float64))
-    m = sparse.csr_matrix((probs, (rows, cols)), shape=(n, n))  # duplicates are summed, as Kaldi's pred_ lists
-    occ = np.full(n, 1.0 / math.sqrt(n))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        for it in range(200):
-            if it % 5 == 4:
-                sums = (m @ occ) / occ
-                if math.log(sums.max() / sums.min()) < delta:
-                    break
-            new = 0.1 * occ + m @ occ  # the power method on M + 0.1 I (Kaldi's guard against periodic FSTs)
-            occ = new / np.sqrt(np.dot(new, new))
-        else:
-            log.warning("push-special: did not converge in 200 iterations")
-        logocc = np.log(occ)
-    weight = (a.weight.astype(np.float64) + logocc[a.src] - logocc[a.dst]).astype(np.float32)
-    final = np.where(np.isfinite(a.final), a.final + logocc - logocc[a.start], _INF).astype(np.float32)
-    return arrays_to_fst(a.replace(weight=weight, final=final))
-
-
-def remove_eps_local(fst, stochastic_in_log: bool = True) -> object:
-    """``fstrmepslocal`` (Kaldi fstext/remove-eps-local-inl.h): merge an arc with the arcs of the state it enters
-    where that cannot grow the FST (the state has one arc in, or one arc out) and the labels allow (at most one
-    non-epsilon label per side). Same visiting order as Kaldi's, so the result has the same structure.
-    ``stochastic_in_log`` (fstrmepslocal's default; arpa2fst uses the tropical form) totals the weights kept
-    and removed at a state in the log semiring when the remaining arcs are reweighted."""
-    khg, kaldifst = _k2()
-    a = fst_to_arrays(fst)
-    n = a.num_states
-    if n == 0:
-        return arrays_to_fst(a)
-    dead = n  # Kaldi's non_coacc_state_: an arc pointing here is deleted
-    final = [float(x) for x in a.final] + [_INF]
-    arcs: list[list[tuple[int, int, float, int]]] = [[] for _ in range(n + 1)]
-    for s, i, o, w, d in zip(a.src.tolist(), a.ilabel.tolist(), a.olabel.tolist(), a.weight.tolist(), a.dst.tolist()):
-        arcs[s].append((i, o, w, d))
-    nin, nout = [0] * (n + 1), [0] * (n + 1)
-    nin[a.start] += 1
-    for s in range(n):
-        nout[s] += len(arcs[s]) + (final[s] != _INF)
-        for arc in arcs[s]:
-            nin[arc[3]] += 1
-
-    def plus(x: float, y: float) -> float:
-        if not stochastic_in_log or x == _INF or y == _INF:
-            return min(x, y)
-        return min(x, y) - math.log1p(math.exp(-abs(x - y)))
-
-    def combine(x: tuple, y: tuple) -> tuple | None:
-        if (x[0] and y[0]) or (x[1] and y[1]):
-            return None
-        return (x[0] or y[0], x[1] or y[1], x[2] + y[2], y[3])
-
-    def kill(s: int, pos: int) -> None:
-        arc = arcs[s][pos]
-        nout[s] -= 1
-        nin[arc[3]] -= 1
-        arcs[s][pos] = arc[:3] + (dead,)
-
-    def pattern1(s: int, pos: int, arc: tuple) -> None:  # next state: one arc in, several out
-        t, removed, kept, add = arc[3], _INF, _INF, []
-        for k, nx in enumerate(arcs[t]):
-            if nx[3] == dead:
-                continue
-            c = combine(arc, nx)
-            if c is None:
-                kept = plus(kept, nx[2])
-                continue
-            removed = plus(removed, nx[2])
-            kill(t, k)
-            add.append(c)
-        if final[t] != _INF:
-            if arc[0] == 0 and arc[1] == 0:
-                removed = plus(removed, final[t])
-                nout[s] += final[s] == _INF
-                final[s] = min(final[s], arc[2] + final[t])
-                nout[t] -= 1
-                final[t] = _INF
-            else:
-                kept = plus(kept, final[t])
-        if removed != _INF:
-            if kept == _INF:
-                kill(s, pos)
-            else:  # Kaldi's Reweight: keep the next state's remaining arcs stochastic
-                r = kept - plus(removed, kept)
-                arcs[s][pos] = (arc[0], arc[1], arc[2] + r, t)
-                arcs[t] = [x if x[3] == dead else (x[0], x[1], x[2] - r, x[3]) for x in arcs[t]]
-                if final[t] != _INF:
-                    final[t] -= r
-        for c in add:
-            nout[s] += 1
-            nin[c[3]] += 1
-            arcs[s].append(c)
-
-    def pattern2(s: int, pos: int, arc: tuple) -> None:  # next state: one arc out (or only a final weight)
-        t = arc[3]
-        can_delete_next, delete_arc = nin[t] == 1, False
-        if final[t] != _INF:
-            if arc[0] == 0 and arc[1] == 0:
-                nout[s] += final[s] == _INF
-                final[s] = min(final[s], arc[2] + final[t])
-                delete_arc = True
-                if can_delete_next:
-                    nout[t] -= 1
-                    final[t] = _INF
-        else:
-            k = next(k for k, x in enumerate(arcs[t]) if x[3] != dead)
-            c = combine(arc, arcs[t][k])
-            if c is not None:
-                delete_arc = True
-                if can_delete_next:
-                    kill(t, k)
-                nout[s] += 1
-                nin[c[3]] += 1
-                arcs[s].append(c)
-        if delete_arc:
-            kill(s, pos)
-
-    for s in range(n + 1):
-        pos = 0
-        while pos < len(arcs[s]):
-            arc = arcs[s][pos]
-            t = arc[3]
-            if t != dead and t != s:
-                if nin[t] == 1 and nout[t] > 1:
-                    pattern1(s, pos, arc)
-                elif nout[t] == 1:
-                    pattern2(s, pos, arc)
-            pos += 1
-    kept_arcs = [(s, *arc) for s in range(n) for arc in arcs[s] if arc[3] != dead]
-    cols = list(zip(*kept_arcs)) if kept_arcs else [[]] * 5
-    out = arrays_to_fst(FstArrays(a.start, np.array(final[:n], dtype=np.float32),
-                                  *(np.array(c, dtype=np.float32 if j == 3 else np.int32) for j, c in enumerate(cols))))
-    kaldifst.connect(out)
-    return out
-
-
-# ----------------------------------------------------------------------------- inputs
 class ModelFiles(NamedTuple):
     """What mkgraph reads from a model dir: the TransitionModel (of final.mdl or trans.mdl) and the tree."""
 
-    transition_model: object  # babelflow.kaldi.transition_model.TransitionModel
-    tree: object  # babelflow.kaldi.tree.ContextDependency
+    transition_model: TransitionModel
+    tree: ContextDependency
     model_path: Path
 
 
@@ -263,32 +108,43 @@ class GraphStages(NamedTuple):
     HCLG: object
 
 
-def build_graph(lang, G, transition_model, tree, self_loop_scale: float = 1.0,  # noqa: N803 - Kaldi's name
-                transition_scale: float = 1.0) -> GraphStages:
+def build_graph(lang: LangDir, G, transition_model: TransitionModel, tree: ContextDependency,
+                self_loop_scale: float = 1.0, transition_scale: float = 1.0) -> GraphStages:
     """mkgraph.sh on loaded inputs: ``lang`` a :class:`~babelflow.gmm.lang.LangDir`, ``G`` a kaldifst FST,
     ``transition_model``/``tree`` babelflow's Kaldi objects (bridged to kaldi-hmm-gmm here)."""
     from ..gmm.model import to_khg_transition_model, to_khg_tree
 
     khg, kaldifst = _k2()
-    G = kaldifst.StdVectorFst(G)  # noqa: N806
+    L, G = kaldifst.StdVectorFst(lang.L_disambig), kaldifst.StdVectorFst(G)
+    kaldifst.arcsort(L, sort_type="olabel")  # compose needs the sort recorded (fsttablecompose would not)
     kaldifst.arcsort(G, sort_type="ilabel")
-    LG = kaldifst.StdVectorFst(kaldifst.compose(lang.L_disambig, G))  # noqa: N806
-    kaldifst.determinize_star(LG, use_log=True)
+    LG = kaldifst.StdVectorFst(kaldifst.compose(L, G))
+    _determinize(LG, "LG")
     kaldifst.minimize_encoded(LG)
-    LG = push_special(LG)  # noqa: N806
-    CLG, ilabels = kaldifst.compose_context(lang.disambig_phones, tree.context_width,  # noqa: N806
+    LG = push_special(LG)
+    CLG, ilabels = kaldifst.compose_context(lang.disambig_phones, tree.context_width,
                                             tree.central_position, LG)
     kaldifst.arcsort(CLG, sort_type="ilabel")
     ktm = to_khg_transition_model(transition_model, tree)
-    Ha, disambig_tids = khg.get_h_transducer(ilabels, to_khg_tree(tree), ktm,  # noqa: N806
+    Ha, disambig_tids = khg.get_h_transducer(ilabels, to_khg_tree(tree), ktm,
                                              khg.HTransducerConfig(transition_scale=transition_scale))
-    HCLGa = kaldifst.StdVectorFst(kaldifst.compose(Ha, CLG))  # noqa: N806
-    kaldifst.determinize_star(HCLGa, use_log=True)
-    HCLGa = remove_eps_local(rmsymbols(HCLGa, disambig_tids))  # noqa: N806
+    HCLGa = kaldifst.StdVectorFst(kaldifst.compose(Ha, CLG))
+    _determinize(HCLGa, "HCLGa")
+    HCLGa = remove_eps_local(rmsymbols(HCLGa, disambig_tids))
     kaldifst.minimize_encoded(HCLGa)
-    HCLG = khg.add_self_loops(self_loop_scale=self_loop_scale, disambig_syms=[], reorder=True,  # noqa: N806
+    HCLG = khg.add_self_loops(self_loop_scale=self_loop_scale, disambig_syms=[], reorder=True,
                               trans_model=ktm, ifst=HCLGa)
     return GraphStages(LG, CLG, [list(x) for x in ilabels], Ha, list(disambig_tids), HCLGa, HCLG)
+
+
+def _determinize(fst, what: str) -> None:
+    """fstdeterminizestar --use-log=true, in place; Kaldi's failure becomes a user error."""
+    _, kaldifst = _k2()
+    try:
+        kaldifst.determinize_star(fst, use_log=True)
+    except RuntimeError as e:
+        raise BabelflowError(f"mkgraph: {what} is not determinizable ({str(e).splitlines()[-1].removeprefix('[E] ')}): "
+                             "is L_disambig.fst missing disambiguation symbols, or G not deterministic?") from None
 
 
 def _check_phones(lang_dir: Path, model_dir: Path) -> None:
@@ -317,7 +173,7 @@ def mkgraph(lang_dir: str | os.PathLike, g_or_arpa: str | os.PathLike, model_dir
     if (model_dir / "frame_subsampling_factor").is_file() and self_loop_scale != 1.0:
         log.warning("mkgraph: %s looks like a chain model: chain models need --self-loop-scale 1.0", model_dir)
     model = load_model(model_dir)
-    G = load_grammar(g_or_arpa, lang.path / "words.txt")  # noqa: N806
+    G = load_grammar(g_or_arpa, lang.path / "words.txt")
     t1 = time.perf_counter()
     st = build_graph(lang, G, model.transition_model, model.tree, self_loop_scale, transition_scale)
     t2 = time.perf_counter()

@@ -22,7 +22,7 @@ import io
 import logging
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,46 +65,61 @@ class ArpaLM:
             h = h[1:]
 
 
+def _arpa_records(path: Path) -> Iterator[tuple[int, tuple[str, ...], float, float]]:
+    """Stream an ARPA file as (order, words, log10 prob, log10 bow), checking its layout and ``\\data\\``
+    counts as it goes (errors name the file and line): kaldilm aborts the process on a malformed file."""
+    counts: list[int] = []
+    seen: list[int] = []
+    section = None
+    try:
+        with open(path, encoding="utf-8") as f:
+            for n, raw in enumerate(f, 1):
+                line = raw.strip()
+                if not line:
+                    continue
+                if line == "\\data\\":
+                    section = "data"
+                elif line == "\\end\\":
+                    break
+                elif line.startswith("\\") and line.endswith("-grams:"):
+                    order = int(line[1:-7]) if line[1:-7].isdigit() else 0
+                    if order != len(seen) + 1 or order > len(counts):
+                        raise BabelflowError(f"{where(path, n)}: unexpected section {line}")
+                    seen.append(0)
+                    section = "ngrams"
+                elif section == "data" and line.startswith("ngram "):
+                    k, _, c = line[6:].partition("=")
+                    if not (k.strip().isdigit() and c.strip().isdigit()) or int(k) != len(counts) + 1:
+                        raise BabelflowError(f"{where(path, n)}: bad count line '{line}'")
+                    counts.append(int(c))
+                elif section == "ngrams":
+                    fields, order = line.split(), len(seen)
+                    if len(fields) not in (order + 1, order + 2):
+                        raise BabelflowError(f"{where(path, n)}: expected a log-prob, {order} word(s) and an "
+                                             "optional back-off weight")
+                    try:
+                        lp, bow = float(fields[0]), float(fields[order + 1]) if len(fields) > order + 1 else 0.0
+                    except ValueError:
+                        raise BabelflowError(f"{where(path, n)}: not a number in '{line}'") from None
+                    seen[-1] += 1
+                    yield order, tuple(fields[1:order + 1]), lp, bow
+                else:
+                    raise BabelflowError(f"{where(path, n)}: unexpected line (not an ARPA file?)")
+    except FileNotFoundError:
+        raise BabelflowError(f"{path}: ARPA LM not found") from None
+    except UnicodeDecodeError as e:
+        raise BabelflowError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if not seen or seen != counts:
+        raise BabelflowError(f"{path}: n-gram counts {seen} do not match the header {counts}")
+
+
 def read_arpa(path: str | os.PathLike) -> ArpaLM:
     """Parse an ARPA file, checking the ``\\data\\`` counts (errors name the file and line)."""
-    path = Path(path)
-    lines = read_lines(path, "ARPA LM")
-    counts: list[int] = []
     lm = ArpaLM()
-    section = None
-    for n, raw in enumerate(lines, 1):
-        line = raw.strip()
-        if not line:
-            continue
-        if line == "\\data\\":
-            section = "data"
-        elif line == "\\end\\":
-            break
-        elif line.startswith("\\") and line.endswith("-grams:"):
-            order = int(line[1:-7]) if line[1:-7].isdigit() else 0
-            if order != len(lm.ngrams) + 1 or order > len(counts):
-                raise BabelflowError(f"{where(path, n)}: unexpected section {line}")
+    for order, words, lp, bow in _arpa_records(Path(path)):
+        while len(lm.ngrams) < order:
             lm.ngrams.append({})
-            section = "ngrams"
-        elif section == "data" and line.startswith("ngram "):
-            k, _, c = line[6:].partition("=")
-            if not (k.strip().isdigit() and c.strip().isdigit()) or int(k) != len(counts) + 1:
-                raise BabelflowError(f"{where(path, n)}: bad count line '{line}'")
-            counts.append(int(c))
-        elif section == "ngrams":
-            f = line.split()
-            order = len(lm.ngrams)
-            if len(f) not in (order + 1, order + 2):
-                raise BabelflowError(f"{where(path, n)}: expected log-prob, {order} words and an optional back-off")
-            try:
-                lm.ngrams[-1][tuple(f[1:order + 1])] = (float(f[0]), float(f[order + 1]) if len(f) > order + 1
-                                                        else 0.0)
-            except ValueError:
-                raise BabelflowError(f"{where(path, n)}: not a number in '{line}'") from None
-        else:
-            raise BabelflowError(f"{where(path, n)}: unexpected line (not an ARPA file?)")
-    if not lm.ngrams or [len(x) for x in lm.ngrams] != counts:
-        raise BabelflowError(f"{path}: n-gram counts {[len(x) for x in lm.ngrams]} do not match the header {counts}")
+        lm.ngrams[order - 1][words] = (lp, bow)
     return lm
 
 
@@ -229,7 +244,7 @@ def arpa_to_g(arpa: str | os.PathLike, words_txt: str | os.PathLike, out_fst: st
     import kaldilm
 
     from .fstio import arrays_to_fst, fst_to_arrays, read_fst, write_fst
-    from .graph import remove_eps_local
+    from .fstops import remove_eps_local
 
     arpa, words_txt = Path(arpa), Path(words_txt)
     for p, what in ((arpa, "ARPA LM"), (words_txt, "words.txt")):
@@ -239,6 +254,11 @@ def arpa_to_g(arpa: str | os.PathLike, words_txt: str | os.PathLike, out_fst: st
     for sym in (disambig_symbol, bos, eos):
         if sym not in table:
             raise BabelflowError(f"{words_txt}: has no '{sym}' (needed by arpa2fst)")
+    has_bos = False
+    for order, words, _, _ in _arpa_records(arpa):  # the whole file: kaldilm aborts on a malformed one
+        has_bos |= order == 1 and words == (bos,)
+    if not has_bos:
+        raise BabelflowError(f"{arpa}: no unigram '{bos}' (arpa2fst needs the sentence start)")
     with tempfile.TemporaryDirectory(prefix="babelflow-g-") as d:
         with _captured_fd2() as messages:
             kaldilm.arpa2fst(input_arpa=str(arpa), output_fst=f"{d}/G.fst", disambig_symbol=disambig_symbol,
