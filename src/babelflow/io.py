@@ -119,3 +119,19 @@ def read_scalar(path: str | os.PathLike) -> str:
         return path.read_text().strip()
     except FileNotFoundError:
         raise BabelflowError(f"{path}: file not found") from None
+
+
+@contextlib.contextmanager
+def environment(values: Mapping[str, str]) -> Iterator[None]:
+    """Environment variables set for the processes started inside the block (e.g. single-threaded BLAS in
+    worker pools), restored after it."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BabelflowError
+from ..io import environment
 
 log = logging.getLogger("babelflow")
 _WORKER: dict[str, Any] = {}  # in a worker process: this run's decoder (and GMM)
@@ -182,18 +183,9 @@ def decode_dir(graph_dir: str, model_dir: str, data_dir: str, out_dir: str, conf
             outs = [_run_job(**a) for a in args]
         else:
             env = {v: "1" for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
-            saved = {k: os.environ.get(k) for k in env}
-            os.environ.update(env)  # the workers' BLAS reads these when they start
-            try:
-                with ProcessPoolExecutor(n_workers, mp_context=get_context("spawn"), initializer=_init_worker,
-                                         initargs=init) as pool:
-                    outs = [f.result() for f in [pool.submit(_run_job, **a) for a in args]]
-            finally:
-                for k, v in saved.items():
-                    if v is None:
-                        os.environ.pop(k, None)
-                    else:
-                        os.environ[k] = v
+            with environment(env), ProcessPoolExecutor(n_workers, mp_context=get_context("spawn"),  # BLAS reads
+                                                       initializer=_init_worker, initargs=init) as pool:  # env then
+                outs = [f.result() for f in [pool.submit(_run_job, **a) for a in args]]
     metrics = _write_decode_dir(Path(out_dir), outs, words, data, config)
     frames = sum(r.num_frames for o in outs for r in o["results"])
     audio = max(frames * frame_shift, 1e-9)

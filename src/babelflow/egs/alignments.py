@@ -12,12 +12,13 @@ from pathlib import Path
 from ..errors import BabelflowError
 from ..io import write_text
 from ..kaldi.alignments import AlignmentDir, read_pdf_alignments, write_int_vectors
+from ..kaldi.table import looks_like_rspecifier
 
 
 def prepare_pdf_alignments(source: str, out_dir: str | os.PathLike, num_pdfs: int | None = None) -> int:
     """Write ``out_dir/ali_pdf.{ark,scp}`` and ``out_dir/num_pdfs``; returns num_pdfs."""
     out_dir = Path(out_dir)
-    is_dir = ":" not in source
+    is_dir = not looks_like_rspecifier(source)
     if is_dir:
         num_pdfs = AlignmentDir(source).num_pdfs
     max_pdf = -1

@@ -19,6 +19,7 @@ from ..errors import BabelflowError
 from ..io import atomic_dir, write_info, write_text
 from ..kaldi.general_matrix import SparseMatrix
 from ..kaldi.nnet_example import NnetExample, egs_to_text, read_egs, write_egs
+from ..kaldi.table import looks_like_rspecifier
 from .examples import merged_nnet_examples, nnet_examples
 from .format import FORMAT_VERSION, LABEL_DTYPE, ArchiveWriter
 from .merged import MergedDir, is_merged_dir
@@ -26,7 +27,7 @@ from .reader import PARTS, EgsDir
 
 
 def _is_kaldi_source(source: str) -> bool:
-    return ":" in source and not Path(source).is_dir()
+    return looks_like_rspecifier(source) and not Path(source).is_dir()
 
 
 def show(source: str, out: TextIO = sys.stdout, limit: int | None = None, key: str | None = None) -> int:

@@ -16,13 +16,12 @@ Statistics are accumulated in numpy: one matmul per pdf over the frames aligned 
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -34,7 +33,7 @@ import numpy as np
 from ..data.datadir import DataDir
 from ..data.split import split_data
 from ..errors import BabelflowError
-from ..io import read_table
+from ..io import environment, read_table
 from ..kaldi.alignments import write_int_vectors
 from ..kaldi.transition_model import TransitionModel
 from ..kaldi.tree import ContextDependency
@@ -298,21 +297,6 @@ def write_alignments(st: JobState, path: str) -> int:
 _ONE_THREAD = {v: "1" for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
 
 
-@contextlib.contextmanager
-def _env(values: dict[str, str]) -> Iterator[None]:
-    """Environment variables set for processes started inside the block."""
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 class GmmJobs:
     """A data dir split by speaker into ``nj`` jobs, each held by one of ``workers`` processes (0: one per job,
     up to the CPUs this process may use; -1: all in this process). :meth:`map` runs ``fn(JobState, *args)``
@@ -333,7 +317,7 @@ class GmmJobs:
             splits = split_data(DataDir.load(data_dir, check_audio=False), nj, self._tmp)
             n = workers if workers > 0 else min(nj, len(os.sched_getaffinity(0))) if workers == 0 else 0
             ctx = get_context("spawn")  # no fork of a process holding OpenFst/BLAS state
-            with _env(_ONE_THREAD):  # read by the workers' BLAS when they start, i.e. now
+            with environment(_ONE_THREAD):  # read by the workers' BLAS when they start, i.e. now
                 self._pools = [ProcessPoolExecutor(1, mp_context=ctx) for _ in range(n)]
                 for p in self._pools:
                     p.submit(int).result()

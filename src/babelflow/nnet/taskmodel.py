@@ -20,6 +20,7 @@ import torch
 from ..egs.reader import EgsDir
 from ..errors import BabelflowError
 from ..io import atomic_open, write_text
+from ..kaldi.table import looks_like_rspecifier
 from .checkpoint import load_model, save_task_model, task_meta
 from .model import MultiTaskModel
 from .modeldir import ModelDir
@@ -57,7 +58,7 @@ def split_model(multitask: str | Path, task: str, out_dir: str | Path, feats_dir
             conf = confs[0].read_text()
             write_text(md.conf_dir / confs[0].name, conf)
     has_tree = False
-    if info["kind"] == "frame" and ali and ":" not in ali:
+    if info["kind"] == "frame" and ali and not looks_like_rspecifier(ali):
         from ..kaldi.transition_model import read_transition_model, write_transition_model
 
         tm = read_transition_model(Path(ali) / "final.mdl")
