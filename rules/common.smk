@@ -54,6 +54,8 @@ def egs_job_inputs(wildcards):
         ins["ali"] = rules.egs_ali.output.scp.format(task=wildcards.task)
     if task.ivectors:
         ins["ivectors"] = list(task.ivectors.values())
+    if config["model"].get("config"):  # the model's context shapes the examples
+        ins["model"] = config["model"]["config"]
     ins["code"] = step_code("egs")
     return ins
 

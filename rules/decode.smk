@@ -104,7 +104,7 @@ rule decode_graph_gmm:
     log:
         "logs/decode/{task}.graph_gmm.log",
     shell:
-        "babelflow mkgraph --self-loop-scale 1.0 {input.lang:q} {input.lm:q} {input.model:q} {output:q} > {log} 2>&1"
+        "babelflow mkgraph --self-loop-scale 0.1 {input.lang:q} {input.lm:q} {input.model:q} {output:q} > {log} 2>&1"
 
 
 rule decode_gmm:

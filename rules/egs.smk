@@ -44,6 +44,7 @@ rule egs:
     input:
         # archive J = features job J of every data set of the task
         archives=expand(rules.egs_job.output.index, archive=range(1, NJ + 1), allow_missing=True),
+        model=[config["model"]["config"]] if config["model"].get("config") else [],
         code=step_code("egs"),
     output:
         num_archives=L.egs("{task}", "info", "num_archives"),

@@ -27,6 +27,7 @@ rule gmm_mono:
     input:
         data=task_data,
         lang=rules.gmm_lang.output[0],
+        mfcc_conf=[PIPELINE.options(MonoOptions).mfcc_config] if PIPELINE.options(MonoOptions).mfcc_config else [],
         code=step_code("gmm"),
     output:
         directory(L.gmm("{task}", "mono")),

@@ -94,6 +94,11 @@ def test_schema_errors_name_the_key(params, tmp_path, edit, match):
      r"features\.config: file '.*missing\.conf' not found"),
     (lambda p, t: p["features"].update(cmvn_opts="--norm-vars=true --norm-means=false"), r"features\.cmvn_opts"),
     (lambda p, t: p.update(tasks={}), r"tasks: empty, but data\.dirs is set"),
+    (lambda p, t: p["tasks"]["lid"].update(ali="auto"), r"tasks\.lid\.ali: only frame tasks have alignments"),
+    (lambda p, t: p["tasks"]["101-cantonese"].update(ali="auto"), r"tasks\.101-cantonese\.lexicon: required with"),
+    (lambda p, t: p["tasks"]["101-cantonese"].update(test="nowhere"), r"tasks\.101-cantonese\.test: unknown data"),
+    (lambda p, t: p["decode"].update(tasks=["lid"]), r"decode\.tasks: 'lid' is an utterance task"),
+    (lambda p, t: p["decode"].update(tasks=["101-cantonese"]), r"tasks\.101-cantonese\.test: required to decode"),
 ])
 def test_semantic_errors_name_the_key(params, tmp_path, edit, match):
     p = _user_config(params, tmp_path)

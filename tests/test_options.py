@@ -109,6 +109,15 @@ def test_non_default_values_survive_the_round_trip():
         _assert_same(opts, _round_trip(type(opts), opts))
 
 
+def test_an_empty_list_is_rendered_not_dropped():
+    """[] in params must reach the command as [], not as the command's default list."""
+    from babelflow.decode.options import DecodeOptions
+
+    assert "--word-ins-penalty=" in DecodeOptions(word_ins_penalty=[]).to_args()
+    for opts in (MonoOptions(realign_iters=[]), TriOptions(realign_iters=[]), DecodeOptions(word_ins_penalty=[])):
+        _assert_same(opts, _round_trip(type(opts), opts))
+
+
 def test_model_flags_round_trip():
     for path in (REPO / "workflow" / "configs" / "babel_multilang.yaml",):
         mc = ModelConfig.from_dict(yaml.safe_load(path.read_text()))
@@ -138,7 +147,7 @@ def test_rendered_merge_args_follow_the_task_order():
     p = resolve_config(params, check_paths=False)
     args = task_args(p)
     tasks = [a for a in args if a.startswith("--task=")]
-    assert tasks[:2] == ["--task=en=exp/egs/en:1", "--task=de=exp/egs/de:0.25"] and len(tasks) == len(p.tasks)
+    assert tasks[:2] == ["--task=en=exp/egs/en:1.0", "--task=de=exp/egs/de:0.25"] and len(tasks) == len(p.tasks)
     assert "--block-size=64" in args and not any(a.startswith("--temperature") for a in args)
 
 

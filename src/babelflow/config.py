@@ -223,6 +223,9 @@ def _task(name: str, t: dict, dirs: dict[str, str], origin: str) -> Task:
                                  "(a Kaldi lexicon.txt: word phone...)")
         if len(data) != 1:
             raise BabelflowError(f"{origin}: tasks.{name}.data: a frame task takes one data set")
+    elif t.get("ali") or t.get("test"):
+        raise BabelflowError(f"{origin}: tasks.{name}.{'ali' if t.get('ali') else 'test'}: only frame tasks have "
+                             "alignments and test sets")
     elif not t.get("labels"):
         raise BabelflowError(f"{origin}: tasks.{name}.labels: required for an utterance task (e.g. utt2lang)")
     return Task(name, t["kind"], data, t.get("ali"), lexicon=t.get("lexicon"), test=t.get("test"),

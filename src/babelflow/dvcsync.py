@@ -100,10 +100,12 @@ def _stage(s: Step, jobs: list[Job], owned: dict[str, list[str]], workdir: str, 
         "params": list(s.params),
         "outs": _expand(s.outs, workdir, tasks, groups),
     }
-    if s.metrics:
-        stage["metrics"] = _expand(s.metrics, workdir, tasks, groups)
-    if s.plots:
-        stage["plots"] = _expand(s.plots, workdir, tasks, groups)
+    metrics = [m for m in _expand(s.metrics, workdir, tasks, groups) if m in produced]  # e.g. none unscored
+    plots = [p for p in _expand(s.plots, workdir, tasks, groups) if p in produced]
+    if metrics:
+        stage["metrics"] = metrics
+    if plots:
+        stage["plots"] = plots
     return stage
 
 

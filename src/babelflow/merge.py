@@ -80,7 +80,7 @@ def task_args(p: Pipeline) -> list[str]:
     """The flags of ``babelflow merge``: the options, then one ``--task NAME=EGS_DIR:WEIGHT`` per task in order."""
     o = p.options(MergeOptions)
     args = o.to_args(exclude=() if o.sampler == "temperature" else ("temperature",))
-    return args + [f"--task={t.name}={p.layout.egs(t.name)}:{t.weight:g}" for t in p.tasks.values()]
+    return args + [f"--task={t.name}={p.layout.egs(t.name)}:{t.weight!r}" for t in p.tasks.values()]
 
 
 class MergeTask(NamedTuple):

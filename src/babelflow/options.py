@@ -72,7 +72,8 @@ class StepOptions:
         try:
             return cls(**values)
         except (TypeError, ValueError) as e:
-            raise BabelflowError(f"params.yaml: {cls.SECTION}: {e}") from None
+            keys = sorted({path.rsplit(".", 1)[0] for path in cls.param_paths().values()})
+            raise BabelflowError(f"params.yaml: {', '.join(keys)}: {e}") from None
 
     # --- command line
 
@@ -81,7 +82,7 @@ class StepOptions:
         return [f for f in dataclasses.fields(cls) if f.metadata.get("cli", True)]
 
     def to_args(self, only: tuple[str, ...] | None = None, exclude: tuple[str, ...] = ()) -> list[str]:
-        """``--flag=value`` per option (None and empty lists left out: the command's default applies)."""
+        """``--flag=value`` per option (None left out: the command's default applies)."""
         args = []
         for f in self._cli_fields():
             if (only is not None and f.name not in only) or f.name in exclude:
@@ -130,8 +131,8 @@ def _render(flag: str, value: Any) -> list[str]:
         return []
     if isinstance(value, bool):
         return [f"{flag}={str(value).lower()}"]
-    if isinstance(value, (list, tuple)):
-        return [f"{flag}={','.join(map(str, value))}"] if value else []
+    if isinstance(value, (list, tuple)):  # [] too: the command's default list is not what params says
+        return [f"{flag}={','.join(map(str, value))}"]
     if isinstance(value, Mapping):
         return [f"{flag}={k}={v}" for k, v in value.items()]
     return [f"{flag}={value}"]

@@ -36,6 +36,12 @@ def resolve(p: Pipeline, check_paths: bool) -> None:
     o = p.options(DecodeOptions)
     if o.min_lmwt < 1 or o.max_lmwt < o.min_lmwt:
         raise p.error("decode.min_lmwt", f"the LM-weight range {o.min_lmwt}..{o.max_lmwt} is empty")
+    if o.lm_order < 2:
+        raise p.error("decode.lm_order", f"at least 2 (a bigram), got {o.lm_order}")
+    if o.beam <= 0 or o.lattice_beam <= 0 or o.acoustic_scale <= 0 or o.min_active > o.max_active:
+        raise p.error("decode", "beam, lattice_beam and acoustic_scale must be > 0, min_active <= max_active")
+    if len(set(o.tasks)) != len(o.tasks):
+        raise p.error("decode.tasks", f"a task listed twice: {o.tasks}")
     for name in o.tasks:
         t = p.tasks.get(name)
         if t is None:
@@ -43,7 +49,12 @@ def resolve(p: Pipeline, check_paths: bool) -> None:
         if t.kind != "frame":
             raise p.error("decode.tasks", f"'{name}' is an utterance task: only frame tasks are decoded")
         if not t.test:
+            if p.demo:
+                raise p.error("demo.test_utts_per_lang", f"0: the demo has no test set to decode '{name}' with")
             raise p.error(f"tasks.{name}.test", "required to decode the task (a data set of data.dirs)")
+        if not (t.ali_dir or t.auto_ali):
+            raise p.error(f"tasks.{name}.ali", "decoding needs an alignment dir (its final.mdl, tree and phones.txt "
+                          "make the graph), not a pdf-id table")
         if not t.decode_lexicon:
             raise p.error(f"tasks.{name}.lexicon", "required to decode the task (the graph's words)")
 

@@ -22,6 +22,9 @@ def _source(args: argparse.Namespace) -> TaskSource:
             raise BabelflowError(f"--set expects NAME:DATA_DIR:FEATS_DIR, got '{item}'") from None
         sets.append((name, Path(data), Path(feats)))
     classes = args.classes.split(",") if getattr(args, "classes", None) else None
+    bad = [item for item in args.ivectors or [] if ":" not in item]
+    if bad:
+        raise BabelflowError(f"--ivectors expects NAME:IVECTOR_DIR, got '{bad[0]}'")
     ivectors = dict(item.split(":", 1) for item in args.ivectors) if args.ivectors else None
     if ivectors and set(ivectors) != {name for name, _, _ in sets}:
         raise BabelflowError("--ivectors must name every data set of the task (NAME:IVECTOR_DIR)")

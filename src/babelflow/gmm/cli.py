@@ -64,10 +64,8 @@ def cmd_ali_compare(args: argparse.Namespace) -> None:
             key, sep, path = item.partition("=")
             if not sep:
                 raise BabelflowError(f"ali-compare --collect: expected KEY=FILE, got '{item}'")
-            node = out
-            *parents, leaf = key.split(".")
-            for k in parents:
-                node = node.setdefault(k, {})
+            task, _, leaf = key.rpartition(".")  # task names may hold dots
+            node = out.setdefault(task, {}) if task else out
             try:
                 node[leaf] = json.loads(Path(path).read_text())
             except (OSError, ValueError) as e:

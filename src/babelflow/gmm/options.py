@@ -8,6 +8,7 @@ option of the model: those are plain command-line flags (see :mod:`.train_cli`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..options import StepOptions, option
@@ -135,6 +136,17 @@ class AlignOptions(StepOptions):
 def resolve(p: Pipeline, check_paths: bool) -> None:
     """``ali: auto`` tasks get the alignment dir of the chosen stage."""
     use = p.options(GmmOptions).use
+    if any(t.auto_ali for t in p.tasks.values()):
+        for cls in (LangOptions, MonoOptions, TriOptions, AlignOptions):  # their own checks, now, not in a job
+            p.options(cls)
+        lang = p.options(LangOptions)
+        if not 0.0 <= lang.sil_prob < 1.0:
+            raise p.error("gmm.lang.sil_prob", f"must be in [0, 1), got {lang.sil_prob}")
+        if lang.num_sil_states < 1 or lang.num_sil_states == 2:
+            raise p.error("gmm.lang.num_sil_states", f"1, 3 or more (prepare_lang.sh), got {lang.num_sil_states}")
+        conf = p.options(MonoOptions).mfcc_config
+        if check_paths and conf and not Path(conf).is_file():
+            raise p.error("gmm.mono.mfcc_config", f"file '{conf}' not found")
     for t in p.tasks.values():
         if t.auto_ali:
             t.ali = p.layout.gmm(t.name, f"{use}_ali")

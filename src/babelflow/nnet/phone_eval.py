@@ -60,7 +60,10 @@ def phone_accuracy(model_dir: str | os.PathLike, feats_dir: str | os.PathLike, d
             continue
         x = np.asarray(feats.load(utt), np.float32)
         if means:
-            x = apply_cmvn(x, stats[spk.get(utt, utt)], means, variances)
+            key = spk.get(utt, utt)
+            if key not in stats:
+                raise BabelflowError(f"{feats.cmvn_scp}: no CMVN stats for '{key}' (utterance '{utt}')")
+            x = apply_cmvn(x, stats[key], means, variances)
         pred = [symbols[int(p)] for p in to_phone[frame_outputs(model, x).argmax(1)]]
         truth = ref[utt].frame_phones
         n = min(len(pred), len(truth))
