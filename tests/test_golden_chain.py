@@ -2,11 +2,12 @@
 
 ``tests/golden/tiny_chain.json`` holds, from a run on this machine kind, the sha256 of every
 artifact the data path writes (features, egs archives, the merged schedule) and of the
-models, and both metrics files. It was recorded after the structure refactor had been checked
-byte-identical with commit 3cbe749 on every file under exp/ (``recorded_by`` says when it was
-last re-recorded, and why). Refactoring plumbing must not change a byte of the data path; the
-models are compared by their metrics, which float rounding on another CPU could move by a
-frame or two, never more. A deliberate change of results re-records the file and says why.
+models, sums of the float artifacts, and both metrics files. It was recorded after the structure
+refactor had been checked byte-identical with commit 3cbe749 on every file under exp/
+(``recorded_by`` says when it was last re-recorded, and why). Refactoring plumbing must not
+change the data path: integer/text artifacts are compared byte for byte, float ones to 1e-5
+(float rounding may differ on another CPU); the models by their metrics, which such rounding
+could move by a frame or two, never more. A deliberate change of results re-records the file and says why.
 Voices f2/f3 are left out: espeak-ng's breathy variants were not reproducible run to run.
 """
 
@@ -38,11 +39,33 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_data_path_is_byte_identical(chain):
-    data = {k: v for k, v in GOLDEN["sha256"].items() if not k.endswith(MODEL_FILES)}
-    assert len(data) > 60
+def _float_stats(proj: Path, rel: str) -> dict:
+    import kaldiio
+    import numpy as np
+
+    path = proj / rel
+    if rel.endswith(".feats"):  # raw little-endian rows of the egs dir's info/feats_dtype
+        dtype = (path.parent / "info" / "feats_dtype").read_text().strip()
+        x = np.fromfile(path, np.dtype(dtype).newbyteorder("<")).astype(np.float64)
+    else:
+        x = np.concatenate([np.asarray(m, np.float64).ravel() for _, m in kaldiio.load_ark(str(path))])
+    return {"n": int(x.size), "sum": float(x.sum()), "l1": float(np.abs(x).sum())}
+
+
+def test_data_path_is_the_same(chain):
+    """Integer and text artifacts (egs indexes and labels, pdf alignments, the merged schedule) byte for
+    byte; float ones (features, CMVN stats, stored egs features) by sum and L1 norm to 1e-5: another CPU's
+    FFT may round a last bit differently, a changed data path moves these by far more."""
+    floats = GOLDEN["float_stats"]
+    data = {k: v for k, v in GOLDEN["sha256"].items() if not k.endswith(MODEL_FILES) and k not in floats}
+    assert len(data) > 40 and len(floats) > 20
     changed = [k for k, v in data.items() if not (chain / k).is_file() or _sha(chain / k) != v]
     assert changed == []
+    for rel, want in floats.items():
+        got = _float_stats(chain, rel)
+        assert got["n"] == want["n"], rel
+        assert got["sum"] == pytest.approx(want["sum"], rel=1e-5, abs=1e-3), rel
+        assert got["l1"] == pytest.approx(want["l1"], rel=1e-5), rel
 
 
 def test_metrics_are_the_same(chain):
