@@ -3,7 +3,6 @@
 # With true alignments at hand (the demo), each stage's alignments are scored against them.
 from babelflow.gmm.options import STAGES, AlignOptions, LangOptions, MonoOptions, TriOptions
 
-AUTO_ALI = [t.name for t in PIPELINE.tasks.values() if t.auto_ali]
 SCORED = [t.name for t in PIPELINE.tasks.values() if t.auto_ali and t.ref_ali]
 
 
@@ -27,7 +26,7 @@ rule gmm_mono:
     input:
         data=task_data,
         lang=rules.gmm_lang.output[0],
-        mfcc_conf=[PIPELINE.options(MonoOptions).mfcc_config] if PIPELINE.options(MonoOptions).mfcc_config else [],
+        mfcc_conf=[c for c in [PIPELINE.options(MonoOptions).mfcc_config] if c],
         code=step_code("gmm"),
     output:
         directory(L.gmm("{task}", "mono")),

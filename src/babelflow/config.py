@@ -51,10 +51,6 @@ class Task:
         return self.ali_from == "gmm"
 
     @property
-    def decode_lexicon(self) -> str | None:
-        return self.lexicon
-
-    @property
     def ali_dir(self) -> str | None:
         """The alignment dir (its ``final.mdl``, ``tree``), None for a pdf-id rspecifier."""
         return self.ali if self.ali and not looks_like_rspecifier(self.ali) else None

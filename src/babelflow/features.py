@@ -199,9 +199,12 @@ class FeaturesOptions(StepOptions):
 
     @classmethod
     def from_args(cls, args) -> FeaturesOptions:
-        overrides = {canonical_option(k[4:]): v
-                     for k, v in vars(args).items() if k.startswith("opt_") and v is not None}
-        return cls(args.type, args.config, overrides, args.cmvn_opts)
+        return cls(args.type, args.config, kaldi_feature_flags(args), args.cmvn_opts)
+
+
+def kaldi_feature_flags(args) -> dict[str, Any]:
+    """The Kaldi options given on the command line (``add_kaldi_feature_flags``), by canonical name."""
+    return {canonical_option(k[4:]): v for k, v in vars(args).items() if k.startswith("opt_") and v is not None}
 
 
 def add_kaldi_feature_flags(parser) -> None:

@@ -10,15 +10,14 @@ import argparse
 import logging
 
 from .errors import BabelflowError
-from .features import OPTIONS, FeatureConfig, add_kaldi_feature_flags, canonical_option
+from .features import OPTIONS, FeatureConfig, add_kaldi_feature_flags, kaldi_feature_flags
 from .options import parse_bool
 
 log = logging.getLogger("babelflow")
 
 
 def _feature_config(args: argparse.Namespace, feat_type: str) -> FeatureConfig:
-    overrides = {canonical_option(k[4:]): v for k, v in vars(args).items() if k.startswith("opt_") and v is not None}
-    return FeatureConfig.build(feat_type, args.config, overrides, origin="command line")
+    return FeatureConfig.build(feat_type, args.config, kaldi_feature_flags(args), origin="command line")
 
 
 def cmd_compute_feats(args: argparse.Namespace) -> None:

@@ -36,9 +36,11 @@ import numpy as np
 
 from ..errors import BabelflowError
 from ..kaldi.transition_model import TransitionModel
+from .options import DecodeOptions
 
-KALDI_LMWTS = tuple(range(7, 18))  # score.sh --min-lmwt 7 --max-lmwt 17
-KALDI_WIPS = ("0.0", "0.5", "1.0")  # score.sh --word-ins-penalty
+_D = DecodeOptions()  # the defaults live there (params.yaml decode:, the CLI flags)
+KALDI_LMWTS = tuple(range(_D.min_lmwt, _D.max_lmwt + 1))  # score.sh --min-lmwt 7 --max-lmwt 17
+KALDI_WIPS = tuple(str(w) for w in _D.word_ins_penalty)  # score.sh --word-ins-penalty
 _DELTA = 1.0 / 1024  # fst::kDelta: residual weights closer than this make one determinized state
 _ARC = np.dtype([("ilabel", "<i4"), ("olabel", "<i4"), ("g", "<f4"), ("a", "<f4"), ("next", "<i4")])
 _STATE = struct.Struct("<ffq")  # final weight (LatticeWeight) and number of arcs of a VectorFst state
@@ -48,11 +50,11 @@ _STATE = struct.Struct("<ffq")  # final weight (LatticeWeight) and number of arc
 class DecodeConfig:
     """nnet3-latgen-faster's defaults as nnet3/decode.sh runs them, and score.sh's sweep."""
 
-    acoustic_scale: float = 0.1
-    beam: float = 15.0
-    lattice_beam: float = 8.0
-    max_active: int = 7000
-    min_active: int = 200
+    acoustic_scale: float = _D.acoustic_scale
+    beam: float = _D.beam
+    lattice_beam: float = _D.lattice_beam
+    max_active: int = _D.max_active
+    min_active: int = _D.min_active
     allow_partial: bool = False  # Kaldi's default: no output for an utterance that reaches no final state
     lmwts: tuple[int, ...] = KALDI_LMWTS
     wips: tuple[str, ...] = KALDI_WIPS

@@ -55,7 +55,7 @@ def resolve(p: Pipeline, check_paths: bool) -> None:
         if not (t.ali_dir or t.auto_ali):
             raise p.error(f"tasks.{name}.ali", "decoding needs an alignment dir (its final.mdl, tree and phones.txt "
                           "make the graph), not a pdf-id table")
-        if not t.decode_lexicon:
+        if not t.lexicon:
             raise p.error(f"tasks.{name}.lexicon", "required to decode the task (the graph's words)")
 
 
