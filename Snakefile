@@ -1,8 +1,8 @@
 # babelflow: Kaldi's multilingual nnet3 recipe as a Snakemake workflow.
 # params.yaml is both this workflow's config and DVC's params file.
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
-from babelflow.config import SCHEMA, resolve_config
+from babelflow.config import resolve_config, validate_schema
 from babelflow.errors import BabelflowError
 
 min_version("9.0")
@@ -14,9 +14,10 @@ report: "workflow/report/workflow.rst"
 configfile: "params.yaml"
 
 
-# the schema ships inside the package (workflow/schemas/ links to it)
-validate(config, str(SCHEMA))
+# Validated against the schema (it ships inside the package; workflow/schemas/ links to it), every
+# default filled in: a params.yaml may hold only the keys it changes.
 try:
+    config.update(validate_schema(config))
     PIPELINE = resolve_config(config)
 except BabelflowError as e:
     raise ValueError(str(e)) from None
@@ -33,6 +34,7 @@ localrules:
     gmm_compare,
     gmm_metrics,
     decode_metrics,
+    lowres_metrics,
     egs,
     merge,
     model_config,
@@ -50,6 +52,7 @@ include: "rules/train.smk"
 include: "rules/split.smk"
 include: "rules/export.smk"
 include: "rules/decode.smk"
+include: "rules/lowres.smk"
 
 
 rule all:
@@ -59,3 +62,4 @@ rule all:
         expand(rules.export_kaldi.output.mdl, task=PIPELINE.frame_tasks()),
         [rules.gmm_metrics.output[0]] if SCORED else [],
         [rules.decode_metrics.output.metrics] if DECODED else [],
+        [rules.lowres_metrics.output.metrics] if LOWRES else [],

@@ -1,13 +1,13 @@
 # Decoding (Kaldi's decode_lang_list + utils/mkgraph.sh + steps/nnet3/decode.sh + local/score.sh) of each task in
 # decode.tasks: an LM from the task's training text, a lang dir with the model's phone ids, HCLG, then the task's
-# test set decoded with the split model (log-likelihoods = log-posteriors - log priors) and, for ali: auto tasks,
-# with the GMM the alignments came from (the classic hybrid baseline).
+# test set decoded with the split model (log-likelihoods = log-posteriors - log priors) and, with decode.gmm, with
+# the task's GMM (the one its ali: auto alignments came from, else one trained for it): the classic hybrid baseline.
 from babelflow.decode.options import DecodeOptions, decoded_tasks
 from babelflow.gmm.options import GmmOptions, LangOptions
 
 DECODE = PIPELINE.options(DecodeOptions)
 DECODED = decoded_tasks(PIPELINE)
-GMM_DECODED = [t for t in DECODED if DECODE.gmm and PIPELINE.tasks[t].auto_ali]
+GMM_DECODED = [t for t in DECODED if DECODE.gmm]  # babelflow.gmm.options.gmm_tasks trains their GMMs
 GMM_STAGE = PIPELINE.options(GmmOptions).use
 
 

@@ -19,8 +19,8 @@ from .test_pipeline import TINY
 pytestmark = pytest.mark.slow
 
 # one language, a frame and an utterance task, one epoch: the smallest chain with every stage
-DVC_TINY = {**TINY, "demo__langs": {"en": "en-us"}, "demo__utterance_tasks": ["gender"],
-            "merge__weights": {"en": 1.0, "gender": 1.0}, "train__num_epochs": 1}
+DVC_TINY = {**TINY, "demo__langs": {"en": "en-us"}, "demo__utterance_tasks": ["gender"], "demo__low_resource": {},
+            "merge__weights": {"en": 1.0, "gender": 1.0}, "train__num_epochs": 1, "decode__gmm": False}
 TASKS = ("en", "gender")
 ALL_STAGES = ["corpus", "data", "features", "egs", "merge", "train", "models", "export", "decode"]
 

@@ -15,15 +15,10 @@ from .test_pipeline import TINY
 
 pytestmark = pytest.mark.slow
 
-GMM = {"mono": {"num_iters": 10, "totgauss": 200, "boost_silence": 1.0, "seed": 0},
-       "tri": {"num_leaves": 40, "totgauss": 120, "num_iters": 10, "realign_iters": [2, 4, 6, 8],
-               "boost_silence": 1.0, "seed": 0}}
-
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    proj = project_copy(tmp_path_factory.mktemp("auto"), **TINY, demo__ali="auto", gmm__mono=GMM["mono"],
-                        gmm__tri=GMM["tri"])
+    proj = project_copy(tmp_path_factory.mktemp("auto"), **{**TINY, "demo__ali": "auto", "demo__low_resource": {}})
     run(["snakemake", "--cores", "2"], proj)
     return proj
 

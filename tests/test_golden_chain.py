@@ -30,7 +30,9 @@ MODEL_FILES = ("final.pt", "model.pt", "final.mdl", "priors.txt")
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
-    proj = project_copy(tmp_path_factory.mktemp("golden"), **{**TINY, "demo__voices": ["m1", "m2", "f1", "f4"]})
+    # the chain as recorded: no low-resource language, no GMM baselines (neither touches what is compared)
+    proj = project_copy(tmp_path_factory.mktemp("golden"), **{**TINY, "demo__voices": ["m1", "m2", "f1", "f4"],
+                                                              "demo__low_resource": {}, "decode__gmm": False})
     run(["snakemake", "--cores", "2"], proj)
     return proj
 

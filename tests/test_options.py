@@ -21,13 +21,14 @@ from babelflow.egs.options import EgsOptions
 from babelflow.errors import BabelflowError
 from babelflow.features import FeaturesOptions
 from babelflow.gmm.options import AlignOptions, GmmOptions, LangOptions, MonoOptions, TriOptions
+from babelflow.lowres import LowresOptions
 from babelflow.merge import MergeOptions, parse_task_arg
 from babelflow.nnet.modelconfig import ModelConfig
 from babelflow.nnet.options import LaunchOptions, PriorsOptions, TrainOptions
 
 REPO = Path(__file__).resolve().parents[1]
 ALL = (DemoOptions, DataOptions, FeaturesOptions, EgsOptions, MergeOptions, TrainOptions, LaunchOptions,
-       PriorsOptions, GmmOptions, LangOptions, MonoOptions, TriOptions, AlignOptions, DecodeOptions)
+       PriorsOptions, GmmOptions, LangOptions, MonoOptions, TriOptions, AlignOptions, DecodeOptions, LowresOptions)
 NOT_OPTIONS = {"workdir", "tasks", "model"}  # resolved by config.py (tasks) and ModelConfig (model)
 
 

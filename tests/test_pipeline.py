@@ -11,11 +11,18 @@ from .conftest import REPO, planned_jobs, project_copy, run
 
 pytestmark = pytest.mark.slow
 
+# GMMs (the baseline decode.gmm trains for every decoded language) small enough for 16 utterances
+GMM = {"mono": {"num_iters": 10, "totgauss": 200, "boost_silence": 1.0, "seed": 0},
+       "tri": {"num_leaves": 40, "totgauss": 120, "num_iters": 10, "realign_iters": [2, 4, 6, 8],
+               "boost_silence": 1.0, "seed": 0}}
+# de is the low-resource target (lowres: mono, multi_base, multi_frozen beside the main run)
 TINY = dict(demo__utts_per_lang=16, demo__langs={"en": "en-us", "de": "de"}, demo__utterance_tasks=["lang", "gender"],
             model__layers=[{"dim": 32, "splice": [-2, 0, 2]}, {"dim": 32, "splice": [-3, 3]}],
             model__bottleneck={"dim": 16}, model__frame_head={"hidden": [32]}, model__utterance_head={"hidden": [32]},
-            train__num_epochs=2, merge__block_size=16, demo__test_utts_per_lang=8,
-            merge__weights={"en": 1.0, "de": 1.0, "lang": 1.0, "gender": 1.0})
+            train__num_epochs=2, merge__block_size=16, demo__test_utts_per_lang=8, demo__low_resource={"de": 12},
+            merge__weights={"en": 1.0, "de": 1.0, "lang": 1.0, "gender": 1.0}, gmm__mono=GMM["mono"],
+            gmm__tri=GMM["tri"])
+UTTS = {"en": 16, "de": 12}
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +39,7 @@ def test_chain_outputs(built, monkeypatch):
         feats = proj / "exp" / "feats" / lang
         assert (feats / "info" / "feat_dim").read_text().strip() == "40"
         mats = dict(kaldiio.load_scp(str(feats / "feats.scp")))
-        assert len(mats) == 16 and all(m.shape[1] == 40 for m in mats.values())
+        assert len(mats) == UTTS[lang] and all(m.shape[1] == 40 for m in mats.values())
         # features cover exactly the alignment frames of every utterance
         ali = dict(AlignmentDir(proj / "corpus" / lang / "ali").pdf_alignments())
         assert {k: len(v) for k, v in ali.items()} == {k: m.shape[0] for k, m in mats.items()}
@@ -42,6 +49,19 @@ def test_chain_outputs(built, monkeypatch):
         assert (feats / "cmvn_opts").read_text().strip() == "--norm-means=false --norm-vars=false"
         assert (proj / "exp" / "data" / lang / "split2" / "2" / "wav.scp").is_file()
         assert not list(proj.rglob(".*.tmp")), "temporary files left behind"
+
+
+def test_outputs_are_readable_as_the_umask_allows(built):
+    """Colleagues on a shared file system can read what the workflow wrote (not tempfile's 0600/0700)."""
+    import stat
+
+    from babelflow.io import umask
+
+    proj, _ = built
+    readable = 0o444 & ~umask()
+    wrong = [str(p) for root in ("exp", "corpus") for p in (proj / root).rglob("*")
+             if stat.S_IMODE(p.stat().st_mode) & 0o444 != readable]
+    assert not wrong, wrong[:10]
 
 
 def test_training_ran_on_all_tasks(built):
@@ -84,6 +104,44 @@ def test_every_language_is_decoded(built):
         assert (graph / "HCLG.fst").is_file() and (graph / "words.txt").is_file()
 
 
+def test_every_decoded_language_has_a_gmm_baseline(built):
+    import json
+
+    proj, _ = built
+    wer = json.loads((proj / "exp" / "decode" / "metrics.json").read_text())
+    assert all(0.0 <= w["gmm_wer"] <= 100.0 for w in wer.values()), wer
+    rows = (proj / "exp" / "decode" / "metrics.tsv").read_text().splitlines()
+    assert rows[0] == "system\ttask\twer" and len(rows) == 1 + 2 * 2
+
+
+def test_low_resource_target_is_compared_across_systems(built):
+    import json
+
+    import torch
+
+    proj, _ = built
+    rows = [r.split("\t") for r in (proj / "exp" / "decode" / "lowres.tsv").read_text().splitlines()]
+    assert rows[0] == ["system", "task", "wer"]
+    assert [(s, t) for s, t, _ in rows[1:]] == [("gmm", "de"), ("mono", "de"), ("multi", "de"), ("multi_frozen", "de")]
+    assert all(0.0 <= float(w) <= 100.0 for _, _, w in rows[1:])
+    assert (proj / "exp" / "decode" / "lowres.png").stat().st_size > 1000
+    # multi is the main run's decode; the others decode the same test set on the same graph
+    main = json.loads((proj / "exp" / "decode" / "de" / "decode_test" / "metrics.json").read_text())
+    assert float(rows[3][2]) == main["wer"]
+    lowres = proj / "exp" / "lowres"
+    # mono and multi_frozen saw only the target; multi_base everything but the target
+    for system, seen in (("mono", {"de"}), ("multi_frozen", {"de"}), ("multi_base", {"en", "lang", "gender"})):
+        log = (lowres / system / "train" / "train_log.tsv").read_text().splitlines()
+        assert {line.split("\t")[2] for line in log[1:]} == seen, system
+    # heads only: multi_frozen's trunk is multi_base's, bit for bit; its de head moved
+    base = torch.load(lowres / "multi_base" / "train" / "final.pt", weights_only=True)["state_dict"]
+    frozen = torch.load(lowres / "multi_frozen" / "train" / "final.pt", weights_only=True)["state_dict"]
+    trunk = [k for k in base if k.startswith("trunk.")]
+    assert trunk and all(torch.equal(base[k], frozen[k]) for k in trunk)
+    heads = [k for k in base if not k.startswith("trunk.") and k in frozen]
+    assert any(not torch.equal(base[k], frozen[k]) for k in heads)
+
+
 def test_rerun_is_a_noop(built):
     proj, _ = built
     assert planned_jobs(proj) == {}
@@ -100,9 +158,11 @@ def test_feature_option_change_reruns_features_only(built):
         (proj / "params.yaml").write_text(edited.replace("num_mel_bins: 30", "num_mel_bins: 40"))
     # 2 languages x 2 jobs of features, then every egs archive (2 per task: one per features job)
     # and finalize; not the corpus, the data step or the alignments
+    # and the low-resource systems (not the GMMs: they read their own MFCCs)
     assert jobs == {"features_job": 4, "features": 2, "egs_job": 8, "egs": 4, "merge": 1, "train": 1,
                     "split": 4, "eval": 4, "export_kaldi": 2, "metrics": 1, "decode_lang": 2, "decode_graph": 2,
-                    "decode_nnet": 2, "decode_metrics": 1, "all": 1}
+                    "decode_nnet": 2, "decode_metrics": 1, "lowres_train": 3, "lowres_split": 2,
+                    "lowres_decode": 2, "lowres_metrics": 1, "all": 1}
 
 
 def test_bad_params_fail_before_any_job(tmp_path):

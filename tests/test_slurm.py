@@ -23,7 +23,8 @@ CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"
 # one language + gender: 1 frame and 1 utterance task; 2 training processes (gloo); enough
 # steps with frequent checkpoints that a scancel lands mid-training
 SLURM_TINY = dict(
-    demo__utts_per_lang=16, demo__langs={"en": "en-us"}, demo__utterance_tasks=["gender"],
+    demo__utts_per_lang=16, demo__langs={"en": "en-us"}, demo__utterance_tasks=["gender"], demo__low_resource={},
+    decode__gmm=False,
     model__layers=[{"dim": 32, "splice": [-2, 0, 2]}, {"dim": 32, "splice": [-3, 3]}],
     model__bottleneck={"dim": 16}, model__frame_head={"hidden": [32]}, model__utterance_head={"hidden": [32]},
     merge__block_size=8, merge__weights={"en": 1.0, "gender": 1.0},
@@ -31,6 +32,22 @@ SLURM_TINY = dict(
 )
 # the profile as shipped, polling sooner than a real cluster needs
 FAST = ["--slurm-init-seconds-before-status-checks", "2", "--jobs", "4"]
+
+
+def fit_profile_to_node(proj) -> None:
+    """Cap the shipped profile's cpus_per_task and threads at the test node's CPUs.
+
+    SLURM leaves a job that asks for more CPUs than any node has PENDING (PartitionConfig)
+    for ever, and the plugin waits on it: on a 2-CPU node the 4-CPU decode jobs would hang.
+    """
+    cpus = int(subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True,
+                              check=True).stdout.split()[0].rstrip("+"))
+    path = proj / "workflow" / "profiles" / "slurm" / "config.yaml"
+    prof = yaml.safe_load(path.read_text())
+    for res in prof["set-resources"].values():
+        res["cpus_per_task"] = min(res.get("cpus_per_task", 1), cpus)
+    prof["set-threads"] = {rule: min(n, cpus) for rule, n in prof["set-threads"].items()}
+    path.write_text(yaml.safe_dump(prof, sort_keys=False))
 
 
 def _sacct(job_ids: list[str]) -> dict[str, str]:
@@ -67,6 +84,7 @@ def local_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def slurm_run(cluster, tmp_path_factory):
     proj = project_copy(tmp_path_factory.mktemp("slurm"), **SLURM_TINY)
+    fit_profile_to_node(proj)
     t = time.time()
     proc = run(["snakemake", "--profile", "workflow/profiles/slurm", *FAST], proj, timeout=1500)
     return proj, proc.stdout + proc.stderr, time.time() - t

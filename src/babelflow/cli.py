@@ -25,7 +25,8 @@ def cmd_demo_corpus(args: argparse.Namespace) -> None:
     from .demo.corpus import DemoConfig, generate_corpus
 
     o = DemoOptions.from_args(args)
-    cfg = DemoConfig(langs=o.langs, voices=o.voices, utts_per_lang=o.num_utts, seed=o.seed, ali_jobs=o.ali_jobs,
+    cfg = DemoConfig(langs=o.langs, voices=o.voices, utts_per_lang=o.num_utts, low_resource=o.low_resource,
+                     seed=o.seed, ali_jobs=o.ali_jobs,
                      test_voices=o.test_voices, test_utts_per_lang=o.test_utts_per_lang)
     only = args.lang.split(",") if args.lang else None
     for s in generate_corpus(args.out, cfg, only, jobs=args.jobs):

@@ -155,6 +155,11 @@ def resolve_config(config: dict[str, Any], check_paths: bool = True, origin: str
                      for lang in langs}
         if tests and not config["decode"]["tasks"]:
             config["decode"]["tasks"] = list(langs)  # the demo decodes every language
+        unknown = [lang for lang in d.low_resource if lang not in langs]
+        if unknown:
+            raise BabelflowError(f"{origin}: demo.low_resource: {', '.join(unknown)} not in demo.langs")
+        if not config["lowres"]["tasks"]:  # its targets: the low-resource languages it decodes
+            config["lowres"]["tasks"] = [lang for lang in d.low_resource if lang in config["decode"]["tasks"]]
         for label in d.utterance_tasks:
             tasks_cfg[label] = {"kind": "utterance", "data": langs, "labels": f"utt2{label}"}
         config["data"]["dirs"], config["tasks"] = dirs, tasks_cfg

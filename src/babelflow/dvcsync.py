@@ -32,8 +32,8 @@ def _under(path: str, root: str) -> bool:
 
 def _expand(templates: tuple[str, ...], workdir: str, tasks: list[str],
             groups: dict[str, list[str]] | None = None) -> list[str]:
-    """``{task}``: one path per task; ``{<group>}`` (``auto_task``: tasks whose alignments the gmm step
-    makes, ``decoded_task``: decode.tasks): one per task of that group."""
+    """``{task}``: one path per task; ``{<group>}`` (``gmm_task``: tasks the gmm step trains GMMs for,
+    ``decoded_task``: decode.tasks): one per task of that group."""
     groups = {"task": list(tasks), **(groups or {})}
     out: list[str] = []
     for t in templates:
@@ -109,8 +109,9 @@ def _stage(s: Step, jobs: list[Job], owned: dict[str, list[str]], workdir: str, 
     return stage
 
 
-def _top_level_plots(workdir: str, tasks: dict[str, str]) -> list[dict]:
-    """Curves across tasks (one line per task) and each utterance task's confusion matrix."""
+def _top_level_plots(workdir: str, tasks: dict[str, str], lowres: bool = False) -> list[dict]:
+    """Curves across tasks (one line per task), each utterance task's confusion matrix, WER per system
+    of the low-resource targets."""
     curves = {f"{workdir}/train/curves/{t}.tsv" for t in tasks}
     plots: list[dict] = [
         {"valid_accuracy": {"title": "Valid accuracy per task (per epoch)", "template": "linear", "x": "epoch",
@@ -120,6 +121,9 @@ def _top_level_plots(workdir: str, tasks: dict[str, str]) -> list[dict]:
         {"allocation": {"title": "Merged egs per task (combine_egs.sh allocation)", "template": "bar_horizontal",
                         "x": "examples", "y": {f"{workdir}/merged/allocation.tsv": "name"}}},
     ]
+    if lowres:
+        plots.append({"lowres_wer": {"title": "Low-resource targets: WER (%) per system", "template": "bar_horizontal",
+                                     "x": "wer", "y": {f"{workdir}/decode/lowres.tsv": "system"}}})
     for t, kind in tasks.items():
         if kind == "utterance":
             plots.append({f"confusion_{t}": {"title": f"{t}: confusion on valid", "template": "confusion",
@@ -131,17 +135,16 @@ def _top_level_plots(workdir: str, tasks: dict[str, str]) -> list[dict]:
 def render_dvc_yaml(project: str | Path = ".") -> str:
     """The dvc.yaml text for the project's Snakefile and params.yaml."""
     from .config import load_pipeline
+    from .decode.options import decoded_tasks
+    from .gmm.options import gmm_tasks
 
     project = Path(project)
     pipeline = load_pipeline(project / "params.yaml", check_paths=False)
     jobs = workflow_jobs(project)
     tasks = {name: t.kind for name, t in pipeline.tasks.items()}
-    from .decode.options import decoded_tasks
-
-    groups = {"auto_task": [name for name, t in pipeline.tasks.items() if t.auto_ali],
-              "decoded_task": decoded_tasks(pipeline)}
+    groups = {"gmm_task": gmm_tasks(pipeline), "decoded_task": decoded_tasks(pipeline)}
     doc = {"stages": build_stages(jobs, pipeline.workdir, list(tasks), groups),
-           "plots": _top_level_plots(pipeline.workdir, tasks)}
+           "plots": _top_level_plots(pipeline.workdir, tasks, any(j.rule == "lowres_metrics" for j in jobs))}
     return HEADER + yaml.safe_dump(doc, sort_keys=False, width=120)
 
 

@@ -2,7 +2,9 @@
 
 Every artifact is written under a temporary name in the same directory and renamed
 into place, so an interrupted job never leaves a half-written file behind that a
-later step (or Snakemake) could mistake for a finished one.
+later step (or Snakemake) could mistake for a finished one. The temporary names come
+from ``tempfile`` (0600 files, 0700 dirs); they get the mode the user's umask gives
+before the rename, so colleagues on a shared file system can read the models.
 """
 
 from __future__ import annotations
@@ -11,11 +13,29 @@ import contextlib
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO
 
 from .errors import BabelflowError, where
+
+_UMASK_LOCK = threading.Lock()
+
+
+def umask() -> int:
+    """The process's umask (reading it means setting it, so it is put straight back)."""
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def mkstemp_for(path: Path) -> tuple[int, str]:
+    """A temp file beside ``path`` (same file system: the rename is atomic), mode as ``open`` would give."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~umask())
+    return fd, tmp
 
 
 @contextlib.contextmanager
@@ -23,7 +43,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     """Open ``path`` for writing through a temp file that is renamed on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = mkstemp_for(path)
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -41,6 +61,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp.chmod(0o777 & ~umask())  # as mkdir would make it
     try:
         yield tmp
         if path.exists():

@@ -72,6 +72,15 @@ class Layout:
         """WER per decoded task, network and GMM (``babelflow score``'s metrics, collected)."""
         return self._at("decode", "metrics.json")
 
+    def lowres(self, system: str = "{system}", *files: str) -> str:
+        """A low-resource comparison system (``babelflow.lowres``): ``train/`` (its training run),
+        ``models/<task>/`` (split), ``decode/<task>/`` (the target's test set on the main graph)."""
+        return self._at("lowres", system, *files)
+
+    def lowres_metrics(self) -> str:
+        """WER of each low-resource target per system (+ ``.tsv``, ``.png``)."""
+        return self._at("decode", "lowres.json")
+
     def kaldi(self, task: str = "{task}", *files: str) -> str:
         """One frame task's Kaldi model dir (``babelflow export-kaldi --dir``)."""
         return self._at("kaldi", task, *files)

@@ -103,7 +103,7 @@ class StepOptions:
             elif kind is list:
                 kw.update(type=_list_of(inner), metavar="A,B")
             elif kind is dict:
-                kw.update(action="append", type=_key_values, metavar="KEY=VALUE[,KEY=VALUE]")
+                kw.update(action="append", type=_key_values(inner), metavar="KEY=VALUE[,KEY=VALUE]")
                 kw["default"] = None
             else:
                 kw.update(type=kind, choices=f.metadata.get("choices"))
@@ -147,7 +147,7 @@ def _kind(hint: Any) -> tuple[type, type | None]:
     if origin in (list, tuple):
         return list, args[0] if args else str
     if origin in (dict, Mapping):
-        return dict, None
+        return dict, args[1] if len(args) == 2 and args[1] is not str else None
     return hint, None
 
 
@@ -157,11 +157,17 @@ def _list_of(inner: type | None):
     return parse
 
 
-def _key_values(text: str) -> list[tuple[str, str]]:
-    pairs = []
-    for item in text.split(","):
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got '{item}'")
-        pairs.append((key, value))
-    return pairs
+def _key_values(inner: type | None):
+    """``KEY=VALUE[,KEY=VALUE]`` -> pairs, each value converted to ``inner`` (the dict's value type)."""
+    def parse(text: str) -> list[tuple[str, Any]]:
+        pairs = []
+        for item in text.split(","):
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got '{item}'")
+            try:
+                pairs.append((key, inner(value) if inner else value))
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{key}: expected {inner.__name__}, got '{value}'") from None
+        return pairs
+    return parse

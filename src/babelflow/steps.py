@@ -57,7 +57,7 @@ class Step:
 STEPS: tuple[Step, ...] = (
     Step("corpus", ("demo_corpus",), ("demo/corpus.py",),
          ("demo.size", "demo.utts_per_lang", "demo.langs", "demo.voices", "demo.seed", "demo.ali_jobs",
-          "demo.test_utts_per_lang", "demo.test_voices", "data.dirs"),
+          "demo.test_utts_per_lang", "demo.test_voices", "demo.low_resource", "data.dirs"),
          ("corpus",),
          "espeak-ng demo corpus: Kaldi data + alignment dirs per language (only without data.dirs)"),
     Step("data", ("data",), ("data/split.py",),
@@ -66,9 +66,10 @@ STEPS: tuple[Step, ...] = (
          "validate_data_dir.sh + split_data.sh: exp/data/<set>"),
     Step("gmm", ("gmm_lang", "gmm_mono", "gmm_tri", "gmm_align", "gmm_compare", "gmm_metrics"),
          ("gmm/lang.py", "gmm/train.py", "gmm/train_tri.py", "gmm/compare.py", "gmm/cli.py", "gmm/train_cli.py"),
-         ("gmm", "data.nj", "demo.ali", "demo.langs"),  # task and data paths reach dvc.yaml as deps
-         ("{workdir}/gmm/{auto_task}",),
-         "prepare_lang.sh + train_mono.sh + train_deltas.sh + align_si.sh for ali: auto tasks: exp/gmm/<task>",
+         ("gmm", "data.nj", "data.dirs", "demo.ali", "demo.langs", "decode.tasks", "decode.gmm"),
+         ("{workdir}/gmm/{gmm_task}",),
+         "prepare_lang.sh + train_mono.sh + train_deltas.sh + align_si.sh for ali: auto tasks and the GMM baselines "
+         "of decode.gmm: exp/gmm/<task>",
          metrics=("{workdir}/gmm/metrics.json",),
          resolve=".gmm.options:resolve"),
     Step("features", ("features_job", "features"), ("make_feats.py",),
@@ -113,6 +114,15 @@ STEPS: tuple[Step, ...] = (
          "lm + mkgraph.sh + nnet3/decode.sh + score.sh per task of decode.tasks: exp/decode/<task>",
          metrics=("{workdir}/decode/metrics.json",), plots=("{workdir}/decode/metrics.tsv",),
          resolve=".decode.options:resolve"),
+    Step("lowres", ("lowres_train", "lowres_split", "lowres_decode", "lowres_metrics"),
+         ("lowres.py", "nnet/train.py", "nnet/taskmodel.py", "nnet/cli.py", "decode/decoder.py",
+          "decode/decode_cli.py"),
+         ("lowres", "train", "priors", "decode", "gmm.use", "data.nj", "data.dirs", "demo.ali", "demo.langs",
+          "demo.utterance_tasks", "demo.low_resource"),
+         ("{workdir}/lowres", "{workdir}/decode/lowres.png"),
+         "the multilingual gain on low-resource targets: mono / multi_frozen trained, split, decoded: exp/lowres",
+         metrics=("{workdir}/decode/lowres.json",), plots=("{workdir}/decode/lowres.tsv",),
+         resolve=".lowres:resolve"),
 )
 
 

@@ -337,6 +337,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_decode)
 
     p = sub.add_parser("decode-metrics", help="collect decode dirs' WER into one metrics.json (+ .tsv)")
+    p.add_argument("--plot", metavar="PNG", help="bars of WER per task, one per system")
     p.add_argument("out", metavar="METRICS_JSON")
     p.add_argument("results", nargs="+", metavar="TASK.KEY=DECODE_DIR")
     p.set_defaults(func=cmd_decode_metrics)
@@ -349,28 +350,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_decode_metrics(args: argparse.Namespace) -> None:
-    """TASK.KEY=DECODE_DIR items -> {task: {key: wer}} (DVC metrics) and a TSV of WER per task and system
-    (DVC plots; ``wer`` is the network's, ``gmm_wer`` the GMM baseline's)."""
-    import json
+    """TASK.KEY=DECODE_DIR items -> {task: {key: wer}} (DVC metrics), a TSV of WER per system and task
+    (DVC plots; ``wer`` is the network's, ``gmm_wer`` the GMM baseline's) and, with --plot, a PNG."""
+    from .report import collect_wer, write_wer
 
-    from ..io import write_text
-
-    out: dict[str, dict[str, float]] = {}
-    rows = ["task\tsystem\twer"]
-    for item in args.results:
-        key, sep, path = item.partition("=")
-        task, dot, name = key.rpartition(".")
-        if not (sep and dot):
-            raise BabelflowError(f"decode-metrics: expected TASK.KEY=DECODE_DIR, got '{item}'")
-        f = Path(path) / "metrics.json"
-        try:
-            m = json.loads(f.read_text())
-        except (OSError, ValueError) as e:
-            raise BabelflowError(f"{f}: cannot read ({e})") from None
-        out.setdefault(task, {})[name] = m["wer"]
-        rows.append(f"{task}\t{name.removesuffix('_wer') if name != 'wer' else 'nnet'}\t{m['wer']}")
-    write_text(args.out, json.dumps(out, indent=2, sort_keys=True) + "\n")
-    write_text(Path(args.out).with_suffix(".tsv"), "\n".join(rows) + "\n")
+    write_wer(args.out, collect_wer(args.results), args.plot)
 
 
 def register_tools(sub: argparse._SubParsersAction) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BabelflowError
+from ..io import mkstemp_for
 
 __all__ = ["FstArrays", "read_fst", "write_fst", "fst_to_arrays", "arrays_to_fst", "isomorphism_mismatch"]
 
@@ -163,7 +164,7 @@ def write_fst(fst, path: str | os.PathLike) -> None:
     """Write ``fst`` (vector format) atomically: a temp file in the same folder, renamed on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = mkstemp_for(path)
     os.close(fd)
     try:
         if not fst.write(tmp):

@@ -19,7 +19,8 @@ class DecodeOptions(StepOptions):
     tasks: list[str] = option(default_factory=list, cli=False,
                               help="frame tasks to decode (Kaldi's decode_lang_list); demo: every language")
     lm_order: int = option(2, cli=False, help="n-gram order of each task's LM (its training text)")
-    gmm: bool = option(True, cli=False, help="also decode with the task's own GMM (ali: auto): gmm_wer")
+    gmm: bool = option(True, cli=False, help="also decode with a GMM of each decoded task (its ali: auto one, else one "
+                                            "trained for the baseline): gmm_wer")
     acoustic_scale: float = 0.1
     beam: float = 15.0
     lattice_beam: float = 8.0

@@ -41,6 +41,7 @@ class DemoConfig:
     langs: dict[str, str] = field(default_factory=lambda: dict(DEFAULT.langs))
     voices: list[str] = field(default_factory=lambda: list(DEFAULT.voices))
     utts_per_lang: int = DEFAULT.num_utts
+    low_resource: dict[str, int] = field(default_factory=dict)  # language -> its (fewer) training utterances
     test_voices: list[str] = field(default_factory=lambda: list(DEFAULT.test_voices))
     test_utts_per_lang: int = DEFAULT.test_utts_per_lang
     seed: int = 0
@@ -172,7 +173,8 @@ def generate_language(lang: str, out_dir: str | os.PathLike, cfg: DemoConfig, pr
         (tmp / "wav").mkdir()
         utts = [
             _synthesise_one(engine, lang, cfg.langs[lang], i, cfg, tmp / "wav")
-            for i in tqdm(range(cfg.utts_per_lang), desc=f"demo {lang}", disable=not progress, unit="utt")
+            for i in tqdm(range(cfg.low_resource.get(lang, cfg.utts_per_lang)), desc=f"demo {lang}",
+                          disable=not progress, unit="utt")
         ]
         utts.sort(key=lambda u: u.utt)
         vocab = sorted({w for u in utts for w in u.text.split()})

@@ -16,6 +16,9 @@ class DemoOptions(StepOptions):
     SECTION = "demo"
     size: str = option("default", choices=tuple(SIZES), help="default: 200 utts/lang; large: 2000 utts/lang")
     utts_per_lang: int | None = option(None, help="overrides size")
+    low_resource: dict[str, int] = option(default_factory=dict,
+                                          help="language -> training utterances, fewer than the others' (the "
+                                               "low-resource targets of lowres.tasks)")
     langs: dict[str, str] = option(default_factory=lambda: {"en": "en-us", "de": "de", "es": "es", "fr": "fr"},
                                    help="our language name -> espeak-ng voice name")
     voices: list[str] = option(default_factory=lambda: ["m1", "m2", "m3", "m5", "f1", "f2", "f3", "f4"],
@@ -32,3 +35,7 @@ class DemoOptions(StepOptions):
     @property
     def num_utts(self) -> int:
         return self.utts_per_lang or SIZES[self.size]
+
+    def utts_of(self, lang: str) -> int:
+        """Training utterances of ``lang``: its ``low_resource`` count, else every language's."""
+        return int(self.low_resource.get(lang, self.num_utts))

@@ -133,10 +133,19 @@ class AlignOptions(StepOptions):
     self_loop_scale: float = option(0.1, param="gmm.align.self_loop_scale")
 
 
+def gmm_tasks(p: Pipeline) -> list[str]:
+    """Tasks the gmm step trains GMMs for: ``ali: auto`` ones (their alignments) and, with ``decode.gmm``,
+    every decoded task (the GMM baseline's WER; with alignments at hand, only the baseline)."""
+    from ..decode.options import DecodeOptions
+
+    d = p.options(DecodeOptions)
+    return [name for name, t in p.tasks.items() if t.auto_ali or (d.gmm and name in d.tasks)]
+
+
 def resolve(p: Pipeline, check_paths: bool) -> None:
     """``ali: auto`` tasks get the alignment dir of the chosen stage."""
     use = p.options(GmmOptions).use
-    if any(t.auto_ali for t in p.tasks.values()):
+    if gmm_tasks(p):
         for cls in (LangOptions, MonoOptions, TriOptions, AlignOptions):  # their own checks, now, not in a job
             p.options(cls)
         lang = p.options(LangOptions)

@@ -1,0 +1,57 @@
+"""io.py's atomic writers: nothing half-written, and the modes the user's umask gives (not tempfile's 0600/0700)."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from babelflow.io import atomic_dir, atomic_open, umask, write_text
+
+
+@pytest.fixture(params=[0o022, 0o027, 0o002])
+def user_umask(request):
+    old = os.umask(request.param)
+    yield request.param
+    os.umask(old)
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_files_and_dirs_get_the_umask_mode(tmp_path, user_umask):
+    assert umask() == user_umask and umask() == user_umask  # reading it leaves it as it was
+    write_text(tmp_path / "a" / "info", "1\n")
+    with atomic_open(tmp_path / "model.pt", "wb") as f:
+        f.write(b"x")
+    with atomic_dir(tmp_path / "graph") as d:
+        (d / "HCLG.fst").write_bytes(b"y")
+    assert _mode(tmp_path / "a" / "info") == 0o666 & ~user_umask
+    assert _mode(tmp_path / "model.pt") == 0o666 & ~user_umask
+    assert _mode(tmp_path / "graph") == 0o777 & ~user_umask
+    assert _mode(tmp_path / "graph" / "HCLG.fst") == 0o666 & ~user_umask
+
+
+def test_a_failed_write_leaves_nothing(tmp_path):
+    (tmp_path / "keep.txt").write_text("old\n")
+    with pytest.raises(RuntimeError), atomic_open(tmp_path / "keep.txt") as f:
+        f.write("half")
+        raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), atomic_dir(tmp_path / "dir") as d:
+        (d / "x").write_text("half")
+        raise RuntimeError("killed")
+    assert (tmp_path / "keep.txt").read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
+
+
+def test_written_fsts_get_the_umask_mode(tmp_path, user_umask):
+    from babelflow.decode.fstio import write_fst
+    from babelflow.gmm.k2 import kaldifst
+
+    fst = kaldifst.StdVectorFst()
+    fst.add_state()
+    fst.start = 0
+    write_fst(fst, tmp_path / "G.fst")
+    assert _mode(tmp_path / "G.fst") == 0o666 & ~user_umask
