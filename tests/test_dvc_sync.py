@@ -91,7 +91,8 @@ PERTURB = {
     "egs.seed": 1, "egs.utterance": {"chunking": "random", "min_chunk": 50, "max_chunk": 200},
     "merge.weights": {"en": 0.3, "de": 1.0, "es": 1.0, "fr": 1.0, "lang": 1.0, "voice": 1.0, "gender": 1.0,
                       "rate": 1.0},
-    "merge.block_size": 32, "merge.sampler": "temperature", "merge.temperature": 2.0, "merge.num_archives": 5,
+    "merge.local_conf": "local_conf", "merge.block_size": 32, "merge.sampler": "temperature", "merge.temperature": 2.0,
+    "merge.num_archives": 5,
     "model.config": "model_conf",
     "model.layers": [{"dim": 192, "splice": [-4, 0, 4]}], "model.bottleneck": {"dim": 64},
     "model.frame_head": {"hidden": [128]}, "model.utterance_head": {"hidden": [128]}, "model.nonlinearity": "tanh",
@@ -147,7 +148,9 @@ def probe(tiny_corpus, tmp_path_factory):
     (tmp / "model.yaml").write_text(yaml.safe_dump(model))
     init = tmp / "init.pt"
     init.write_bytes(b"")  # only its path is read at DAG time
-    files = {"conf": tmp / "fbank.conf", "init": init, "model_conf": tmp / "model.yaml"}
+    (tmp / "local.conf").write_text('lang_list=(en de es fr)\nlang2weight="0.5,1,1,1"\n')
+    files = {"conf": tmp / "fbank.conf", "init": init, "model_conf": tmp / "model.yaml",
+             "local_conf": tmp / "local.conf"}
     refs: dict = {}
 
     def under(reference, key, value) -> set[str]:
@@ -166,7 +169,7 @@ def probe(tiny_corpus, tmp_path_factory):
             cfg["merge"]["weights"] = {}
         else:
             _set(cfg, key, str(files[value]) if isinstance(value, str) and value in files else value)
-            if key in ("demo.utterance_tasks", "demo.langs"):
+            if key in ("demo.utterance_tasks", "demo.langs", "merge.local_conf"):
                 cfg["merge"]["weights"] = {}
             if key == "train.freeze_trunk":
                 cfg["train"]["init"] = str(init)

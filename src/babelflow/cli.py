@@ -78,6 +78,22 @@ def cmd_merge(args: argparse.Namespace) -> None:
     log.info("merge -> %s: %d archives, %s", args.out, info["num_archives"], info["examples_per_task"])
 
 
+def cmd_import_local_conf(args: argparse.Namespace) -> None:
+    """Print the params.yaml lines that make a recipe's local.conf the source of its weights."""
+    import yaml
+
+    from .kaldi.local_conf import read_local_conf
+
+    conf = read_local_conf(args.local_conf)
+    weights = conf.weights()
+    block: dict = {"merge": {"local_conf": args.local_conf}}
+    if conf.decode_lang_list:
+        block["decode"] = {"tasks": conf.decode_lang_list}
+    print(f"# {args.local_conf}: lang_list of {len(weights)}; weights (lang2weight): "
+          + ", ".join(f"{k}={v:g}" for k, v in weights.items()))
+    print(yaml.safe_dump(block, sort_keys=False), end="")
+
+
 def cmd_dvc_sync(args: argparse.Namespace) -> None:
     from .dvcsync import dvc_sync
 
@@ -146,6 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="recorded in info/ (all samplers are deterministic)")
     s.add_argument("out", metavar="OUT_DIR")
     s.set_defaults(func=cmd_merge)
+
+    s = sub.add_parser("import-local-conf", help="params.yaml lines for a babel_multilang local.conf "
+                       "(lang_list + lang2weight -> merge.local_conf, decode_lang_list -> decode.tasks)")
+    s.add_argument("local_conf", metavar="LOCAL_CONF")
+    s.set_defaults(func=cmd_import_local_conf)
 
     register_nnet(sub)
     register_models(sub)

@@ -53,6 +53,8 @@ class MergeOptions(StepOptions):
     SECTION = "merge"
     weights: dict[str, float] = option(default_factory=dict, cli=False,
                                        help="task -> supervision weight (lang2weight): every task, or none")
+    local_conf: str | None = option(None, cli=False,
+                                    help="Kaldi's local.conf: its lang_list + lang2weight weigh those tasks")
     block_size: int = option(256, help="consecutive examples taken from one task (a minibatch)")
     sampler: str = option("kaldi", choices=("kaldi", "uniform", "temperature"),
                          help="kaldi: every example once per epoch; uniform, temperature: resample tasks")
@@ -61,19 +63,43 @@ class MergeOptions(StepOptions):
 
 
 def resolve(p: Pipeline, check_paths: bool) -> None:
-    """Task weights (Kaldi's lang2weight): one per task, finite and > 0, or none at all (1.0 each)."""
-    weights = p.options(MergeOptions).weights
+    """Task weights (Kaldi's lang2weight): one per task, finite and > 0, or none at all (1.0 each).
+    With ``merge.local_conf`` the recipe's own ``lang_list`` + ``lang2weight`` weigh its languages;
+    ``merge.weights`` then names only the other tasks (if any)."""
+    o = p.options(MergeOptions)
+    weights = dict(o.weights)
     for name, w in weights.items():
         if name not in p.tasks:
             raise p.error(f"merge.weights.{name}", f"no such task (tasks: {', '.join(p.tasks)})")
         if not (isinstance(w, (int, float)) and math.isfinite(w) and w > 0):
             raise p.error(f"merge.weights.{name}", f"weight must be a finite number > 0, got {w}")
+    if o.local_conf and (check_paths or Path(o.local_conf).is_file()):
+        weights = _with_local_conf(p, o.local_conf, weights)
     missing = [t for t in p.tasks if weights and t not in weights]
-    if missing:
+    if missing and not (o.local_conf and not o.weights):
         raise p.error("merge.weights", f"no weight for task(s) {', '.join(missing)} "
                       "(give every task a weight, or none for 1.0 each)")
     for name, w in weights.items():
         p.tasks[name].weight = float(w)
+
+
+def _with_local_conf(p: Pipeline, path: str, weights: dict[str, float]) -> dict[str, float]:
+    from .kaldi.local_conf import read_local_conf
+
+    if not Path(path).is_file():
+        raise p.error("merge.local_conf", f"file '{path}' not found")
+    try:
+        conf = read_local_conf(path)
+        recipe = conf.weights()
+    except BabelflowError as e:
+        raise p.error("merge.local_conf", str(e)) from None
+    for lang in recipe:
+        if lang not in p.tasks:
+            raise p.error("merge.local_conf", f"{conf.where('lang_list')}: lang_list names '{lang}', not a task "
+                          f"(tasks: {', '.join(p.tasks)})")
+        if lang in weights:
+            raise p.error(f"merge.weights.{lang}", f"also weighed by {conf.where('lang2weight')}: give it in one place")
+    return {**weights, **recipe}
 
 
 def task_args(p: Pipeline) -> list[str]:
