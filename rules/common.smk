@@ -3,6 +3,7 @@
 
 import os
 
+from babelflow.data.sources import audio_files, data_dir_files
 from babelflow.steps import code_files
 
 
@@ -33,6 +34,15 @@ def local_cores():
 def data_source(wildcards):
     """The Kaldi data dir behind a data set (the demo rule makes the demo's)."""
     return DATASETS[wildcards.name]
+
+
+def data_files(wildcards):
+    """A user's data dir, file by file, and the audio its wav.scp names (babelflow.data.sources):
+    an edit inside the dir or of a recording reruns the chain. The demo's are made by its rule."""
+    if PIPELINE.demo:
+        return {}
+    src = DATASETS[wildcards.name]
+    return {"files": list(data_dir_files(src)), "audio": list(audio_files(src))}
 
 
 # --- egs step

@@ -5,6 +5,7 @@ from babelflow.data.options import DataOptions
 
 rule data:
     input:
+        unpack(data_files),
         src=data_source,
         code=step_code("data"),
     output:

@@ -46,9 +46,21 @@ def workflow_jobs(project: str | Path = ".", config: dict[str, Any] | None = Non
         wf.dag_settings = dapi.dag_settings
         wf._prepare_dag(forceall=True, ignore_incomplete=True, lock_warn_only=True)
         wf._build_dag()
-        return [Job(j.rule.name, tuple(map(str, j.output)), tuple(map(str, j.input)),
+        return [Job(j.rule.name, tuple(map(str, j.output)), _inputs(j.input),
                     tuple((k, str(v)) for k, v in j.params.items()))
                 for j in wf.dag.jobs]
+
+
+def _inputs(inputs) -> tuple[str, ...]:
+    """A job's inputs, its ``audio`` ones (one per recording) as the directories holding them: what DVC
+    hashes (babelflow.data.sources)."""
+    from .data.sources import audio_roots
+
+    names = getattr(inputs, "_names", {})
+    if "audio" not in names:
+        return tuple(map(str, inputs))
+    audio = set(map(str, inputs.audio))
+    return tuple(x for x in map(str, inputs) if x not in audio) + tuple(audio_roots(sorted(audio)))
 
 
 @contextlib.contextmanager

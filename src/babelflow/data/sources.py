@@ -1,0 +1,64 @@
+"""What a user's Kaldi data dir's results depend on, for Snakemake and DVC to track.
+
+A data dir is its files *and* the audio its ``wav.scp`` names. Snakemake compares input
+mtimes, and a directory's mtime changes only when entries come or go, not when ``text`` is
+edited in place: so every file of the dir is an input, and every audio file ``wav.scp``
+names (a plain path, or an argument of a ``cmd ... |`` pipe that is an existing file). DVC
+hashes contents; it gets the data dir and the directories holding the audio (``audio_roots``)
+rather than one dependency per recording. Not tracked: the programs a pipe runs (``sox``,
+``flac``: their versions) and files a pipe reads that its command line does not name.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from functools import cache
+from pathlib import Path
+
+
+@cache
+def data_dir_files(path: str) -> tuple[str, ...]:
+    """The regular files directly in a data dir (Kaldi data dirs are flat; ``split*/`` and ``.backup/``
+    are derived), sorted; nothing when it does not exist yet (the config check reports that)."""
+    d = Path(path)
+    if not d.is_dir():
+        return ()
+    return tuple(sorted(str(d / e.name) for e in os.scandir(d) if e.is_file() and not e.name.startswith(".")))
+
+
+@cache
+def audio_files(path: str) -> tuple[str, ...]:
+    """The audio files ``path/wav.scp`` names, relative to the working directory as Kaldi resolves them,
+    sorted and unique; unparseable lines are skipped here (the data step reports them with their line)."""
+    wav = Path(path) / "wav.scp"
+    if not wav.is_file():
+        return ()
+    found: set[str] = set()
+    with open(wav, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            parts = line.strip().split(None, 1)
+            if len(parts) != 2:
+                continue
+            value = parts[1].strip()
+            if value.endswith("|"):
+                try:
+                    words = shlex.split(value[:-1])
+                except ValueError:
+                    continue
+                found.update(w for w in words if "/" in w and os.path.isfile(w))
+            elif value != "-":
+                found.add(value.split(":", 1)[0] if not os.path.isfile(value) and ":" in value else value)
+    return tuple(sorted(found))
+
+
+def audio_roots(files: list[str] | tuple[str, ...]) -> list[str]:
+    """The directories that hold ``files``: their deepest common directory when that is not a file
+    system root, else each file's own directory (deduplicated)."""
+    parents = sorted({os.path.dirname(f) or "." for f in files})
+    if len(parents) <= 1:
+        return parents
+    common = os.path.commonpath(parents)
+    if common in ("", os.sep, ".") or common == os.path.dirname(os.path.abspath(os.sep)):
+        return parents
+    return [common]
