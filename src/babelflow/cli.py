@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from .data.options import DataOptions
 from .demo.options import DemoOptions
@@ -64,8 +65,29 @@ def cmd_check_config(args: argparse.Namespace) -> None:
     from .config import load_pipeline
 
     p = load_pipeline(args.params, check_paths=not args.no_paths)
+    if not (p.demo or args.no_paths):
+        _try_first_recordings(p.datasets, args.params)
     kinds = ", ".join(f"{t.name} ({t.kind}, w={t.weight:g})" for t in p.tasks.values())
     print(f"{args.params}: OK; {'demo corpus; ' if p.demo else ''}{len(p.datasets)} data set(s); tasks: {kinds}")
+
+
+def _try_first_recordings(datasets: dict[str, str], origin: str) -> None:
+    """Each data dir's first recording, read as the jobs will (its pipe run): a broken command shows now."""
+    from .data.audio import load_recording, pipe_programs, read_wav_scp
+
+    for name, src in datasets.items():
+        wav = Path(src) / "wav.scp"
+        if not wav.is_file():
+            raise BabelflowError(f"{origin}: data.dirs.{name}: {wav} not found")
+        progs = pipe_programs(wav)
+        if progs:
+            print(f"{name}: wav.scp pipes run (as shell commands, with your rights): {', '.join(progs)}")
+        entries = read_wav_scp(wav)
+        if entries:
+            try:
+                load_recording(wav, *entries[0])
+            except BabelflowError as e:
+                raise BabelflowError(f"{origin}: data.dirs.{name}: {e}") from None
 
 
 def cmd_merge(args: argparse.Namespace) -> None:
