@@ -303,3 +303,24 @@ def test_no_trailing_newline(tmp_path):
     d = make_dir(tmp_path)
     (d / "text").write_text((d / "text").read_text().rstrip("\n"))
     assert_error(d, "text:14", "'F-01'", "trailing newline")
+
+
+@pytest.mark.parametrize("file, damage, match", [
+    ("text", lambda b: b.replace(b"\n", b"\r\n"), r"text:1 \(key 'A-00'\): Windows line end \(CR LF\)"),
+    ("wav.scp", lambda b: b"\xef\xbb\xbf" + b, r"wav\.scp:1 \(key 'A-00'\): starts with a UTF-8 byte-order mark"),
+    ("text", lambda b: b.replace(b"hello  world 2", b"hello \xff world 2"),
+     r"text:3 \(key 'A-02'\): not UTF-8 \(invalid start byte at column 13\)"),
+])
+def test_text_file_damage_is_one_line_naming_file_line_and_key(tmp_path, file, damage, match):
+    import re
+    import subprocess
+    import sys
+
+    d = make_dir(tmp_path)
+    (d / file).write_bytes(damage((d / file).read_bytes()))
+    proc = subprocess.run([sys.executable, "-m", "babelflow.cli", "data", str(d), str(tmp_path / "out")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.search(match, lines[0]), proc.stderr
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))

@@ -101,14 +101,37 @@ def write_table(path: str | os.PathLike, rows: Iterable[tuple[str, ...] | list[s
 
 
 def read_lines(path: str | os.PathLike, what: str = "file") -> list[str]:
-    """A UTF-8 text file's lines; a missing or non-UTF-8 file is one error naming it (``what``: e.g. lexicon)."""
+    """A UTF-8 text file's lines, as Kaldi's tools would take them: a missing file, a byte-order mark, CR LF
+    line ends (Kaldi would keep the CR in the last field) or bytes that are not UTF-8 are one error naming
+    the file, the line and its key (``what``: e.g. lexicon)."""
     path = Path(path)
     try:
-        return path.read_text(encoding="utf-8").splitlines()
+        data = path.read_bytes()
     except FileNotFoundError:
         raise BabelflowError(f"{path}: {what} not found") from None
-    except UnicodeDecodeError as e:
-        raise BabelflowError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise BabelflowError(f"{path}: cannot read ({e.strerror})") from None
+    if data.startswith(b"\xef\xbb\xbf"):
+        raise BabelflowError(f"{where(path, 1, _key(data[3:]))}: starts with a UTF-8 byte-order mark, which Kaldi "
+                             "reads as part of the first key: remove it")
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    out = []
+    for n, raw in enumerate(lines, 1):
+        if raw.endswith(b"\r"):
+            raise BabelflowError(f"{where(path, n, _key(raw))}: Windows line end (CR LF), which Kaldi keeps in the "
+                                 "last field: convert the file with dos2unix")
+        try:
+            out.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise BabelflowError(f"{where(path, n, _key(raw))}: not UTF-8 ({e.reason} at column "
+                                 f"{len(raw[:e.start].decode('utf-8', 'replace')) + 1})") from None
+    return out
+
+
+def _key(raw: bytes) -> str | None:
+    return raw.split(None, 1)[0].decode("utf-8", "replace") if raw.strip() else None
 
 
 def read_table(path: str | os.PathLike, min_fields: int = 2,
