@@ -309,7 +309,7 @@ def test_no_trailing_newline(tmp_path):
     ("text", lambda b: b.replace(b"\n", b"\r\n"), r"text:1 \(key 'A-00'\): Windows line end \(CR LF\)"),
     ("wav.scp", lambda b: b"\xef\xbb\xbf" + b, r"wav\.scp:1 \(key 'A-00'\): starts with a UTF-8 byte-order mark"),
     ("text", lambda b: b.replace(b"hello  world 2", b"hello \xff world 2"),
-     r"text:3 \(key 'A-02'\): not UTF-8 \(invalid start byte at column 13\)"),
+     r"text:3 \(key 'A-02'\): not UTF-8 \(invalid start byte at column 12\)"),
 ])
 def test_text_file_damage_is_one_line_naming_file_line_and_key(tmp_path, file, damage, match):
     import re
