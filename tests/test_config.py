@@ -117,3 +117,21 @@ def test_cli_check_config_clean_error(params, tmp_path):
     assert proc.returncode == 1
     assert "params.yaml: merge.weights.klingon: no such task" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):
+    f = tmp_path / "params.yaml"
+    f.write_text("tasks:\n  en: {kind: frame, data: en, ali: a}\n  de: {kind: frame, data: de, ali: b}\n"
+                 "  en: {kind: frame, data: en2, ali: c}\n")
+    with pytest.raises(BabelflowError, match=r"params\.yaml:4: 'en' given twice \(also on line 2\)"):
+        load_params(f)
+
+
+def test_schema_errors_name_the_yaml_line(tmp_path):
+    from babelflow.config import load_pipeline
+
+    text = (REPO / "params.yaml").read_text().replace("  nj: 2\n", "  nj: two\n")
+    (tmp_path / "params.yaml").write_text(text)
+    line = text.splitlines().index("  nj: two") + 1
+    with pytest.raises(BabelflowError, match=rf"^params\.yaml:{line}: data\.nj: 'two' is not of type 'integer'"):
+        load_pipeline(tmp_path / "params.yaml", check_paths=False)

@@ -100,18 +100,63 @@ class Pipeline:
 
 
 def load_params(path: str | Path) -> dict[str, Any]:
+    """A params file, refusing what YAML itself lets pass: a key given twice (the same task declared twice
+    would silently keep the last)."""
     path = Path(path)
     try:
-        cfg = yaml.safe_load(path.read_text())
+        text = path.read_text()
     except FileNotFoundError:
         raise BabelflowError(f"{path}: not found") from None
+    try:
+        cfg = yaml.load(text, Loader=_unique_keys_loader(path))
     except yaml.YAMLError as e:
         raise BabelflowError(f"{path}: invalid YAML: {e}") from None
     return cfg or {}
 
 
-def validate_schema(config: dict[str, Any], origin: str = PARAMS) -> dict[str, Any]:
-    """Validate against the schema and fill defaults (as Snakemake's ``validate`` does)."""
+def _unique_keys_loader(path: Path) -> type:
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise BabelflowError(f"{path}:{line}: '{key}' given twice (also on line {seen[key]}): "
+                                         "YAML would keep only the last")
+                seen[key] = line
+            return super().construct_mapping(node, deep=deep)
+
+    return Loader
+
+
+def key_lines(path: str | Path) -> dict[str, int]:
+    """Dotted key -> line in a YAML file (to point at what the schema refused)."""
+    out: dict[str, int] = {}
+
+    def walk(node, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = f"{prefix}{k.value}"
+                out[key] = k.start_mark.line + 1
+                walk(v, key + ".")
+
+    try:
+        walk(yaml.compose(Path(path).read_text()), "")
+    except (OSError, yaml.YAMLError):
+        pass
+    return out
+
+
+def check_params_file(path: str | Path) -> None:
+    """The Snakefile's check of the file Snakemake loaded as its config: no key given twice."""
+    load_params(path)
+
+
+def validate_schema(config: dict[str, Any], origin: str = PARAMS, lines: dict[str, int] | None = None
+                    ) -> dict[str, Any]:
+    """Validate against the schema and fill defaults (as Snakemake's ``validate`` does); errors name the
+    key and, with ``lines`` (:func:`key_lines`), its line."""
     import jsonschema
 
     schema = yaml.safe_load(SCHEMA.read_text())
@@ -129,7 +174,10 @@ def validate_schema(config: dict[str, Any], origin: str = PARAMS) -> dict[str, A
     if errors:
         e = errors[0]
         key = ".".join(str(p) for p in e.absolute_path) or "(top level)"
-        raise BabelflowError(f"{origin}: {key}: {e.message}")
+        parts = key.split(".")
+        line = next((lines[k] for k in (".".join(parts[:i]) for i in range(len(parts), 0, -1)) if k in (lines or {})),
+                    None)
+        raise BabelflowError(f"{origin}{f':{line}' if line else ''}: {key}: {e.message}")
     return config
 
 
@@ -249,4 +297,4 @@ def _task_ivectors(name: str, t: dict, data: list[str], origin: str) -> dict[str
 
 def load_pipeline(path: str | Path = PARAMS, check_paths: bool = True) -> Pipeline:
     name = Path(path).name
-    return resolve_config(validate_schema(load_params(path), name), check_paths, name)
+    return resolve_config(validate_schema(load_params(path), name, key_lines(path)), check_paths, name)
