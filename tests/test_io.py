@@ -55,3 +55,14 @@ def test_written_fsts_get_the_umask_mode(tmp_path, user_umask):
     fst.start = 0
     write_fst(fst, tmp_path / "G.fst")
     assert _mode(tmp_path / "G.fst") == 0o666 & ~user_umask
+
+
+def test_what_a_killed_writer_left_is_cleared_by_the_next(tmp_path):
+    (tmp_path / ".model.pt.abc123.tmp").write_bytes(b"half")  # SIGKILL runs no cleanup
+    (tmp_path / ".graph.xyz.tmp").mkdir()
+    (tmp_path / ".other.pt.abc.tmp").write_bytes(b"someone else's")
+    with atomic_open(tmp_path / "model.pt", "wb") as f:
+        f.write(b"x")
+    with atomic_dir(tmp_path / "graph"):
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.pt.abc.tmp", "graph", "model.pt"]

@@ -10,6 +10,7 @@ before the rename, so colleagues on a shared file system can read the models.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
 import tempfile
@@ -31,8 +32,20 @@ def umask() -> int:
     return mask
 
 
+def clear_stale_temps(path: Path) -> None:
+    """Remove ``.{name}.*.tmp`` beside ``path``: what a killed writer of ``path`` left (SIGKILL runs no
+    cleanup). Only one job ever writes a given path, so any such file is stale when that job starts."""
+    for old in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                old.unlink()
+
+
 def mkstemp_for(path: Path) -> tuple[int, str]:
     """A temp file beside ``path`` (same file system: the rename is atomic), mode as ``open`` would give."""
+    clear_stale_temps(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.fchmod(fd, 0o666 & ~umask())
     return fd, tmp
@@ -60,6 +73,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Build a directory under a temp name, then swap it into place on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    clear_stale_temps(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     tmp.chmod(0o777 & ~umask())  # as mkdir would make it
     try:

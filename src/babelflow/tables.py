@@ -17,6 +17,7 @@ import kaldiio
 import numpy as np
 
 from .errors import BabelflowError
+from .io import clear_stale_temps
 from .kaldi.table import parse_wspecifier as parse_kaldi_wspecifier
 
 
@@ -27,6 +28,9 @@ class AtomicArkScpWriter:
                  compression_method: int | None = None):
         self.ark, self.scp = Path(ark), Path(scp) if scp else None
         self.ark.parent.mkdir(parents=True, exist_ok=True)
+        for f in (self.ark, self.scp):
+            if f is not None:
+                clear_stale_temps(f)
         self._tmp_ark = self.ark.with_name(f".{self.ark.name}.{os.getpid()}.tmp")
         self._f = open(self._tmp_ark, "wb")
         self._scp_lines: list[str] = []
