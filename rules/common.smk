@@ -2,6 +2,7 @@
 # (babelflow.options): the rules pass them as lists, quoted by Snakemake's {x:q}.
 
 import os
+import re
 
 from babelflow.data.sources import audio_files, data_dir_files
 from babelflow.steps import code_files
@@ -76,6 +77,13 @@ def num_pdfs_arg(wildcards):
 
 
 # --- features step
+
+
+def existing_feats_files(wildcards):
+    """The features Kaldi made for a data set: its scp files and the archives they point into."""
+    from babelflow.data.sources import feats_files
+
+    return {"existing": list(feats_files(EXISTING[wildcards.name]))}
 
 
 def feature_conf():

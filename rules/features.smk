@@ -3,6 +3,7 @@
 from babelflow.features import FeaturesOptions
 
 FEAT_TYPE = PIPELINE.options(FeaturesOptions).type
+EXISTING = PIPELINE.options(FeaturesOptions).existing  # data set -> features Kaldi made: adopted
 
 
 rule features_job:
@@ -50,3 +51,35 @@ rule features:
         "logs/features/{name}.log",
     shell:
         "babelflow features {params.opts:q} --nj {params.nj} {input.data:q} {params.out:q} > {log} 2>&1"
+
+
+# Features Kaldi already made (features.existing): adopted, not recomputed; the chain starts at egs.
+ruleorder: features_import > features
+
+
+rule features_import:
+    input:
+        unpack(existing_feats_files),
+        data=rules.data.output[0],
+        conf=feature_conf(),
+        code=step_code("features"),
+    output:
+        scp=L.feats("{name}", "feats.scp"),
+        frames=L.feats("{name}", "utt2num_frames"),
+        cmvn=L.feats("{name}", "cmvn.scp"),
+        cmvn_ark=L.feats("{name}", "cmvn.ark"),
+        cmvn_opts=L.feats("{name}", "cmvn_opts"),
+        dim=L.feats("{name}", "info", "feat_dim"),
+    params:
+        opts=options(FeaturesOptions),
+        existing=lambda wc: EXISTING[wc.name],
+        out=lambda wc, output: os.path.dirname(output.scp),
+    wildcard_constraints:
+        name="|".join(re.escape(n) for n in EXISTING) or "(?!)",
+    conda:
+        "../workflow/envs/babelflow.yaml"
+    log:
+        "logs/features/{name}.import.log",
+    shell:
+        "babelflow features --nj 1 --existing {params.existing:q} {params.opts:q} {input.data:q} {params.out:q}"
+        " > {log} 2>&1"

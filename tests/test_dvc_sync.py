@@ -31,9 +31,11 @@ def _params(**edits):
     return cfg
 
 
-def test_every_rule_belongs_to_a_step():
+def test_every_rule_belongs_to_a_step(tiny_corpus):
     auto = _params(**{"demo.ali": "auto"})
-    rules = {j.rule for j in workflow_jobs(REPO)} | {j.rule for j in workflow_jobs(REPO, auto)}
+    user = _params(**{**_user_data(tiny_corpus), **_existing_features(tiny_corpus)})
+    user["merge"]["weights"] = {}
+    rules = {j.rule for cfg in (None, auto, user) for j in workflow_jobs(REPO, cfg)}
     assert rules - {"all"} == set(STEP_OF_RULE), "rules/*.smk and babelflow.steps.STEPS list different rules"
 
 
@@ -71,6 +73,15 @@ def _user_data_one_task(corpus):
     return edits
 
 
+def _existing_features(corpus):
+    d = corpus / "kaldi_feats_en"  # what make_fbank.sh + compute_cmvn_stats.sh leave (only paths are read)
+    d.mkdir(exist_ok=True)
+    (d / "raw.ark").touch()
+    (d / "feats.scp").write_text(f"u1 {d / 'raw.ark'}:4\n")
+    (d / "cmvn.scp").write_text(f"s1 {d / 'raw.ark'}:40\n")
+    return {"features.existing": {"en": str(d)}}
+
+
 def _auto_alignments(corpus):
     return {"demo.ali": "auto"}
 
@@ -85,7 +96,7 @@ PERTURB = {
     "lowres.tasks": ["en"],
     "data.nj": 3, "data.dirs": _user_data, "tasks": _user_data_one_task,
     "features.type": "mfcc", "features.config": "conf", "features.options": {"num_mel_bins": 30, "dither": 0},
-    "features.cmvn_opts": "--norm-means=true --norm-vars=false",
+    "features.cmvn_opts": "--norm-means=true --norm-vars=false", "features.existing": _existing_features,
     "egs.frames_per_eg": 16, "egs.left_context": 20, "egs.right_context": 20, "egs.num_valid_utts": 100,
     "egs.num_train_subset_utts": 100, "egs.valid_fraction": 0.2, "egs.length_tolerance": 3, "egs.dtype": "float32",
     "egs.seed": 1, "egs.utterance": {"chunking": "random", "min_chunk": 50, "max_chunk": 200},

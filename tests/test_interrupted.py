@@ -54,7 +54,7 @@ def killed(tmp_path_factory):
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         stop = threading.Event()
 
-        def killer():
+        def killer(proc=proc, stop=stop):
             while len(kills) < KILLS and not stop.wait(rng.uniform(0.3, 6.0)):
                 pids = _job_pids(proc.pid)
                 if pids:

@@ -53,7 +53,12 @@ def cmd_features(args: argparse.Namespace) -> None:
 
     o = FeaturesOptions.from_args(args)
     cfg = o.feature_config(origin="command line")
-    if args.job is not None:
+    if args.existing:
+        from .make_feats import import_feats_dir
+
+        info = import_feats_dir(args.existing, args.data, args.out, o.cmvn_opts, cfg)
+        log.info("features %s: adopted from %s: %s", args.out, args.existing, info)
+    elif args.job is not None:
         n = feats_job(cfg, f"{args.data}/split{args.nj}/{args.job}", args.out, args.job)
         log.info("features job %d: %d utterances", args.job, n)
     else:
@@ -167,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("features", help="features step: one job (--job) or the merge + CMVN stats of all jobs")
     s.add_argument("--nj", type=int, required=True)
     s.add_argument("--job", type=int, help="run this job (1-based); without it, finalize the dir")
+    s.add_argument("--existing", metavar="KALDI_DIR",
+                   help="adopt the features Kaldi made (feats.scp + cmvn.scp in KALDI_DIR) instead of computing")
     FeaturesOptions.add_arguments(s)
     s.add_argument("data", help="data dir written by `babelflow data`")
     s.add_argument("out", help="features dir")

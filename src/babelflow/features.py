@@ -179,6 +179,9 @@ class FeaturesOptions(StepOptions):
     config: str | None = option(None, help="a Kaldi conf file (--opt=value lines)")
     options: dict[str, Any] = option(default_factory=dict, help="Kaldi option names, override the conf file")
     cmvn_opts: str = option("--norm-means=false --norm-vars=false", help="as Kaldi's cmvn_opts file")
+    existing: dict[str, str] = option(default_factory=dict, cli=False,
+                                      help="data set -> a Kaldi dir with the features Kaldi made for it "
+                                           "(feats.scp + cmvn.scp): adopted, not recomputed")
 
     def feature_config(self, origin: str = "params.yaml: features.options") -> FeatureConfig:
         """The complete option set: Kaldi defaults < ``config`` < ``options``."""
@@ -371,3 +374,10 @@ def resolve(p: Pipeline, check_paths: bool) -> None:
         parse_cmvn_opts(f.cmvn_opts)
     except BabelflowError as e:
         raise BabelflowError(f"{p.origin}: features.{e}") from None
+    for name, path in f.existing.items():
+        if name not in p.datasets:
+            raise p.error(f"features.existing.{name}", f"no data set '{name}' (data.dirs: {', '.join(p.datasets)})")
+        for needed in ("feats.scp", "cmvn.scp"):
+            if check_paths and not (Path(path) / needed).is_file():
+                raise p.error(f"features.existing.{name}", f"'{path}' has no {needed} (Kaldi's make_*.sh + "
+                              "compute_cmvn_stats.sh output)")

@@ -94,3 +94,56 @@ def _load_feats(scp: dict[str, str], utts: list[str]):
 
     for u in utts:
         yield np.asarray(kaldiio.load_mat(scp[u]))
+
+
+def import_feats_dir(src: str | os.PathLike, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                     cmvn_opts: str, config: FeatureConfig | None = None) -> dict:
+    """Adopt features Kaldi already made (a data dir after make_mfcc.sh + compute_cmvn_stats.sh) as a
+    features dir: ``feats.scp`` points at the user's archives (never copied), CMVN stats are copied into
+    ``cmvn.ark``, ``utt2num_frames`` and ``info/`` written. Every matrix is read once: an unreadable
+    entry, NaN or Inf (named by utterance and frame), a dimension that changes, or an utterance of the
+    data dir without features is an error, and nothing is left behind."""
+    from .data.featsdir import FeatsDir
+
+    src, data_dir, out_dir = Path(src), Path(data_dir), Path(out_dir)
+    parse_cmvn_opts(cmvn_opts)
+    fd = FeatsDir(src, adopt=True)
+    utt2spk = read_utt2spk(data_dir / "utt2spk")
+    missing = sorted(set(utt2spk) - set(fd.feats))
+    if missing:
+        raise BabelflowError(f"{fd.feats_scp}: no features for {len(missing)} utterance(s) of {data_dir}, "
+                             f"e.g. '{missing[0]}'")
+    dim, frames = None, {}
+    for utt in tqdm(sorted(utt2spk), desc="import feats", unit="utt", mininterval=2.0):
+        try:
+            m = np.asarray(fd.load(utt))
+        except Exception as e:  # noqa: BLE001 - kaldiio raises many types for damaged arks
+            raise BabelflowError(f"{fd.feats_scp}: utterance '{utt}' ({fd.feats[utt]}): unreadable "
+                                 f"({type(e).__name__}: {e})") from None
+        if m.ndim != 2 or (dim is not None and m.shape[1] != dim):
+            raise BabelflowError(f"{fd.feats_scp}: utterance '{utt}': shape {m.shape}, the others have {dim} columns")
+        bad = ~np.isfinite(m)
+        if bad.any():
+            frame = int(np.argwhere(bad)[0][0])
+            what = "NaN" if np.isnan(m[frame]).any() else "Inf"
+            raise BabelflowError(f"{fd.feats_scp}: utterance '{utt}': {what} in frame {frame}")
+        dim, frames[utt] = m.shape[1], m.shape[0]
+    stats = fd.cmvn_stats()
+    spk2utt = read_spk2utt(data_dir / "spk2utt")
+    lost = sorted(s for s in spk2utt if s not in stats)
+    if lost:
+        raise BabelflowError(f"{fd.cmvn_scp}: no CMVN stats for speaker(s) {', '.join(lost[:5])}")
+    # each file atomic (the rule's outputs): checked in full above, so none is written from a bad source
+    with AtomicArkScpWriter(out_dir / "cmvn.ark", out_dir / "cmvn.scp") as w:
+        for spk in sorted(spk2utt):
+            w[spk] = np.asarray(stats[spk])
+    write_table(out_dir / "utt2num_frames", sorted(frames.items()))
+    write_text(out_dir / "cmvn_opts", cmvn_opts.strip() + "\n")
+    if config is not None:
+        write_text(out_dir / "conf" / f"{config.feat_type}.conf", config.to_conf())
+    info = {"feat_type": config.feat_type if config else (fd.feat_type or "unknown"), "feat_dim": dim,
+            "num_utts": len(frames), "num_frames": sum(frames.values()), "imported_from": str(src)}
+    write_info(out_dir, info)
+    write_table(out_dir / "feats.scp", [(u, fd.feats[u]) for u in sorted(utt2spk)])  # last: the step's mark
+    return info
+

@@ -72,7 +72,7 @@ STEPS: tuple[Step, ...] = (
          "of decode.gmm: exp/gmm/<task>",
          metrics=("{workdir}/gmm/metrics.json",),
          resolve=".gmm.options:resolve"),
-    Step("features", ("features_job", "features"), ("make_feats.py",),
+    Step("features", ("features_job", "features", "features_import"), ("make_feats.py",),
          ("features", "data.nj", "data.dirs", "tasks", "demo.langs"),
          ("{workdir}/feats",),
          "make_fbank.sh/make_mfcc.sh + compute_cmvn_stats.sh: exp/feats/<set>",

@@ -62,3 +62,18 @@ def audio_roots(files: list[str] | tuple[str, ...]) -> list[str]:
     if common in ("", os.sep, ".") or common == os.path.dirname(os.path.abspath(os.sep)):
         return parents
     return [common]
+
+
+@cache
+def feats_files(path: str) -> tuple[str, ...]:
+    """A Kaldi dir's ``feats.scp``, ``cmvn.scp`` (and ``utt2num_frames``) and the archives they point into."""
+    d = Path(path)
+    out = {str(d / f) for f in ("feats.scp", "cmvn.scp", "utt2num_frames") if (d / f).is_file()}
+    for scp in ("feats.scp", "cmvn.scp"):
+        if (d / scp).is_file():
+            with open(d / scp, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    parts = line.split(None, 1)
+                    if len(parts) == 2 and not parts[1].rstrip().endswith("|"):
+                        out.add(parts[1].strip().rsplit(":", 1)[0])
+    return tuple(sorted(out))
