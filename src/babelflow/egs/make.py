@@ -11,6 +11,12 @@ Valid utterances are held out of training; the train-diagnostic utterances stay 
 training and are also written apart, as Kaldi's ``train_diagnostic.egs``. Every job
 derives both lists from the same seeded draw over all of the task's utterances, so jobs
 need no coordination.
+
+A job runs at about the speed of copying its features: matrices and alignments are read in
+place from the memory-mapped archives (:class:`~.format.KaldiArks`), each utterance costs
+only its random draws, and the rest (chunk starts, labels and weights, the conversion to the
+stored dtype, the writes) is done a batch of utterances at a time in a few numpy calls,
+with the bytes that writing one utterance at a time gave (``tests/golden`` hashes them).
 """
 
 from __future__ import annotations
@@ -21,7 +27,6 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import kaldiio
 import numpy as np
 from tqdm import tqdm
 
@@ -30,11 +35,13 @@ from ..data.featsdir import FeatsDir
 from ..errors import BabelflowError
 from ..features import apply_cmvn, parse_cmvn_opts
 from ..io import read_scalar, read_table, write_info, write_table, write_text
-from .chunking import kaldi_chunks, utterance_chunks
-from .format import FORMAT_VERSION, LABEL_DTYPE, ArchiveWriter
+from .chunking import batch_starts, chunk_draw, frame_labels, utterance_chunks
+from .format import FORMAT_VERSION, LABEL_DTYPE, ArchiveWriter, KaldiArks, PartWriter
 from .ivectors import IvectorSource
 from .options import EgsOptions
 from .reader import EgsDir
+
+BATCH_FRAMES = 1 << 15  # frames of features an egs job gathers before writing them (memory stays O(1))
 
 
 @dataclass
@@ -60,14 +67,14 @@ def archive_of_utterances(utts: list[str], nj: int, opts: EgsOptions, task: str)
     each archive every data set and speaker (a data split is by speaker, so archives made
     one per split would each hold one gender or one language)."""
     rng = np.random.default_rng([opts.seed, zlib.crc32(task.encode()), 1])
-    return {utts[i]: 1 + k % nj for k, i in enumerate(rng.permutation(len(utts)))}
+    return {utts[i]: 1 + k % nj for k, i in enumerate(rng.permutation(len(utts)).tolist())}
 
 
 def held_out_lists(utts: list[str], opts: EgsOptions, task: str) -> tuple[set[str], set[str]]:
     """(valid, train_subset) utterance sets, as get_egs.sh draws them (seeded here)."""
     n = len(utts)
     rng = np.random.default_rng([opts.seed, zlib.crc32(task.encode())])
-    order = [utts[i] for i in rng.permutation(n)]
+    order = [utts[i] for i in rng.permutation(n).tolist()]
 
     def size(wanted: int) -> int:
         return wanted if n >= 4 * wanted else max(1, int(round(opts.valid_fraction * n)))
@@ -78,11 +85,11 @@ def held_out_lists(utts: list[str], opts: EgsOptions, task: str) -> tuple[set[st
     return valid, set(order[nv:nv + nt])
 
 
-def task_utterances(src: TaskSource) -> list[str]:
+def task_utterances(src: TaskSource, feats_dirs: list[FeatsDir] | None = None) -> list[str]:
     """All utterances of a task (sorted); utterance ids must be unique across its data sets."""
     owner: dict[str, str] = {}
-    for name, _, feats in src.sets:
-        for utt in FeatsDir(feats).utts:
+    for (name, _, _), fd in zip(src.sets, feats_dirs or [FeatsDir(f) for _, _, f in src.sets]):
+        for utt in fd.utts:
             if utt in owner:
                 raise BabelflowError(f"task '{src.task}': utterance '{utt}' is in data sets '{owner[utt]}' and "
                                      f"'{name}'; prefix utterance ids with the data set (as Kaldi's chain2 does)")
@@ -115,14 +122,15 @@ def egs_job(src: TaskSource, archive: int, out_dir: str | os.PathLike, opts: Egs
             progress: bool = True) -> dict:
     """Write archive ``archive`` (train, valid and train-diagnostic parts) of a task."""
     out_dir = Path(out_dir)
-    utts = task_utterances(src)
+    feats_dirs = [FeatsDir(f) for _, _, f in src.sets]
+    utts = task_utterances(src, feats_dirs)
     valid, subset = held_out_lists(utts, opts, src.task)
     mine = {u for u, a in archive_of_utterances(utts, src.nj, opts, src.task).items() if a == archive}
     frame = src.kind == "frame"
-    feats_dirs = [FeatsDir(f) for _, _, f in src.sets]
     feat_dim = feats_dirs[0].feat_dim
+    arks = KaldiArks()  # features and alignments read in place, by scp offset
     if frame:
-        pdfs = kaldiio.load_scp(str(out_dir / "ali_pdf.scp"))
+        pdfs = _scp(out_dir / "ali_pdf.scp")
         num_pdfs = int(read_scalar(out_dir / "num_pdfs"))
     else:
         classes = {c: i for i, c in enumerate(class_map(src))}
@@ -132,6 +140,7 @@ def egs_job(src: TaskSource, archive: int, out_dir: str | os.PathLike, opts: Egs
     writers = {part: ArchiveWriter(out_dir / f"{prefix}.{archive}", feat_dim, opts.dtype, frame, ivec_dim,
                                    shuffle_seed=int(rng.integers(2**31)))
                for part, prefix in (("train", "egs"), ("valid", "valid"), ("train_diagnostic", "train_diagnostic"))}
+    pending = _Pending(writers, opts.frames_per_eg if frame else 0, num_pdfs if frame else 0, arks)
     try:
         for (name, data_dir, _), fd in zip(src.sets, feats_dirs):
             means, variances = parse_cmvn_opts(_cmvn_opts(fd))
@@ -143,16 +152,19 @@ def egs_job(src: TaskSource, archive: int, out_dir: str | os.PathLike, opts: Egs
             entries = [(u, rx) for u, rx in fd.feats.items() if u in mine]
             for utt, rx in tqdm(entries, desc=f"egs {src.task}.{archive} {name}", unit="utt",
                                 disable=not progress, mininterval=2.0):
-                feats = kaldiio.load_mat(rx)
+                feats = arks.matrix(rx)
                 if frame:
-                    got = _frame_examples(utt, feats, pdfs, num_pdfs, opts, rng, counts)
+                    got = _frame_examples(utt, feats, pdfs, arks, pending, opts, rng, counts)
                 else:
                     got = _utterance_examples(utt, feats, utt2label, classes, opts, rng, counts, data_dir / src.labels)
                 if got is None:
                     continue
                 ivectors = None
                 if ivec is not None:
-                    ivectors = ivec.rows_for(utt, feats.shape[0], got[0], opts.left_context, rng)
+                    draw = got[0]
+                    starts = batch_starts([feats.shape[0]], [draw[0]], [draw[1]], opts.frames_per_eg) if frame \
+                        else draw[0]
+                    ivectors = ivec.rows_for(utt, feats.shape[0], starts, opts.left_context, rng)
                     if ivectors is None:
                         counts.skip("no_ivector" if utt not in ivec.table else "ivector_length_mismatch")
                         continue
@@ -160,12 +172,11 @@ def egs_job(src: TaskSource, archive: int, out_dir: str | os.PathLike, opts: Egs
                     feats = apply_cmvn(np.asarray(feats), cmvn[utt2spk[utt]], means, variances)
                 counts.utts += 1
                 counts.frames += feats.shape[0]
-                for part in ["valid"] if utt in valid else ["train"] + (["train_diagnostic"] if utt in subset else []):
-                    seg = writers[part].add_segment(f"{src.task}-{utt}", feats)
-                    starts, sizes, labels = got
-                    writers[part].add_examples(seg, starts, sizes, labels=labels if frame else None,
-                                               classes=None if frame else labels, ivectors=ivectors)
-                    counts.examples[part] += len(starts)
+                parts = ("valid",) if utt in valid else ("train", "train_diagnostic") if utt in subset else ("train",)
+                for part in parts:
+                    counts.examples[part] += got[0][0] if frame else len(got[0][0])
+                pending.add(f"{src.task}-{utt}", parts, feats, *got, ivectors)
+        pending.flush()
     except BaseException:
         for w in writers.values():
             w.abort()
@@ -179,6 +190,83 @@ def egs_job(src: TaskSource, archive: int, out_dir: str | os.PathLike, opts: Egs
     return report
 
 
+def _scp(path: Path) -> dict[str, str]:
+    """A scp as {key: rxfilename}, parsed as kaldiio.load_scp parses it."""
+    out = {}
+    with open(path) as f:
+        for line in f:
+            seps = line.split(None, 1)
+            if len(seps) != 2:
+                raise BabelflowError(f"{path}: invalid line '{line.rstrip()}'")
+            out[seps[0]] = seps[1].rstrip()
+    return out
+
+
+class _Pending:
+    """Examples drawn but not yet written: they go to the writers BATCH_FRAMES frames at a time, in a
+    few vectorised steps per batch (chunk starts, labels, one conversion of the features), byte for
+    byte what writing each utterance on its own would give."""
+
+    def __init__(self, writers: dict[str, ArchiveWriter], frames_per_eg: int, num_pdfs: int, arks: KaldiArks):
+        self.writers, self.f, self.num_pdfs, self.arks = writers, frames_per_eg, num_pdfs, arks
+        self.out = PartWriter(writers)
+        self._clear()
+
+    def _clear(self) -> None:
+        self.keys, self.parts, self.feats, self.counts, self.draws, self.targets, self.ivectors = ([] for _ in range(7))
+        self.checks: list[tuple[str, np.ndarray]] = []  # alignments whose pdf ids are to be range-checked
+        self.frames = 0
+
+    def check(self, utt: str, ali: np.ndarray) -> None:
+        self.checks.append((utt, ali))
+
+    def add(self, key: str, parts: tuple[str, ...], feats: np.ndarray, draw, targets: np.ndarray,
+            ivectors: np.ndarray | None) -> None:
+        """An utterance's examples: frame tasks give the chunk draw (count, order) and the alignment,
+        utterance tasks (starts, sizes) and one class per example."""
+        if feats.ndim != 2 or feats.shape[1] != self.writers["train"].feat_dim:
+            raise BabelflowError(f"{self.writers[parts[0]].prefix}: segment '{key}' has shape {feats.shape}, "
+                                 f"expected (*, {self.writers['train'].feat_dim})")
+        self.keys.append(key), self.parts.append(parts), self.feats.append(feats)
+        self.draws.append(draw), self.targets.append(targets), self.ivectors.append(ivectors)
+        self.counts.append(draw[0] if self.f else len(draw[0]))
+        self.frames += feats.shape[0]
+        if self.frames >= BATCH_FRAMES:
+            self.flush()
+
+    def flush(self) -> None:
+        self._check_pdfs()
+        if self.keys:
+            self._write()
+        self._clear()
+        self.arks.release()  # the pages read so far leave this process (memory stays O(1))
+
+    def _check_pdfs(self) -> None:
+        if not self.checks:
+            return
+        cat = np.concatenate([a for _, a in self.checks])
+        if len(cat) and (cat.min() < 0 or cat.max() >= self.num_pdfs):
+            for utt, ali in self.checks:
+                if len(ali) and (ali.min() < 0 or ali.max() >= self.num_pdfs):
+                    raise BabelflowError(f"utterance '{utt}': pdf id {int(ali.max())} outside [0, "
+                                         f"{self.num_pdfs}) of the alignment's model")
+
+    def _write(self) -> None:
+        counts = np.array(self.counts, np.int64)
+        labels = classes = None
+        if self.f:
+            lengths = np.array([m.shape[0] for m in self.feats], np.int64)
+            t0 = batch_starts(lengths, counts, [o for _, o in self.draws], self.f)
+            seg = np.repeat(np.arange(len(counts)), counts)
+            n = np.full(len(t0), self.f, np.int32)
+            labels = frame_labels(t0, seg, lengths, self.targets, self.f, LABEL_DTYPE).reshape(len(t0), self.f)
+        else:
+            t0, n = (np.concatenate([d[i] for d in self.draws]) for i in (0, 1))
+            classes = np.concatenate(self.targets)
+        ivectors = np.concatenate(self.ivectors) if self.ivectors[0] is not None else None
+        self.out.write(self.parts, self.keys, self.feats, counts, t0, n, labels, classes, ivectors)
+
+
 def _cmvn_opts(feats: FeatsDir) -> str:
     """The features' CMVN options; an adopted Kaldi data dir must be given a ``cmvn_opts`` file."""
     if feats.cmvn_opts is None:
@@ -187,28 +275,22 @@ def _cmvn_opts(feats: FeatsDir) -> str:
     return feats.cmvn_opts
 
 
-def _frame_examples(utt, feats, pdfs, num_pdfs, opts, rng, counts):
+def _frame_examples(utt, feats, pdfs, arks, pending, opts, rng, counts):
+    """((chunk count, gap order), alignment) of an utterance, or None (skipped, counted)."""
     if utt not in pdfs:
         counts.skip("no_alignment")
         return None
-    ali = np.asarray(pdfs[utt], np.int32)
+    ali = arks.int_vector(pdfs[utt])
     num_frames = feats.shape[0]
     if abs(len(ali) - num_frames) > opts.length_tolerance:
         counts.skip("length_mismatch")
         return None
-    if len(ali) and (ali.min() < 0 or ali.max() >= num_pdfs):
-        raise BabelflowError(f"utterance '{utt}': pdf id {int(ali.max())} outside [0, {num_pdfs}) of the "
-                             "alignment's model")
-    starts, weights = kaldi_chunks(num_frames, opts.frames_per_eg, rng)
-    if len(starts) == 0:
+    pending.check(utt, ali)
+    draw = chunk_draw(num_frames, opts.frames_per_eg, rng)
+    if draw[0] == 0:
         counts.skip("too_short")
         return None
-    frames = (starts[:, None] + np.arange(opts.frames_per_eg)[None, :]).ravel()
-    labels = np.zeros(len(frames), LABEL_DTYPE)
-    inside = frames < len(ali)  # beyond the alignment (within tolerance): no supervision, as Kaldi
-    labels["pdf"] = np.where(inside, ali[np.minimum(frames, len(ali) - 1)], -1)
-    labels["weight"] = np.where(inside, weights.ravel(), 0.0)
-    return starts, np.full(len(starts), opts.frames_per_eg, np.int32), labels
+    return draw, ali
 
 
 def _utterance_examples(utt, feats, utt2label, classes, opts, rng, counts, label_file):
@@ -221,7 +303,7 @@ def _utterance_examples(utt, feats, utt2label, classes, opts, rng, counts, label
                              f"({', '.join(classes)})")
     starts, sizes = utterance_chunks(feats.shape[0], opts.chunking, opts.min_chunk, opts.max_chunk, rng)
     counts.classes[label] = counts.classes.get(label, 0) + len(starts)
-    return starts, sizes, np.full(len(starts), classes[label], np.int64)
+    return (starts, sizes), np.full(len(starts), classes[label], np.int64)
 
 
 def finalize_egs_dir(src: TaskSource, out_dir: str | os.PathLike, opts: EgsOptions) -> dict:
