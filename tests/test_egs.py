@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from pathlib import Path
 
 import kaldiio
 import numpy as np
@@ -279,3 +280,34 @@ def test_ivector_dims_must_agree_at_config_time(tiny_features, tmp_path):
     del q["tasks"]["de"]["ivectors"]
     with pytest.raises(BabelflowError, match=r"tasks\.de\.ivectors: missing, but tasks\.en has i-vectors"):
         resolve_config(validate_schema(q))
+
+
+def test_held_out_speakers_are_unseen_in_training(tiny_features, tmp_path):
+    from babelflow.data.datadir import read_utt2spk
+
+    src = TaskSource("gender", "utterance",
+                     [(s, tiny_features / "data" / s, tiny_features / "feats" / s) for s in ("en", "de")],
+                     nj=2, labels="utt2gender")
+    opts = EgsOptions(valid_fraction=0.25, dtype="float32", valid_by="speaker")
+    for a in (1, 2):
+        egs_job(src, a, tmp_path, opts, progress=False)
+    info = finalize_egs_dir(src, tmp_path, opts)
+    spk = {**read_utt2spk(tiny_features / "data" / "en" / "utt2spk"),
+           **read_utt2spk(tiny_features / "data" / "de" / "utt2spk")}
+    valid = (tmp_path / "valid_uttlist").read_text().split()
+    egs = EgsDir(tmp_path)
+    train_utts = {line.split()[0].removeprefix("gender-") for a in egs.archives("train")
+                  for line in Path(f"{a.prefix}.segments").read_text().splitlines()}  # <task>-<utterance>
+    valid_spk, train_spk = {spk[u] for u in valid}, {spk[u] for u in train_utts}
+    assert valid_spk and train_spk and not valid_spk & train_spk  # whole speakers, none seen in training
+    assert set(valid) == {u for u in spk if spk[u] in valid_spk}  # all their utterances (both languages)
+    assert len(valid) >= round(0.25 * len(spk))  # speakers drawn until the wanted share is held out
+    assert info["valid_by"] == "speaker" and info["num_valid_speakers"] == len(valid_spk)
+    assert (tmp_path / "info" / "valid_by").read_text().strip() == "speaker"
+
+
+def test_held_out_speakers_need_two(tiny_features, tmp_path):
+    from babelflow.egs.make import held_out_lists
+
+    with pytest.raises(BabelflowError, match=r"task 'x': egs\.valid_by speaker needs 2 speakers or more, it has 1"):
+        held_out_lists(["a", "b", "c"], EgsOptions(valid_by="speaker"), "x", {"a": "s", "b": "s", "c": "s"})

@@ -70,19 +70,53 @@ def archive_of_utterances(utts: list[str], nj: int, opts: EgsOptions, task: str)
     return {utts[i]: 1 + k % nj for k, i in enumerate(rng.permutation(len(utts)).tolist())}
 
 
-def held_out_lists(utts: list[str], opts: EgsOptions, task: str) -> tuple[set[str], set[str]]:
-    """(valid, train_subset) utterance sets, as get_egs.sh draws them (seeded here)."""
+def held_out_lists(utts: list[str], opts: EgsOptions, task: str,
+                   utt2spk: dict[str, str] | None = None) -> tuple[set[str], set[str]]:
+    """(valid, train_subset) utterance sets, as get_egs.sh draws them (seeded here). With
+    ``egs.valid_by: speaker`` (and ``utt2spk``) the valid set is whole speakers, drawn in a seeded order
+    until they hold the wanted number of utterances: none of them is seen in training (Kaldi's default,
+    utterances, lets the valid set share speakers with training, which flatters a system)."""
     n = len(utts)
     rng = np.random.default_rng([opts.seed, zlib.crc32(task.encode())])
-    order = [utts[i] for i in rng.permutation(n).tolist()]
 
     def size(wanted: int) -> int:
         return wanted if n >= 4 * wanted else max(1, int(round(opts.valid_fraction * n)))
 
     nv = min(size(opts.num_valid_utts), n - 1)
+    if opts.valid_by == "speaker":
+        valid = _held_out_speakers(utts, utt2spk or {}, nv, rng, task)
+        rest = [u for u in utts if u not in valid]
+        order = [rest[i] for i in rng.permutation(len(rest)).tolist()]
+        return valid, set(order[:min(size(opts.num_train_subset_utts), len(rest))])
+    order = [utts[i] for i in rng.permutation(n).tolist()]
     valid = set(order[:nv])
     nt = min(size(opts.num_train_subset_utts), n - nv)
     return valid, set(order[nv:nv + nt])
+
+
+def _held_out_speakers(utts: list[str], utt2spk: dict[str, str], wanted: int, rng, task: str) -> set[str]:
+    missing = [u for u in utts if u not in utt2spk]
+    if missing:
+        raise BabelflowError(f"task '{task}': egs.valid_by speaker: no speaker for utterance '{missing[0]}'")
+    by_spk: dict[str, list[str]] = {}
+    for u in utts:
+        by_spk.setdefault(utt2spk[u], []).append(u)
+    speakers = sorted(by_spk)
+    if len(speakers) < 2:
+        raise BabelflowError(f"task '{task}': egs.valid_by speaker needs 2 speakers or more, it has {len(speakers)}")
+    valid: set[str] = set()
+    for i in rng.permutation(len(speakers)).tolist()[:-1]:  # at least one speaker stays for training
+        if len(valid) >= wanted:
+            break
+        valid.update(by_spk[speakers[i]])
+    return valid
+
+
+def task_utt2spk(src: TaskSource) -> dict[str, str]:
+    """Utterance -> speaker over the task's data sets (the same speaker label in two sets is one speaker)."""
+    from ..data.datadir import read_utt2spk
+
+    return {u: s for _, data, _ in src.sets for u, s in read_utt2spk(Path(data) / "utt2spk").items()}
 
 
 def task_utterances(src: TaskSource, feats_dirs: list[FeatsDir] | None = None) -> list[str]:
@@ -124,7 +158,7 @@ def egs_job(src: TaskSource, archive: int, out_dir: str | os.PathLike, opts: Egs
     out_dir = Path(out_dir)
     feats_dirs = [FeatsDir(f) for _, _, f in src.sets]
     utts = task_utterances(src, feats_dirs)
-    valid, subset = held_out_lists(utts, opts, src.task)
+    valid, subset = held_out_lists(utts, opts, src.task, task_utt2spk(src) if opts.valid_by == "speaker" else None)
     mine = {u for u, a in archive_of_utterances(utts, src.nj, opts, src.task).items() if a == archive}
     frame = src.kind == "frame"
     feat_dim = feats_dirs[0].feat_dim
@@ -329,7 +363,8 @@ def finalize_egs_dir(src: TaskSource, out_dir: str | os.PathLike, opts: EgsOptio
     table.to_csv(out_dir / "report.tsv.tmp", sep="\t", index=False)
     os.replace(out_dir / "report.tsv.tmp", out_dir / "report.tsv")
     utts = task_utterances(src)
-    valid, subset = held_out_lists(utts, opts, src.task)
+    utt2spk = task_utt2spk(src) if opts.valid_by == "speaker" else None
+    valid, subset = held_out_lists(utts, opts, src.task, utt2spk)
     write_table(out_dir / "valid_uttlist", [(u,) for u in sorted(valid)])
     write_table(out_dir / "train_subset_uttlist", [(u,) for u in sorted(subset)])
     feats, *others = [FeatsDir(f) for _, _, f in src.sets]
@@ -354,7 +389,10 @@ def finalize_egs_dir(src: TaskSource, out_dir: str | os.PathLike, opts: EgsOptio
         "num_archives": len(src.archives()), "num_frames": int(total["frames"]),
         "num_utts": int(total["utts"]), "num_egs": int(total["egs_train"]), "ivector_dim": ivector_dim,
         "key_format": "segment-frame", "cmvn_opts": cmvn_opts,
+        "valid_by": opts.valid_by, "num_valid_utts": len(valid),
     }
+    if utt2spk is not None:
+        info["num_valid_speakers"] = len({utt2spk[u] for u in valid})
     if src.kind == "frame":
         info["num_pdfs"] = read_scalar(out_dir / "num_pdfs")
         info["egs_per_archive"] = int(total["egs_train"]) // len(src.archives())

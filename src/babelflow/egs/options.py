@@ -23,6 +23,8 @@ class EgsOptions(StepOptions):
     num_valid_utts: int = option(300, help="held out; valid_fraction of the task when it has < 4x this")
     num_train_subset_utts: int = 300
     valid_fraction: float = 0.1
+    valid_by: str = option("utterance", choices=("utterance", "speaker"),
+                           help="utterance: Kaldi's held-out utterances; speaker: whole speakers, unseen in training")
     length_tolerance: int = option(2, help="frames (nnet3-get-egs --targets-length-tolerance)")
     dtype: str = option("float16", choices=("float16", "float32"), help="stored features")
     chunking: str = option("whole", param="egs.utterance.chunking", choices=("whole", "random"),

@@ -59,7 +59,10 @@ def evaluate_task_model(model_dir: str | Path, out_dir: str | Path | None = None
     majority = int(np.argmax(np.bincount(train_targets, minlength=c)))
     metrics = {"valid_accuracy": float((correct * w).sum() / max(w.sum(), 1e-12)),
                "baseline_accuracy": float(counts[majority] / max(w.sum(), 1e-12)),
-               "valid_frames" if egs.kind == "frame" else "valid_utterances": float(w.sum())}
+               "valid_frames" if egs.kind == "frame" else "valid_utterances": float(w.sum()),
+               "valid_by": egs.info.get("valid_by", "utterance")}
+    if "num_valid_speakers" in egs.info:  # held-out speakers: how many the valid figures are over
+        metrics["valid_speakers"] = int(egs.info["num_valid_speakers"])
     if egs.kind == "frame":
         hits = np.bincount(tgt, weights=w * correct, minlength=c)
         accuracy = np.where(counts > 0, hits / np.maximum(counts, 1e-12), np.nan)
