@@ -92,7 +92,8 @@ REFERENCE = {"tasks": _user_data, "gmm": _auto_alignments, "decode.gmm": _auto_a
 PERTURB = {
     "demo.size": "large", "demo.utts_per_lang": 50, "demo.langs": {"en": "en-gb", "de": "de", "es": "es"},
     "demo.voices": ["m1", "f1"], "demo.seed": 1, "demo.ali_jobs": 1, "demo.utterance_tasks": ["lang"],
-    "demo.ali": "auto", "demo.test_utts_per_lang": 10, "demo.test_voices": ["m6"], "demo.low_resource": {"es": 40},
+    "demo.ali": "auto", "demo.test_utts_per_lang": 10, "demo.test_voices": ["m6"], "demo.test_snr_db": [0, 10],
+    "demo.low_resource": {"es": 40},
     "lowres.tasks": ["en"],
     "data.nj": 3, "data.dirs": _user_data, "tasks": _user_data_one_task,
     "features.type": "mfcc", "features.config": "conf", "features.options": {"num_mel_bins": 30, "dither": 0},

@@ -28,7 +28,8 @@ def cmd_demo_corpus(args: argparse.Namespace) -> None:
     o = DemoOptions.from_args(args)
     cfg = DemoConfig(langs=o.langs, voices=o.voices, utts_per_lang=o.num_utts, low_resource=o.low_resource,
                      seed=o.seed, ali_jobs=o.ali_jobs,
-                     test_voices=o.test_voices, test_utts_per_lang=o.test_utts_per_lang)
+                     test_voices=o.test_voices, test_utts_per_lang=o.test_utts_per_lang,
+                     test_snr_db=tuple(o.test_snr_db))
     only = args.lang.split(",") if args.lang else None
     for s in generate_corpus(args.out, cfg, only, jobs=args.jobs):
         log.info("demo %(lang)s: %(num_utts)d utts, %(hours).3f h, %(num_phones)d phones, %(num_pdfs)d pdfs", s)

@@ -57,7 +57,8 @@ class Step:
 STEPS: tuple[Step, ...] = (
     Step("corpus", ("demo_corpus",), ("demo/corpus.py",),
          ("demo.size", "demo.utts_per_lang", "demo.langs", "demo.voices", "demo.seed", "demo.ali_jobs",
-          "demo.test_utts_per_lang", "demo.test_voices", "demo.low_resource", "data.dirs"),
+          "demo.test_utts_per_lang", "demo.test_voices", "demo.test_snr_db", "demo.low_resource",
+          "data.dirs"),
          ("corpus",),
          "espeak-ng demo corpus: Kaldi data + alignment dirs per language (only without data.dirs)"),
     Step("data", ("data",), ("data/split.py",),

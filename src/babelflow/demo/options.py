@@ -25,6 +25,8 @@ class DemoOptions(StepOptions):
                                help="espeak voice variants (the speakers)")
     test_utts_per_lang: int = option(40, help="a test set per language: held-out voices, new texts (0: none)")
     test_voices: list[str] = option(default_factory=lambda: ["m4", "f5"], help="the test set's speakers")
+    test_snr_db: list[float] = option(default_factory=lambda: [15.0, 35.0],
+                                      help="the test set's signal-to-noise range, dB (training: 15-35)")
     seed: int = 0
     ali_jobs: int = option(2, help="ali.N.gz files per language")
     ali: str = option("synth", choices=("synth", "auto"), cli=False,
