@@ -55,7 +55,7 @@ def test_the_gmm_baseline_is_decoded_beside_the_network(built):
         gmm = json.loads((built / "exp" / "decode" / lang / "decode_gmm_test" / "metrics.json").read_text())
         assert gmm["model"] == "gmm" and gmm["num_decoded"] == 8
     table = (built / "exp" / "decode" / "metrics.tsv").read_text().splitlines()
-    assert table[0] == "task\tsystem\twer" and len(table) == 5
+    assert table[0] == "system\ttask\twer" and len(table) == 5
 
 
 def test_rerun_is_a_noop(built):
