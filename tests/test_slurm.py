@@ -24,6 +24,7 @@ CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"
 # steps with frequent checkpoints that a scancel lands mid-training
 SLURM_TINY = dict(
     demo__utts_per_lang=16, demo__langs={"en": "en-us"}, demo__utterance_tasks=["gender"], demo__low_resource={},
+    demo__test_utts_per_lang=8,
     decode__gmm=False,
     model__layers=[{"dim": 32, "splice": [-2, 0, 2]}, {"dim": 32, "splice": [-3, 3]}],
     model__bottleneck={"dim": 16}, model__frame_head={"hidden": [32]}, model__utterance_head={"hidden": [32]},
