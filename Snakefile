@@ -2,7 +2,7 @@
 # params.yaml is both this workflow's config and DVC's params file.
 from snakemake.utils import min_version
 
-from babelflow.config import check_params_file, key_lines, resolve_config, validate_schema
+from babelflow.config import key_lines, load_params, resolve_config, validate_schema
 from babelflow.errors import BabelflowError
 
 min_version("9.0")
@@ -18,7 +18,7 @@ configfile: "params.yaml"
 # default filled in: a params.yaml may hold only the keys it changes.
 try:
     for f in workflow.configfiles:  # e.g. a task declared twice: YAML alone keeps the last
-        check_params_file(f)
+        load_params(f)
     lines = key_lines(workflow.configfiles[-1]) if workflow.configfiles else {}
     config.update(validate_schema(config, lines=lines))
     PIPELINE = resolve_config(config)

@@ -148,11 +148,6 @@ def key_lines(path: str | Path) -> dict[str, int]:
     return out
 
 
-def check_params_file(path: str | Path) -> None:
-    """The Snakefile's check of the file Snakemake loaded as its config: no key given twice."""
-    load_params(path)
-
-
 def validate_schema(config: dict[str, Any], origin: str = PARAMS, lines: dict[str, int] | None = None
                     ) -> dict[str, Any]:
     """Validate against the schema and fill defaults (as Snakemake's ``validate`` does); errors name the

@@ -128,20 +128,22 @@ def read_lines(path: str | os.PathLike, what: str = "file") -> list[str]:
     if data.startswith(b"\xef\xbb\xbf"):
         raise BabelflowError(f"{where(path, 1, _key(data[3:]))}: starts with a UTF-8 byte-order mark, which Kaldi "
                              "reads as part of the first key: remove it")
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
+    # whole-file checks on the common path; the line is looked for only to name it in an error
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        n = data.count(b"\n", 0, e.start) + 1
+        raw = data.split(b"\n")[n - 1]
+        col = len(raw[:e.start - (data.rfind(b"\n", 0, e.start) + 1)].decode("utf-8", "replace")) + 1
+        raise BabelflowError(f"{where(path, n, _key(raw))}: not UTF-8 ({e.reason} at column {col})") from None
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
         lines.pop()
-    out = []
-    for n, raw in enumerate(lines, 1):
-        if raw.endswith(b"\r"):
-            raise BabelflowError(f"{where(path, n, _key(raw))}: Windows line end (CR LF), which Kaldi keeps in the "
-                                 "last field: convert the file with dos2unix")
-        try:
-            out.append(raw.decode("utf-8"))
-        except UnicodeDecodeError as e:
-            raise BabelflowError(f"{where(path, n, _key(raw))}: not UTF-8 ({e.reason} at column "
-                                 f"{len(raw[:e.start].decode('utf-8', 'replace')) + 1})") from None
-    return out
+    if "\r\n" in text or text.endswith("\r"):
+        n = next(i for i, line in enumerate(lines, 1) if line.endswith("\r"))
+        raise BabelflowError(f"{where(path, n, _key(lines[n - 1].encode()))}: Windows line end (CR LF), which "
+                             "Kaldi keeps in the last field: convert the file with dos2unix")
+    return lines
 
 
 def _key(raw: bytes) -> str | None:

@@ -113,10 +113,10 @@ def import_feats_dir(src: str | os.PathLike, data_dir: str | os.PathLike, out_di
     if missing:
         raise BabelflowError(f"{fd.feats_scp}: no features for {len(missing)} utterance(s) of {data_dir}, "
                              f"e.g. '{missing[0]}'")
-    dim, frames = None, {}
+    dim, frames, handles = None, {}, {}
     for utt in tqdm(sorted(utt2spk), desc="import feats", unit="utt", mininterval=2.0):
         try:
-            m = np.asarray(fd.load(utt))
+            m = np.asarray(fd.load(utt, handles))
         except Exception as e:  # noqa: BLE001 - kaldiio raises many types for damaged arks
             raise BabelflowError(f"{fd.feats_scp}: utterance '{utt}' ({fd.feats[utt]}): unreadable "
                                  f"({type(e).__name__}: {e})") from None
@@ -128,6 +128,8 @@ def import_feats_dir(src: str | os.PathLike, data_dir: str | os.PathLike, out_di
             what = "NaN" if np.isnan(m[frame]).any() else "Inf"
             raise BabelflowError(f"{fd.feats_scp}: utterance '{utt}': {what} in frame {frame}")
         dim, frames[utt] = m.shape[1], m.shape[0]
+    for f in handles.values():
+        f.close()
     stats = fd.cmvn_stats()
     spk2utt = read_spk2utt(data_dir / "spk2utt")
     lost = sorted(s for s in spk2utt if s not in stats)

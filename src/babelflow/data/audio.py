@@ -39,18 +39,20 @@ def read_wav_scp(path: str | Path) -> list[tuple[str, str, int]]:
     return out
 
 
+def pipe_words(value: str) -> list[str]:
+    """The words of a ``wav.scp`` pipe entry's command (``cmd ... |``); [] for a path."""
+    if not value.endswith("|"):
+        return []
+    try:
+        return shlex.split(value[:-1])
+    except ValueError:
+        return value[:-1].split()
+
+
 def pipe_programs(path: str | Path) -> list[str]:
     """The distinct programs ``wav.scp``'s pipes run (what ``check-config`` lists before running any)."""
-    progs: dict[str, None] = {}
-    for _, value, _ in read_wav_scp(path):
-        if value.endswith("|"):
-            try:
-                words = shlex.split(value[:-1])
-            except ValueError:
-                words = value[:-1].split()
-            if words:
-                progs[words[0]] = None
-    return list(progs)
+    progs = (pipe_words(value)[:1] for _, value, _ in read_wav_scp(path))
+    return list(dict.fromkeys(w for words in progs for w in words))
 
 
 def load_recording(wav_scp: str | Path, key: str, value: str, line: int) -> tuple[int, np.ndarray]:

@@ -79,11 +79,12 @@ class FeatsDir:
         """Utterances in feats.scp order."""
         return list(self.feats)
 
-    def load(self, utt: str) -> np.ndarray:
-        """The feature matrix of ``utt``."""
+    def load(self, utt: str, handles: dict | None = None) -> np.ndarray:
+        """The feature matrix of ``utt``; ``handles`` (a dict kept by the caller) keeps archives open across
+        calls, so reading a whole dir does not reopen its ark for every utterance."""
         if utt not in self.feats:
             raise BabelflowError(f"{self.feats_scp}: no utterance '{utt}'")
-        return kaldiio.load_mat(self.feats[utt])
+        return kaldiio.load_mat(self.feats[utt], fd_dict=handles)
 
     @cached_property
     def feat_dim(self) -> int:

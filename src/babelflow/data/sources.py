@@ -12,7 +12,6 @@ rather than one dependency per recording. Not tracked: the programs a pipe runs 
 from __future__ import annotations
 
 import os
-import shlex
 from functools import cache
 from pathlib import Path
 
@@ -31,24 +30,20 @@ def data_dir_files(path: str) -> tuple[str, ...]:
 def audio_files(path: str) -> tuple[str, ...]:
     """The audio files ``path/wav.scp`` names, relative to the working directory as Kaldi resolves them,
     sorted and unique; unparseable lines are skipped here (the data step reports them with their line)."""
+    from ..errors import BabelflowError
+    from .audio import pipe_words, read_wav_scp
+
     wav = Path(path) / "wav.scp"
-    if not wav.is_file():
+    try:
+        entries = read_wav_scp(wav) if wav.is_file() else []
+    except (BabelflowError, OSError):
         return ()
     found: set[str] = set()
-    with open(wav, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            parts = line.strip().split(None, 1)
-            if len(parts) != 2:
-                continue
-            value = parts[1].strip()
-            if value.endswith("|"):
-                try:
-                    words = shlex.split(value[:-1])
-                except ValueError:
-                    continue
-                found.update(w for w in words if "/" in w and os.path.isfile(w))
-            elif value != "-":
-                found.add(value.split(":", 1)[0] if not os.path.isfile(value) and ":" in value else value)
+    for _, value, _ in entries:
+        if value.endswith("|"):
+            found.update(w for w in pipe_words(value) if "/" in w and os.path.isfile(w))
+        elif value != "-":
+            found.add(value.split(":", 1)[0] if not os.path.isfile(value) and ":" in value else value)
     return tuple(sorted(found))
 
 
@@ -59,7 +54,7 @@ def audio_roots(files: list[str] | tuple[str, ...]) -> list[str]:
     if len(parents) <= 1:
         return parents
     common = os.path.commonpath(parents)
-    if common in ("", os.sep, ".") or common == os.path.dirname(os.path.abspath(os.sep)):
+    if common in ("", os.sep, "."):
         return parents
     return [common]
 
