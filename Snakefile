@@ -4,6 +4,7 @@ from snakemake.utils import min_version
 
 from babelflow.config import key_lines, load_params, resolve_config, validate_schema
 from babelflow.errors import BabelflowError
+from babelflow.smk import mark_checkout_fresh
 
 min_version("9.0")
 
@@ -24,6 +25,9 @@ try:
     PIPELINE = resolve_config(config)
 except BabelflowError as e:
     raise ValueError(str(e)) from None
+
+# A fresh clone after `dvc pull`: what DVC restored is current, whatever order it wrote it in.
+mark_checkout_fresh()
 
 L = PIPELINE.layout  # every path below comes from babelflow.layout
 NJ = config["data"]["nj"]

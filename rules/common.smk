@@ -71,6 +71,13 @@ def egs_job_inputs(wildcards):
     return ins
 
 
+def kaldi_egs_files(wildcards):
+    """A Kaldi egs dir, file by file (archives, scp files, info/): a re-made egs dir reruns the import."""
+    from babelflow.data.sources import kaldi_egs_files as files
+
+    return list(files(PIPELINE.tasks[wildcards.task].egs))
+
+
 def num_pdfs_arg(wildcards):
     n = PIPELINE.tasks[wildcards.task].num_pdfs
     return [f"--num-pdfs={n}"] if n else []

@@ -1,6 +1,6 @@
 # Egs step (steps/nnet3/get_egs.sh), per task: frame targets once (ali-to-pdf),
 # one job per archive = (data set, features job), then a finalize that writes info/.
-from babelflow.egs.options import task_args
+from babelflow.egs.options import EgsOptions, task_args
 
 
 rule egs_ali:
@@ -58,3 +58,34 @@ rule egs:
         "logs/egs/{task}.log",
     shell:
         "babelflow egs finalize {params.args:q} {params.out:q} > {log} 2>&1"
+
+
+# Egs Kaldi already made (tasks.<t>.egs: a get_egs.sh dir): imported, then merged like any other task.
+IMPORTED_EGS = {name: t.egs for name, t in PIPELINE.tasks.items() if t.egs}
+
+
+ruleorder: egs_import > egs
+
+
+rule egs_import:
+    input:
+        egs=kaldi_egs_files,
+        ali=lambda wc: os.path.join(PIPELINE.tasks[wc.task].ali_dir, "final.mdl"),
+        code=step_code("egs"),
+    output:
+        num_archives=L.egs("{task}", "info", "num_archives"),
+        report=L.egs("{task}", "report.tsv"),
+    params:
+        source=lambda wc: IMPORTED_EGS[wc.task],
+        ali=lambda wc: PIPELINE.tasks[wc.task].ali_dir,
+        dtype=lambda wc: PIPELINE.options(EgsOptions).dtype,
+        out=lambda wc, output: os.path.dirname(output.report),
+    wildcard_constraints:
+        task="|".join(re.escape(n) for n in IMPORTED_EGS) or "(?!)",
+    conda:
+        "../workflow/envs/babelflow.yaml"
+    log:
+        "logs/egs/{task}.import.log",
+    shell:
+        "babelflow egs import-kaldi --task {wildcards.task} --dtype {params.dtype} --ali-dir {params.ali:q}"
+        " {params.source:q} {params.out:q} > {log} 2>&1"

@@ -38,7 +38,7 @@ use rule train as lowres_train with:
 use rule split as lowres_split with:
     input:
         model=L.lowres("{system}", "train", "final.pt"),
-        egs=rules.egs.output.num_archives,
+        egs=L.egs("{task}", "info", "num_archives"),  # made by egs or egs_import
         feats=lambda wc: rules.features.output.scp.format(name=PIPELINE.tasks[wc.task].data[0]),
         code=step_code("lowres"),
     output:

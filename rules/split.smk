@@ -7,7 +7,7 @@ from babelflow.nnet.options import priors_args
 rule split:
     input:
         model=rules.train.output.model,
-        egs=rules.egs.output.num_archives,
+        egs=L.egs("{task}", "info", "num_archives"),  # made by egs or egs_import
         feats=lambda wc: rules.features.output.scp.format(name=PIPELINE.tasks[wc.task].data[0]),
         code=step_code("models"),
     output:

@@ -99,6 +99,17 @@ def test_schema_errors_name_the_key(params, tmp_path, edit, match):
     (lambda p, t: p["tasks"]["101-cantonese"].update(test="nowhere"), r"tasks\.101-cantonese\.test: unknown data"),
     (lambda p, t: p["decode"].update(tasks=["lid"]), r"decode\.tasks: 'lid' is an utterance task"),
     (lambda p, t: p["decode"].update(tasks=["101-cantonese"]), r"tasks\.101-cantonese\.test: required to decode"),
+    (lambda p, t: p["tasks"]["101-cantonese"].update(egs=str(t / "no_egs")),
+     r"tasks\.101-cantonese\.egs: Kaldi egs dir '.*no_egs' not found"),
+    (lambda p, t: p["tasks"]["lid"].update(egs=str(t)), r"tasks\.lid\.egs: only frame tasks import Kaldi egs"),
+    (lambda p, t: p["tasks"]["101-cantonese"].update(egs=str(t), ali="ark:ali.ark"),
+     r"tasks\.101-cantonese\.ali: with egs, the alignment dir the egs were made from"),
+    (lambda p, t: p["tasks"]["101-cantonese"].update(egs=str(t)),
+     r"tasks\.101-cantonese\.egs: '.*info/left_context' not found \(not a Kaldi egs dir"),
+    (lambda p, t: (p["tasks"]["101-cantonese"].update(egs=str(t / "e")), (t / "e" / "info").mkdir(parents=True),
+                   (t / "e" / "info" / "left_context").write_text("4\n")),
+     r"tasks\.101-cantonese\.egs: .*info/left_context is 4, but the egs made here get left_context 16 "
+     r"\(set egs\.left_context: 4"),
 ])
 def test_semantic_errors_name_the_key(params, tmp_path, edit, match):
     p = _user_config(params, tmp_path)

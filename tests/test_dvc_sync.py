@@ -35,6 +35,7 @@ def test_every_rule_belongs_to_a_step(tiny_corpus):
     auto = _params(**{"demo.ali": "auto"})
     user = _params(**{**_user_data(tiny_corpus), **_existing_features(tiny_corpus)})
     user["merge"]["weights"] = {}
+    user["tasks"]["de"]["egs"] = _kaldi_egs(tiny_corpus)
     rules = {j.rule for cfg in (None, auto, user) for j in workflow_jobs(REPO, cfg)}
     assert rules - {"all"} == set(STEP_OF_RULE), "rules/*.smk and babelflow.steps.STEPS list different rules"
 
@@ -80,6 +81,19 @@ def _existing_features(corpus):
     (d / "feats.scp").write_text(f"u1 {d / 'raw.ark'}:4\n")
     (d / "cmvn.scp").write_text(f"s1 {d / 'raw.ark'}:40\n")
     return {"features.existing": {"en": str(d)}}
+
+
+def _kaldi_egs(corpus) -> str:
+    """A get_egs.sh dir (only info/ and the archive's name are read), with the model's context."""
+    from babelflow.nnet.modelconfig import ModelConfig
+
+    d = corpus / "kaldi_egs_de"
+    (d / "info").mkdir(parents=True, exist_ok=True)
+    (d / "egs.1.ark").touch()
+    mc = ModelConfig.from_dict({k: v for k, v in _params()["model"].items() if k != "config"})
+    (d / "info" / "left_context").write_text(f"{mc.left_context}\n")
+    (d / "info" / "right_context").write_text(f"{mc.right_context}\n")
+    return str(d)
 
 
 def _auto_alignments(corpus):

@@ -127,3 +127,52 @@ def test_mixed_contexts_are_rejected(tmp_path):
     write_egs(f"ark:{tmp_path / 'm.ark'}", [("a-0", eg(1)), ("b-0", eg(2))])
     with pytest.raises(BabelflowError, match="eg 'b-0' has .* the first eg had"):
         import_kaldi(f"ark:{tmp_path / 'm.ark'}", tmp_path / "egs")
+
+
+def _kaldi_egs_dir(kaldi_fixtures, dest, scp: bool = True, ark_name: str = "egs.1.ark"):
+    """A copy of the fixture's get_egs.sh dir (info/, cmvn_opts, one archive, optionally egs.scp)."""
+    import shutil
+
+    src = kaldi_fixtures / "egs" / "lang0"
+    shutil.copytree(src / "info", dest / "info")
+    shutil.copy(src / "cmvn_opts", dest / "cmvn_opts")
+    shutil.copy(src / "egs.1.ark", dest / ark_name)
+    if scp:
+        lines = (src / "egs.scp").read_text().splitlines()
+        (dest / "egs.scp").write_text("".join(f"{k} {dest / ark_name}:{v.rsplit(':', 1)[1]}\n"
+                                              for k, v in (line.split() for line in lines)))
+    return dest
+
+
+def test_an_egs_dir_with_archives_named_otherwise_is_imported_whole(kaldi_fixtures, tmp_path):
+    src = _kaldi_egs_dir(kaldi_fixtures, tmp_path / "kaldi", scp=False, ark_name="egs.lang0.1.ark")
+    info = import_kaldi(str(src), tmp_path / "egs", num_pdfs=18)
+    assert info["num_egs"] == 28 and info["left_context"] == 4
+    report = (tmp_path / "egs" / "report.tsv").read_text().splitlines()
+    assert report[0].split("\t")[:3] == ["part", "egs", "frames"] and report[1].split("\t")[:2] == ["train", "28"]
+
+
+@pytest.mark.parametrize("damage, match", [
+    (lambda d: (d / "egs.1.ark").unlink(), r"egs\.scp:1: key 'en1-0': archive '.*egs\.1\.ark' not found"),
+    (lambda d: ((d / "egs.scp").unlink(), (d / "info" / "num_archives").write_text("2\n")),
+     r"egs\.2\.ark: missing \(.*info/num_archives says 2 archives\)"),
+    (lambda d: (d / "info" / "ivector_dim").write_text("100\n"),
+     r"info/ivector_dim: says 100, but the egs have ivector_dim 0"),
+    (lambda d: (d / "info" / "feat_dim").write_text("13\n"), r"info/feat_dim: says 13, but the egs have feat_dim 40"),
+    (lambda d: (d / "info" / "num_archives").write_text("x\n"), r"info/num_archives: expected an integer"),
+])
+def test_a_broken_egs_dir_is_one_line_and_nothing_is_written(kaldi_fixtures, tmp_path, damage, match):
+    src = _kaldi_egs_dir(kaldi_fixtures, tmp_path / "kaldi")
+    if "num_archives: expected" in match:
+        (src / "egs.scp").unlink()
+    damage(src)
+    with pytest.raises(BabelflowError, match=match):
+        import_kaldi(str(src), tmp_path / "egs")
+    assert not (tmp_path / "egs").exists()
+
+
+def test_egs_from_another_tree_are_refused(kaldi_fixtures, tmp_path):
+    src = _kaldi_egs_dir(kaldi_fixtures, tmp_path / "kaldi")
+    with pytest.raises(BabelflowError, match=r"the egs have 18 output pdfs, the alignment dir's model 20"):
+        import_kaldi(str(src), tmp_path / "egs", num_pdfs=20)
+    assert not (tmp_path / "egs").exists()

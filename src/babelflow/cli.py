@@ -125,7 +125,7 @@ def cmd_import_local_conf(args: argparse.Namespace) -> None:
 def cmd_dvc_sync(args: argparse.Namespace) -> None:
     from .dvcsync import dvc_sync
 
-    current = dvc_sync(args.project, check=args.check)
+    current = dvc_sync(args.project, check=args.check, snakefile=args.snakefile)
     log.info("dvc.yaml %s", "is current" if current else "written")
 
 
@@ -215,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("dvc-sync", help="write dvc.yaml from the Snakemake DAG (--check: fail if it is stale)")
     s.add_argument("project", nargs="?", default=".")
     s.add_argument("--check", action="store_true", help="only compare; exit 1 with a diff when dvc.yaml is stale")
+    s.add_argument("-s", "--snakefile", help="babelflow's Snakefile, for an experiment folder without one: the "
+                   "stages run `snakemake -s SNAKEFILE` there")
     s.set_defaults(func=cmd_dvc_sync)
 
     s = sub.add_parser("touch", help="after dvc pull/checkout: mark the restored outputs up to date for Snakemake")

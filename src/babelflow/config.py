@@ -44,6 +44,7 @@ class Task:
     classes: list[str] | None = None
     num_pdfs: int | None = None
     ivectors: dict[str, str] | None = None  # data set -> online i-vector dir
+    egs: str | None = None  # a Kaldi nnet3 egs dir to import instead of making egs (frame tasks)
 
     @property
     def auto_ali(self) -> bool:
@@ -227,6 +228,8 @@ def resolve_config(config: dict[str, Any], check_paths: bool = True, origin: str
             t.ref_ali = corpus(t.data[0], "ali")
         if check_paths and t.ali_dir and not t.ali_from and not Path(t.ali_dir).is_dir():
             raise BabelflowError(f"{origin}: tasks.{t.name}.ali: alignment dir '{t.ali}' not found")
+        if check_paths and t.egs and not Path(t.egs).is_dir():
+            raise BabelflowError(f"{origin}: tasks.{t.name}.egs: Kaldi egs dir '{t.egs}' not found")
         if t.test and t.test not in dirs:
             raise BabelflowError(f"{origin}: tasks.{t.name}.test: unknown data set '{t.test}' "
                                  f"(data.dirs has: {', '.join(dirs)})")
@@ -267,6 +270,11 @@ def _task(name: str, t: dict, dirs: dict[str, str], origin: str) -> Task:
                                  "(a Kaldi lexicon.txt: word phone...)")
         if len(data) != 1:
             raise BabelflowError(f"{origin}: tasks.{name}.data: a frame task takes one data set")
+        if t.get("egs") and (t["ali"] == "auto" or looks_like_rspecifier(t["ali"])):
+            raise BabelflowError(f"{origin}: tasks.{name}.ali: with egs, the alignment dir the egs were made from "
+                                 "(its final.mdl and tree make the task's model), not an rspecifier or auto")
+    elif t.get("egs"):
+        raise BabelflowError(f"{origin}: tasks.{name}.egs: only frame tasks import Kaldi egs")
     elif t.get("ali") or t.get("test"):
         raise BabelflowError(f"{origin}: tasks.{name}.{'ali' if t.get('ali') else 'test'}: only frame tasks have "
                              "alignments and test sets")
@@ -274,7 +282,7 @@ def _task(name: str, t: dict, dirs: dict[str, str], origin: str) -> Task:
         raise BabelflowError(f"{origin}: tasks.{name}.labels: required for an utterance task (e.g. utt2lang)")
     return Task(name, t["kind"], data, t.get("ali"), lexicon=t.get("lexicon"), test=t.get("test"),
                 labels=t.get("labels"), classes=t.get("classes"),
-                num_pdfs=t.get("num_pdfs"), ivectors=_task_ivectors(name, t, data, origin))
+                num_pdfs=t.get("num_pdfs"), ivectors=_task_ivectors(name, t, data, origin), egs=t.get("egs"))
 
 
 def _task_ivectors(name: str, t: dict, data: list[str], origin: str) -> dict[str, str] | None:

@@ -11,6 +11,7 @@ other steps (collapsed to those steps' outs), its code modules and source data.
 from __future__ import annotations
 
 import difflib
+import shlex
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -54,9 +55,12 @@ def _owner(path: str, owned: dict[str, list[str]]) -> tuple[str, str] | None:
     return None
 
 
-def build_stages(jobs: list[Job], workdir: str, tasks: list[str],
-                 groups: dict[str, list[str]] | None = None) -> dict[str, dict[str, Any]]:
-    """DVC stages (dvc.yaml ``stages:``) for the given workflow jobs."""
+def build_stages(jobs: list[Job], workdir: str, tasks: list[str], groups: dict[str, list[str]] | None = None,
+                 snakefile: str | None = None, present: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """DVC stages (dvc.yaml ``stages:``) for the given workflow jobs (run with ``snakemake -s snakefile``
+    when given: an experiment folder without a Snakefile of its own). ``present``: the params file as
+    written; a stage lists only the keys it sets (DVC refuses a missing key; the rest are the schema's
+    defaults, which change only with babelflow)."""
     by_step: dict[str, list[Job]] = defaultdict(list)
     for j in jobs:
         if j.rule in STEP_OF_RULE:
@@ -67,12 +71,22 @@ def build_stages(jobs: list[Job], workdir: str, tasks: list[str],
     owned = {s.name: _expand(s.outs + s.metrics + s.plots, workdir, tasks, groups) for s in steps}
     stages = {}
     for s in steps:
-        stages[s.name] = _stage(s, by_step[s.name], owned, workdir, tasks, groups)
+        stages[s.name] = _stage(s, by_step[s.name], owned, workdir, tasks, groups, snakefile, present)
     return stages
 
 
+def _given(params: dict[str, Any], dotted: str) -> bool:
+    node: Any = params
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
 def _stage(s: Step, jobs: list[Job], owned: dict[str, list[str]], workdir: str, tasks: list[str],
-           groups: dict[str, list[str]] | None) -> dict:
+           groups: dict[str, list[str]] | None, snakefile: str | None = None,
+           present: dict[str, Any] | None = None) -> dict:
     produced = {o for j in jobs for o in j.output}
     for o in sorted(produced):
         hit = _owner(o, {s.name: owned[s.name]})
@@ -95,9 +109,10 @@ def _stage(s: Step, jobs: list[Job], owned: dict[str, list[str]], workdir: str, 
     rules = " ".join(s.rules)
     stage: dict[str, Any] = {
         "desc": s.doc,
-        "cmd": f"snakemake --cores all --allowed-rules {rules} -- {' '.join(sorted(targets))}",
+        "cmd": f"snakemake {f'-s {shlex.quote(snakefile)} ' if snakefile else ''}--cores all --allowed-rules {rules} "
+               f"-- {' '.join(sorted(targets))}",
         "deps": sorted(deps),
-        "params": list(s.params),
+        "params": [k for k in s.params if present is None or _given(present, k)],
         "outs": _expand(s.outs, workdir, tasks, groups),
     }
     metrics = [m for m in _expand(s.metrics, workdir, tasks, groups) if m in produced]  # e.g. none unscored
@@ -132,26 +147,28 @@ def _top_level_plots(workdir: str, tasks: dict[str, str], lowres: bool = False) 
     return plots
 
 
-def render_dvc_yaml(project: str | Path = ".") -> str:
-    """The dvc.yaml text for the project's Snakefile and params.yaml."""
-    from .config import load_pipeline
+def render_dvc_yaml(project: str | Path = ".", snakefile: str | Path | None = None) -> str:
+    """The dvc.yaml text for the project's Snakefile (or ``snakefile``) and params.yaml."""
+    from .config import load_params, load_pipeline
     from .decode.options import decoded_tasks
     from .gmm.options import gmm_tasks
 
     project = Path(project)
     pipeline = load_pipeline(project / "params.yaml", check_paths=False)
-    jobs = workflow_jobs(project)
+    snakefile = str(Path(snakefile).resolve()) if snakefile else None
+    jobs = workflow_jobs(project, snakefile=snakefile)
     tasks = {name: t.kind for name, t in pipeline.tasks.items()}
     groups = {"gmm_task": gmm_tasks(pipeline), "decoded_task": decoded_tasks(pipeline)}
-    doc = {"stages": build_stages(jobs, pipeline.workdir, list(tasks), groups),
+    present = load_params(project / "params.yaml")
+    doc = {"stages": build_stages(jobs, pipeline.workdir, list(tasks), groups, snakefile, present),
            "plots": _top_level_plots(pipeline.workdir, tasks, any(j.rule == "lowres_metrics" for j in jobs))}
     return HEADER + yaml.safe_dump(doc, sort_keys=False, width=120)
 
 
-def dvc_sync(project: str | Path = ".", check: bool = False) -> bool:
+def dvc_sync(project: str | Path = ".", check: bool = False, snakefile: str | Path | None = None) -> bool:
     """Write dvc.yaml (or with ``check``, only compare); True when it was already current."""
     path = Path(project) / "dvc.yaml"
-    new = render_dvc_yaml(project)
+    new = render_dvc_yaml(project, snakefile)
     old = path.read_text() if path.exists() else ""
     if old == new:
         return True

@@ -72,3 +72,23 @@ def feats_files(path: str) -> tuple[str, ...]:
                     if len(parts) == 2 and not parts[1].rstrip().endswith("|"):
                         out.add(parts[1].strip().rsplit(":", 1)[0])
     return tuple(sorted(out))
+
+
+@cache
+def kaldi_egs_files(path: str) -> tuple[str, ...]:
+    """A Kaldi egs dir's files (archives, ``*.scp``, ``*.egs``, ``cmvn_opts``, ``info/*``) and any archive its
+    scp files point to elsewhere."""
+    d = Path(path)
+    if not d.is_dir():
+        return ()
+    out = {str(p) for p in d.iterdir() if p.is_file() and not p.name.startswith(".")}
+    out |= {str(p) for p in (d / "info").glob("*") if p.is_file()}
+    arks: set[str] = set()
+    for scp in d.glob("*.scp"):
+        with open(scp, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                parts = line.split(None, 1)
+                if len(parts) == 2 and os.path.isfile(ark := parts[1].strip().rsplit(":", 1)[0]):
+                    arks.add(ark)
+    known = {os.path.abspath(p) for p in out}
+    return tuple(sorted(out | {a for a in arks if os.path.abspath(a) not in known}))

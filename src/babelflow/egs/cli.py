@@ -76,7 +76,12 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_import(args: argparse.Namespace) -> None:
     from .kaldi_bridge import import_kaldi
 
-    info = import_kaldi(args.rspecifier, args.egs_dir, dtype=args.dtype, task=args.task)
+    num_pdfs = None
+    if args.ali_dir:
+        from ..kaldi.alignments import AlignmentDir
+
+        num_pdfs = AlignmentDir(args.ali_dir).num_pdfs
+    info = import_kaldi(args.rspecifier, args.egs_dir, dtype=args.dtype, task=args.task, num_pdfs=num_pdfs)
     log.info("imported %s egs from %s: %s", info["num_egs"], args.rspecifier, info)
 
 
@@ -125,6 +130,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = esub.add_parser("import-kaldi", help="read Kaldi egs (rspecifier or Kaldi egs dir) into a babelflow egs dir")
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32")
     p.add_argument("--task", default="kaldi", help="task name recorded in info/task")
+    p.add_argument("--ali-dir", help="the alignment dir the egs were made from: its model's pdf count must match")
     p.add_argument("rspecifier", help="ark:egs.1.ark, scp:egs.scp, or a Kaldi egs dir")
     p.add_argument("egs_dir")
     p.set_defaults(func=cmd_import)

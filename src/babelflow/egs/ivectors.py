@@ -47,6 +47,9 @@ class IvectorSource:
         if utt not in self.table:
             return None
         m = np.asarray(self.table[utt], np.float32)
+        if m.ndim != 2 or m.shape[1] != self.dim:
+            raise BabelflowError(f"{self.path / 'ivector_online.scp'}: utterance '{utt}': i-vector dimension "
+                                 f"{m.shape[-1] if m.ndim else 0}, the dir's first entry has {self.dim}")
         if abs(m.shape[0] * self.period - num_frames) > IVECTOR_LENGTH_TOLERANCE:
             return None
         first = starts.astype(np.int64) - left_context

@@ -8,6 +8,8 @@ segment holding its input rows, so nothing is lost.
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import TextIO
 import numpy as np
 
 from ..errors import BabelflowError
-from ..io import atomic_dir, write_info, write_text
+from ..io import atomic_dir, read_lines, write_info, write_text
 from ..kaldi.general_matrix import SparseMatrix
 from ..kaldi.nnet_example import NnetExample, egs_to_text, read_egs, write_egs
 from ..kaldi.table import looks_like_rspecifier
@@ -100,22 +102,87 @@ class _Importer:
         return np.asarray(inp.features, np.float32), labels, ivec
 
 
-def import_kaldi(source: str, out_dir: str | os.PathLike, dtype: str = "float32", task: str = "kaldi") -> dict:
-    """Import Kaldi egs (an rspecifier, or a Kaldi egs dir) as a babelflow egs dir."""
+_DIAGNOSTIC = (("valid", ("valid_diagnostic.scp", "valid_diagnostic.egs")),
+               ("train_diagnostic", ("train_diagnostic.scp", "train_diagnostic.egs")))
+_NOT_TRAINING = ("valid_diagnostic", "train_diagnostic", "combine")
+
+
+def _natural(path: Path) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
+
+
+def _info_int(src_dir: Path, name: str) -> int | None:
+    f = src_dir / "info" / name
+    if not f.is_file():
+        return None
+    text = f.read_text().strip()
+    try:
+        return int(text)
+    except ValueError:
+        raise BabelflowError(f"{f}: expected an integer, got '{text[:40]}'") from None
+
+
+def _scp_arks(scp: Path) -> None:
+    """Every archive an egs scp points into must exist (named with the scp line), before reading any."""
+    seen: set[str] = set()
+    for n, line in enumerate(read_lines(scp), 1):
+        parts = line.split(maxsplit=1)
+        if len(parts) != 2:
+            raise BabelflowError(f"{scp}:{n}: expected '<key> <ark>:<offset>', got '{line[:80]}'")
+        ark = re.sub(r":\d+$", "", parts[1])
+        if ark not in seen and not Path(ark).is_file():
+            raise BabelflowError(f"{scp}:{n}: key '{parts[0]}': archive '{ark}' not found")
+        seen.add(ark)
+
+
+def kaldi_egs_parts(src_dir: Path) -> dict[str, str]:
+    """The rspecifiers of a Kaldi egs dir (``get_egs.sh``'s layout): training egs from ``egs.scp``, else
+    ``egs.1..N.ark`` for ``info/num_archives`` = N, else every other ``*.ark`` (archives named otherwise);
+    the diagnostic sets when present. A missing archive is named before anything is read."""
+    parts: dict[str, str] = {}
+    for part, names in (("train", ("egs.scp",)), *_DIAGNOSTIC):
+        found = [src_dir / n for n in names if (src_dir / n).exists()]
+        if found:
+            if found[0].suffix == ".scp":
+                _scp_arks(found[0])
+            parts[part] = f"{'scp' if found[0].suffix == '.scp' else 'ark'}:{found[0]}"
+    if "train" in parts:
+        return parts
+    num = _info_int(src_dir, "num_archives")
+    if num is not None:
+        arks = [src_dir / f"egs.{j}.ark" for j in range(1, num + 1)]
+        missing = [a for a in arks if not a.is_file()]
+        if missing and any(a.is_file() for a in arks):
+            raise BabelflowError(f"{missing[0]}: missing ({src_dir / 'info' / 'num_archives'} says {num} archives)")
+        if missing:
+            arks = []
+    else:
+        arks = []
+    if not arks:
+        arks = sorted((a for a in src_dir.glob("*.ark") if not a.name.startswith(_NOT_TRAINING)), key=_natural)
+        if num is not None and arks and len(arks) != num:
+            raise BabelflowError(f"{src_dir}: {len(arks)} archives ({arks[0].name} ...), but "
+                                 f"{src_dir / 'info' / 'num_archives'} says {num}")
+    if not arks:
+        raise BabelflowError(f"{src_dir}: no egs.scp, egs.N.ark or other *.ark archives")
+    parts["train"] = "ark:cat " + " ".join(shlex.quote(str(a)) for a in arks) + " |"
+    return parts
+
+
+def _check_against_info(src_dir: Path, imp: _Importer) -> None:
+    """What the egs hold must agree with what ``info/`` says (a stale info/ means a mixed-up dir)."""
+    for name, got in (("feat_dim", imp.dim), ("ivector_dim", imp.ivector_dim), ("frames_per_eg", imp.n)):
+        want = _info_int(src_dir, name)
+        if want is not None and got is not None and want != got:
+            raise BabelflowError(f"{src_dir / 'info' / name}: says {want}, but the egs have {name} {got}")
+
+
+def import_kaldi(source: str, out_dir: str | os.PathLike, dtype: str = "float32", task: str = "kaldi",
+                 num_pdfs: int | None = None) -> dict:
+    """Import Kaldi egs (an rspecifier, or a Kaldi egs dir) as a babelflow egs dir. With ``num_pdfs`` (the
+    alignment dir's model), the egs' output dimension must equal it."""
     src_dir = Path(source) if Path(source).is_dir() else None
-    parts = {"train": source}
-    if src_dir is not None:
-        parts = {}
-        for part, names in (("train", ("egs.scp",)), ("valid", ("valid_diagnostic.scp", "valid_diagnostic.egs")),
-                            ("train_diagnostic", ("train_diagnostic.scp", "train_diagnostic.egs"))):
-            found = [src_dir / n for n in names if (src_dir / n).exists()]
-            if found:
-                parts[part] = f"{'scp' if found[0].suffix == '.scp' else 'ark'}:{found[0]}"
-        if "train" not in parts:
-            arks = sorted(src_dir.glob("egs.*.ark"), key=lambda p: int(p.name.split(".")[1]))
-            if not arks:
-                raise BabelflowError(f"{src_dir}: no egs.scp or egs.N.ark")
-            parts["train"] = "ark:cat " + " ".join(str(a) for a in arks) + " |"
+    parts = kaldi_egs_parts(src_dir) if src_dir is not None else {"train": source}
     imp = _Importer(source)
     counts = {}
     with atomic_dir(out_dir) as tmp:
@@ -138,6 +205,11 @@ def import_kaldi(source: str, out_dir: str | os.PathLike, dtype: str = "float32"
                 writer.close()
         if not counts.get("train"):
             raise BabelflowError(f"{source}: no egs")
+        if src_dir is not None:
+            _check_against_info(src_dir, imp)
+        if num_pdfs is not None and imp.num_pdfs != num_pdfs:
+            raise BabelflowError(f"{source}: the egs have {imp.num_pdfs} output pdfs, the alignment dir's model "
+                                 f"{num_pdfs}: they come from different trees")
         info = {"format_version": FORMAT_VERSION, "task": task, "kind": "frame", "feat_dim": imp.dim,
                 "feats_dtype": dtype, "left_context": imp.lc, "right_context": imp.rc,
                 "left_context_initial": -1, "right_context_final": -1, "frames_per_eg": imp.n,
@@ -149,5 +221,7 @@ def import_kaldi(source: str, out_dir: str | os.PathLike, dtype: str = "float32"
             info["cmvn_opts"] = cmvn.read_text().strip()
             write_text(tmp / "cmvn_opts", cmvn.read_text())
         write_info(tmp, info)
+        write_text(tmp / "report.tsv", "part\tegs\tframes\tsource\n" + "".join(
+            f"{part}\t{n}\t{n * imp.n}\t{parts[part]}\n" for part, n in counts.items()))
         EgsDir(tmp).check()
     return info

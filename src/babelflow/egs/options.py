@@ -46,6 +46,8 @@ def resolve(p: Pipeline, check_paths: bool) -> None:
             raise p.error("egs.left_context/right_context", f"({left}, {right}) are smaller than the "
                           f"model's context ({mc.left_context}, {mc.right_context})")
     _check_ivectors(p, check_paths)
+    if check_paths:
+        _check_imported(p)
 
 
 def context(p: Pipeline) -> tuple[int, int]:
@@ -89,3 +91,22 @@ def _check_ivectors(p: Pipeline, check_paths: bool) -> None:
         if d != d0:
             raise p.error(f"tasks.{t}.ivectors", f"dim {d} ({s}) differs from {d0} (tasks.{t0}, {s0}); "
                           "all tasks must share the i-vector dim")
+
+
+def _check_imported(p: Pipeline) -> None:
+    """A Kaldi egs dir (``tasks.<t>.egs``) is merged with the other tasks' egs: Kaldi's combine_egs.sh
+    wants one context for all; said now, not after hours of feature extraction."""
+    from pathlib import Path
+
+    left, right = context(p)
+    for t in p.tasks.values():
+        if not t.egs:
+            continue
+        for name, want in (("left_context", left), ("right_context", right)):
+            f = Path(t.egs) / "info" / name
+            if not f.is_file():
+                raise p.error(f"tasks.{t.name}.egs", f"'{f}' not found (not a Kaldi egs dir from get_egs.sh?)")
+            got = f.read_text().strip()
+            if got != str(want):
+                raise p.error(f"tasks.{t.name}.egs", f"{f} is {got}, but the egs made here get {name} {want} "
+                              f"(set egs.{name}: {got} so all tasks share Kaldi's context)")
