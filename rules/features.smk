@@ -15,6 +15,7 @@ rule features_job:
         ark=L.feats("{name}", f"raw_{FEAT_TYPE}.{{job}}.ark"),
         scp=L.feats("{name}", f"raw_{FEAT_TYPE}.{{job}}.scp"),
         frames=L.feats("{name}", "utt2num_frames.{job}"),
+        skipped=L.feats("{name}", "skipped.{job}.tsv"),
     params:
         opts=options(FeaturesOptions, exclude=("cmvn_opts",)),
         nj=NJ,
@@ -41,6 +42,7 @@ rule features:
         cmvn_ark=L.feats("{name}", "cmvn.ark"),
         cmvn_opts=L.feats("{name}", "cmvn_opts"),
         dim=L.feats("{name}", "info", "feat_dim"),
+        skipped=L.feats("{name}", "skipped.tsv"),
     params:
         opts=options(FeaturesOptions),
         nj=NJ,

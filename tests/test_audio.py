@@ -44,13 +44,16 @@ def test_segments_as_extract_segments_cuts_them(audio, caplog):
     d, x = audio
     scp = _scp(d, "r1 a.wav\n")
     (d / "segments").write_text("u1 r1 0.10 0.55\nu2 r1 1.5 -1\nu3 r1 1.9 2.3\nu4 r1 1.9 2.6\n")
-    got = {k: s for k, _, s in iter_data_audio(scp, d / "segments")}
+    skipped: list[tuple[str, str]] = []
+    got = {k: s for k, _, s in iter_data_audio(scp, d / "segments", skipped=skipped)}
     ref = dict(kaldiio.load_scp_sequential(scp, segments=str(d / "segments")))
     assert np.array_equal(got["u1"], ref["u1"][1]) and np.array_equal(got["u1"], x[1600:8800])
     assert np.array_equal(got["u2"], x[24000:])
     assert np.array_equal(got["u3"], x[30400:])  # 0.3 s past the end: within --max-overshoot, clipped
     assert "u4" not in got  # 0.6 s past the end: skipped, and named
-    assert "skipped segment u4: ends 0.600 s after its recording r1" in caplog.text
+    assert "skipped segment u4: " in caplog.text and "segments:4: ends 0.600 s after its recording r1" in caplog.text
+    assert [(k, r.split(": ", 1)[1]) for k, r in skipped] == [("u4", "ends 0.600 s after its recording r1 "
+                                                                     "(max-overshoot 0.5)")]
 
 
 @pytest.mark.parametrize("line, match", [

@@ -78,7 +78,7 @@ def test_valid_dir_loads(tmp_path):
     assert data.segments is None
     summary = validate_data_dir(d)
     assert summary == {"num_utts": 14, "num_spks": 6, "num_recordings": 14, "has_segments": False,
-                       "labels": ["lang"], "sample_rates": [16000], "pipes": 0, "ignored_files": []}
+                       "labels": ["lang"], "sample_rates": [16000], "pipes": 0, "ignored_files": [], "skipped": []}
 
 
 def test_split_keys_matches_split_scp():
@@ -278,13 +278,24 @@ def test_relative_wav_path_resolves_against_cwd(tmp_path, monkeypatch):
     assert_error(d, "wav.scp:1", "'A-00'", "relative to the working directory")
 
 
-def test_segment_end_beyond_recording(tmp_path):
+def test_a_segment_past_its_recording_is_skipped_and_listed_as_extract_segments_does(tmp_path):
     d = make_seg_dir(tmp_path)
-    edit(d / "segments", lambda ls: [ls[0], "s1-b r1 0.50 1.50", ls[2]])
-    assert_error(d, "segments:2", "'s1-b'", "beyond the end of recording 'r1'")
-    # within the 0.02 s tolerance is accepted
-    edit(d / "segments", lambda ls: [ls[0], "s1-b r1 0.50 1.01", ls[2]])
-    assert DataDir.load(d).segments["s1-b"][2] == 1.01
+    # 0.51 s past the end (> --max-overshoot 0.5): skipped; 0.4 s past: kept (extract-segments clips it)
+    edit(d / "segments", lambda ls: [ls[0], "s1-b r1 0.50 1.51", "s2-a r2 0.10 1.40"])
+    info = prepare_data_dir(d, tmp_path / "out", 1)
+    assert [u for u, _ in info["skipped"]] == ["s1-b"]
+    out = tmp_path / "out"
+    assert "s1-b" not in (out / "utt2spk").read_text() and "s2-a" in (out / "segments").read_text()
+    rows = (out / "skipped.tsv").read_text().splitlines()
+    assert rows[0] == "utterance\treason" and rows[1].startswith("s1-b\t")
+    assert "segments:2: segment 0.5-1.51 s, recording 'r1' ends at 1.000 s" in rows[1]
+    assert (out / "info" / "num_skipped").read_text().strip() == "1"
+    assert (out / "info" / "num_utts").read_text().strip() == "2"
+    # every segment past its recording: nothing to keep, one clear error, nothing written
+    edit(d / "segments", lambda ls: ["s1-a r1 1.60 1.70", "s1-b r1 1.70 1.80", "s2-a r2 1.60 1.90"])
+    with pytest.raises(BabelflowError, match=r"every segment would be skipped, e\.g\. .*segments:1"):
+        prepare_data_dir(d, tmp_path / "out2", 1)
+    assert not (tmp_path / "out2").exists()
 
 
 def test_segment_start_not_before_end(tmp_path):

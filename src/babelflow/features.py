@@ -346,7 +346,8 @@ def apply_cmvn(feats: np.ndarray, stats: np.ndarray, norm_means: bool = True, no
     return (feats * scale + offset).astype(feats.dtype, copy=False)
 
 
-def iter_audio(rspecifier: str, segments: str | None = None) -> Iterator[tuple[str, int, np.ndarray]]:
+def iter_audio(rspecifier: str, segments: str | None = None,
+               skipped: list[tuple[str, str]] | None = None) -> Iterator[tuple[str, int, np.ndarray]]:
     """(key, rate, int16-scale samples) from a wav.scp rspecifier: ``scp:wav.scp`` through babelflow's reader
     (pipes, arks, segments; errors name ``wav.scp:LINE``), anything else through kaldiio."""
     from .data.audio import iter_data_audio
@@ -354,7 +355,7 @@ def iter_audio(rspecifier: str, segments: str | None = None) -> Iterator[tuple[s
 
     kind, _, path = rspecifier.partition(":")
     if set(kind.split(",")) <= {"scp", "p", "o", "s", "cs"} and "scp" in kind.split(","):
-        yield from iter_data_audio(path, segments)
+        yield from iter_data_audio(path, segments, skipped=skipped)
         return
     for key, value in read_matrices(rspecifier, segments=segments):
         if not (isinstance(value, tuple) and len(value) == 2):

@@ -195,3 +195,13 @@ def environment(values: Mapping[str, str]) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def write_skipped(path: str | os.PathLike, skipped: list[tuple[str, str]]) -> None:
+    """A step's skip list: one ``utterance<TAB>reason`` line per skipped key, under a header."""
+    write_text(path, "utterance\treason\n" + "".join(f"{k}\t{r}\n" for k, r in sorted(skipped)))
+
+
+def read_skipped(path: str | os.PathLike) -> dict[str, str]:
+    lines = read_lines(path)[1:] if Path(path).is_file() else []
+    return dict(line.split("\t", 1) for line in lines if line)

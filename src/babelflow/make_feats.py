@@ -21,26 +21,31 @@ from tqdm import tqdm
 from .data.datadir import read_spk2utt, read_utt2spk
 from .errors import BabelflowError
 from .features import FeatureConfig, FeatureExtractor, cmvn_stats, iter_audio, parse_cmvn_opts
-from .io import read_table, write_info, write_table, write_text
+from .io import read_skipped, read_table, write_info, write_skipped, write_table, write_text
 from .tables import AtomicArkScpWriter, open_matrix_writer
 
 
 def compute_feats(config: FeatureConfig, wav_rspecifier: str, feats_wspecifier: str,
                   segments: str | None = None, utt2num_frames: str | os.PathLike | None = None,
-                  progress: bool = True) -> int:
-    """compute-{fbank,mfcc}-feats: audio rspecifier -> feature wspecifier. Returns #utterances."""
+                  progress: bool = True, skipped_tsv: str | os.PathLike | None = None) -> int:
+    """compute-{fbank,mfcc}-feats: audio rspecifier -> feature wspecifier. Returns #utterances. Segments
+    skipped as ``extract-segments`` skips them are listed in ``skipped_tsv`` (utterance, reason)."""
     extract = FeatureExtractor(config)
     frames: list[tuple[str, int]] = []
+    skipped: list[tuple[str, str]] = []
     with open_matrix_writer(feats_wspecifier) as writer:
-        for key, rate, samples in tqdm(iter_audio(wav_rspecifier, segments), desc=f"{config.feat_type}",
+        for key, rate, samples in tqdm(iter_audio(wav_rspecifier, segments, skipped), desc=f"{config.feat_type}",
                                        unit="utt", disable=not progress, mininterval=2.0):
             feats = extract(samples, rate, key)
             writer[key] = feats
             frames.append((key, feats.shape[0]))
     if not frames:
-        raise BabelflowError(f"'{wav_rspecifier}': no utterances")
+        raise BabelflowError(f"'{wav_rspecifier}': no utterances"
+                             + (f" (every segment skipped, e.g. {skipped[0][0]}: {skipped[0][1]})" if skipped else ""))
     if utt2num_frames is not None:
         write_table(utt2num_frames, frames)
+    if skipped_tsv is not None:
+        write_skipped(skipped_tsv, skipped)
     return len(frames)
 
 
@@ -52,7 +57,8 @@ def feats_job(config: FeatureConfig, split_dir: str | os.PathLike, out_dir: str 
     ark = out_dir / f"raw_{config.feat_type}.{job}.ark"
     return compute_feats(config, f"scp:{split_dir / 'wav.scp'}", f"ark,scp:{ark},{ark.with_suffix('.scp')}",
                          segments=str(segments) if segments.exists() else None,
-                         utt2num_frames=out_dir / f"utt2num_frames.{job}", progress=progress)
+                         utt2num_frames=out_dir / f"utt2num_frames.{job}", progress=progress,
+                         skipped_tsv=out_dir / f"skipped.{job}.tsv")
 
 
 def finalize_feats_dir(config: FeatureConfig, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
@@ -68,8 +74,11 @@ def finalize_feats_dir(config: FeatureConfig, data_dir: str | os.PathLike, out_d
             scp[key] = rest[0]
         for _, key, rest in read_table(out_dir / f"utt2num_frames.{job}", 2, 2):
             nframes[key] = rest[0]
+    skipped: dict[str, str] = {}
+    for job in range(1, nj + 1):
+        skipped.update(read_skipped(out_dir / f"skipped.{job}.tsv"))
     utt2spk = read_utt2spk(data_dir / "utt2spk")
-    missing = sorted(set(utt2spk) - set(scp))
+    missing = sorted(set(utt2spk) - set(scp) - set(skipped))
     if missing:
         raise BabelflowError(f"{out_dir}: no features for {len(missing)} utterance(s) of {data_dir}, "
                              f"e.g. '{missing[0]}'")
@@ -79,12 +88,16 @@ def finalize_feats_dir(config: FeatureConfig, data_dir: str | os.PathLike, out_d
     spk2utt = read_spk2utt(data_dir / "spk2utt")
     with AtomicArkScpWriter(out_dir / "cmvn.ark", out_dir / "cmvn.scp") as w:
         for spk in sorted(spk2utt):
-            w[spk] = cmvn_stats(_load_feats(scp, spk2utt[spk]))
+            utts = [u for u in spk2utt[spk] if u in scp]
+            if utts:  # a speaker whose every segment was skipped has no stats (and no features to apply them to)
+                w[spk] = cmvn_stats(_load_feats(scp, utts))
     write_text(out_dir / "cmvn_opts", cmvn_opts.strip() + "\n")
     write_text(out_dir / "conf" / f"{config.feat_type}.conf", config.to_conf())
+    write_skipped(out_dir / "skipped.tsv", list(skipped.items()))
     total = sum(int(nframes[k]) for k in keys)
     info = {"feat_type": config.feat_type, "feat_dim": config.dim, "sample_frequency": config.sample_frequency,
-            "frame_shift": config.options["frame_shift"], "num_utts": len(keys), "num_frames": total}
+            "frame_shift": config.options["frame_shift"], "num_utts": len(keys), "num_frames": total,
+            "num_skipped": len(skipped)}
     write_info(out_dir, info)
     return info
 

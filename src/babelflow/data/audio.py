@@ -106,9 +106,11 @@ def _decode(data: bytes, what: str) -> tuple[int, np.ndarray]:
 
 
 def iter_data_audio(wav_scp: str | Path, segments: str | Path | None = None,
-                    max_overshoot: float = MAX_OVERSHOOT) -> Iterator[tuple[str, int, np.ndarray]]:
+                    max_overshoot: float = MAX_OVERSHOOT,
+                    skipped: list[tuple[str, str]] | None = None) -> Iterator[tuple[str, int, np.ndarray]]:
     """(utterance, rate, samples) in ``segments`` order (or ``wav.scp``'s without one); a recording is
-    read once for all its segments when they are consecutive, as Kaldi's sorted files have them."""
+    read once for all its segments when they are consecutive, as Kaldi's sorted files have them. Segments
+    Kaldi's ``extract-segments`` would skip are logged and appended to ``skipped`` as (utterance, reason)."""
     entries = {k: (v, n) for k, v, n in read_wav_scp(wav_scp)}
     if segments is None:
         for key, (value, n) in entries.items():
@@ -134,11 +136,17 @@ def iter_data_audio(wav_scp: str | Path, segments: str | Path | None = None,
             if last > len(samples):
                 over = end - len(samples) / rate
                 if over > max_overshoot:
-                    log.warning("%s:%d: skipped segment %s: ends %.3f s after its recording %s (max-overshoot %.1f)",
-                                segments, n, utt, over, rec, max_overshoot)
+                    reason = (f"{segments}:{n}: ends {over:.3f} s after its recording {rec} "
+                              f"(max-overshoot {max_overshoot:.1f})")
+                    log.warning("skipped segment %s: %s", utt, reason)
+                    if skipped is not None:
+                        skipped.append((utt, reason))
                     continue
                 last = len(samples)
             if first >= last:
-                log.warning("%s:%d: skipped segment %s: empty (%s to %s s)", segments, n, utt, parts[2], parts[3])
+                reason = f"{segments}:{n}: empty ({parts[2]} to {parts[3]} s)"
+                log.warning("skipped segment %s: %s", utt, reason)
+                if skipped is not None:
+                    skipped.append((utt, reason))
                 continue
             yield utt, rate, samples[first:last]

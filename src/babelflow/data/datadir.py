@@ -17,8 +17,8 @@ from typing import Any
 
 from ..errors import BabelflowError, where
 from ..io import read_table, write_table
+from .audio import MAX_OVERSHOOT
 
-SEGMENT_TOLERANCE = 0.02  # seconds a segment may run past the end of its recording
 _UTT2_RE = re.compile(r"^utt2([A-Za-z0-9_]+)$")
 # utt2<x> files that are not labels: kept verbatim in DataDir.extra (utt2spk has its own field).
 _EXTRA = ("utt2dur", "utt2num_frames", "utt2uniq")
@@ -298,12 +298,13 @@ def _load(d: Path, check_audio: bool) -> tuple[DataDir, dict[str, Any]]:
             info = _audio_info(wav_path, wav_line[r], r, v)
             durations[r] = info.frames / info.samplerate
             rates.add(info.samplerate)
+    skipped: list[tuple[str, str]] = []  # as extract-segments skips them (a segment it would clip is kept)
     if segments is not None:
         for n, u, _ in seg_rows:
-            rec, _, end = segments[u]
-            if rec in durations and end > durations[rec] + SEGMENT_TOLERANCE:
-                raise BabelflowError(f"{where(seg_path, n, u)}: segment ends at {end:g} s, beyond the "
-                                     f"end of recording '{rec}' ({durations[rec]:.3f} s)")
+            rec, start, end = segments[u]
+            if rec in durations and (end > durations[rec] + MAX_OVERSHOOT or start >= durations[rec]):
+                skipped.append((u, f"{seg_path}:{n}: segment {start:g}-{end:g} s, recording '{rec}' ends at "
+                                   f"{durations[rec]:.3f} s (extract-segments --max-overshoot {MAX_OVERSHOOT:g})"))
 
     data = DataDir(path=d, wav=wav, utt2spk=utt2spk, spk2utt=spk2utt, segments=segments,
                    text=text, labels=labels, spk2gender=spk2gender, extra=extra)
@@ -316,6 +317,7 @@ def _load(d: Path, check_audio: bool) -> tuple[DataDir, dict[str, Any]]:
         "sample_rates": sorted(rates),
         "pipes": pipes,
         "ignored_files": ignored,
+        "skipped": skipped,
     }
     return data, summary
 

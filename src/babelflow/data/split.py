@@ -7,13 +7,16 @@ job contents identical to a Kaldi recipe run on the same data dir.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ..errors import BabelflowError
-from ..io import atomic_dir, write_info
+from ..io import atomic_dir, write_info, write_skipped
 from .datadir import DataDir, _load
+
+log = logging.getLogger("babelflow")
 
 
 def split_keys_by_speaker(utt2spk: Mapping[str, str], nj: int) -> list[list[str]]:
@@ -85,6 +88,13 @@ def prepare_data_dir(src: str | Path, out_dir: str | Path, nj: int) -> dict[str,
     previous ``out_dir`` untouched.
     """
     data, summary = _load(Path(src), check_audio=True)
+    skipped = dict(summary["skipped"])
+    if skipped:  # what extract-segments would skip is left out of the copy (fix_data_dir.sh), and listed
+        if len(skipped) == len(data.utt2spk):
+            raise BabelflowError(f"{src}: every segment would be skipped, e.g. {next(iter(skipped.values()))}")
+        data = data.subset(u for u in data.utt2spk if u not in skipped)
+        log.warning("%s: %d segment(s) skipped (listed in skipped.tsv), e.g. %s", src, len(skipped),
+                    next(iter(skipped.values())))
     try:
         split_keys_by_speaker(data.utt2spk, nj)  # fail before creating anything
     except BabelflowError as e:
@@ -92,5 +102,7 @@ def prepare_data_dir(src: str | Path, out_dir: str | Path, nj: int) -> dict[str,
     with atomic_dir(out_dir) as tmp:
         data.write(tmp)
         split_data(data, nj, tmp)
-        write_info(tmp, {"num_utts": summary["num_utts"], "num_spks": summary["num_spks"], "nj": nj})
+        write_skipped(tmp / "skipped.tsv", list(skipped.items()))
+        write_info(tmp, {"num_utts": len(data.utt2spk), "num_spks": len(data.spk2utt), "nj": nj,
+                         "num_skipped": len(skipped)})
     return {**summary, "nj": nj}

@@ -34,7 +34,7 @@ from ..data.datadir import read_utt2spk
 from ..data.featsdir import FeatsDir
 from ..errors import BabelflowError
 from ..features import apply_cmvn, parse_cmvn_opts
-from ..io import read_scalar, read_table, write_info, write_table, write_text
+from ..io import read_scalar, read_table, write_info, write_skipped, write_table, write_text
 from .chunking import batch_starts, chunk_draw, frame_labels, utterance_chunks
 from .format import FORMAT_VERSION, LABEL_DTYPE, ArchiveWriter, KaldiArks, PartWriter
 from .ivectors import IvectorSource
@@ -147,9 +147,11 @@ class _Counts:
     examples: dict[str, int] = field(default_factory=lambda: {"train": 0, "valid": 0, "train_diagnostic": 0})
     skipped: dict[str, int] = field(default_factory=dict)
     classes: dict[str, int] = field(default_factory=dict)
+    skipped_keys: list[tuple[str, str]] = field(default_factory=list)  # (utterance, reason): report's skipped.tsv
 
-    def skip(self, reason: str) -> None:
+    def skip(self, reason: str, utt: str, detail: str = "") -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
+        self.skipped_keys.append((utt, f"{reason} ({detail})" if detail else reason))
 
 
 def egs_job(src: TaskSource, archive: int, out_dir: str | os.PathLike, opts: EgsOptions,
@@ -200,7 +202,7 @@ def egs_job(src: TaskSource, archive: int, out_dir: str | os.PathLike, opts: Egs
                         else draw[0]
                     ivectors = ivec.rows_for(utt, feats.shape[0], starts, opts.left_context, rng)
                     if ivectors is None:
-                        counts.skip("no_ivector" if utt not in ivec.table else "ivector_length_mismatch")
+                        counts.skip("no_ivector" if utt not in ivec.table else "ivector_length_mismatch", utt)
                         continue
                 if means:
                     feats = apply_cmvn(np.asarray(feats), cmvn[utt2spk[utt]], means, variances)
@@ -219,7 +221,7 @@ def egs_job(src: TaskSource, archive: int, out_dir: str | os.PathLike, opts: Egs
         w.close()
     report = {"archive": archive, "data_sets": ",".join(n for n, _, _ in src.sets), "utts": counts.utts,
               "frames": counts.frames, "examples": counts.examples, "skipped": counts.skipped,
-              "classes": counts.classes}
+              "classes": counts.classes, "skipped_keys": counts.skipped_keys}
     write_text(out_dir / f"report.{archive}.json", json.dumps(report, indent=1) + "\n")
     return report
 
@@ -312,24 +314,25 @@ def _cmvn_opts(feats: FeatsDir) -> str:
 def _frame_examples(utt, feats, pdfs, arks, pending, opts, rng, counts):
     """((chunk count, gap order), alignment) of an utterance, or None (skipped, counted)."""
     if utt not in pdfs:
-        counts.skip("no_alignment")
+        counts.skip("no_alignment", utt)
         return None
     ali = arks.int_vector(pdfs[utt])
     num_frames = feats.shape[0]
     if abs(len(ali) - num_frames) > opts.length_tolerance:
-        counts.skip("length_mismatch")
+        counts.skip("length_mismatch", utt, f"alignment {len(ali)} frames, features {num_frames}, "
+                                            f"tolerance {opts.length_tolerance}")
         return None
     pending.check(utt, ali)
     draw = chunk_draw(num_frames, opts.frames_per_eg, rng)
     if draw[0] == 0:
-        counts.skip("too_short")
+        counts.skip("too_short", utt)
         return None
     return draw, ali
 
 
 def _utterance_examples(utt, feats, utt2label, classes, opts, rng, counts, label_file):
     if utt not in utt2label:
-        counts.skip("no_label")
+        counts.skip("no_label", utt)
         return None
     label = utt2label[utt]
     if label not in classes:
@@ -362,6 +365,7 @@ def finalize_egs_dir(src: TaskSource, out_dir: str | os.PathLike, opts: EgsOptio
         raise BabelflowError(f"task '{src.task}': no training examples (skipped utterances: {skipped or 'none'})")
     table.to_csv(out_dir / "report.tsv.tmp", sep="\t", index=False)
     os.replace(out_dir / "report.tsv.tmp", out_dir / "report.tsv")
+    write_skipped(out_dir / "skipped.tsv", [tuple(k) for r in reports for k in r.get("skipped_keys", [])])
     utts = task_utterances(src)
     utt2spk = task_utt2spk(src) if opts.valid_by == "speaker" else None
     valid, subset = held_out_lists(utts, opts, src.task, utt2spk)
