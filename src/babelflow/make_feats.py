@@ -131,8 +131,8 @@ def import_feats_dir(src: str | os.PathLike, data_dir: str | os.PathLike, out_di
         try:
             m = np.asarray(fd.load(utt, handles))
         except Exception as e:  # noqa: BLE001 - kaldiio raises many types for damaged arks
-            raise BabelflowError(f"{fd.feats_scp}: utterance '{utt}' ({fd.feats[utt]}): unreadable "
-                                 f"({type(e).__name__}: {e})") from None
+            why = f"{type(e).__name__}: {e}" if str(e) else "truncated or corrupt archive"
+            raise BabelflowError(f"{fd.feats_scp}: utterance '{utt}' ({fd.feats[utt]}): unreadable ({why})") from None
         if m.ndim != 2 or (dim is not None and m.shape[1] != dim):
             raise BabelflowError(f"{fd.feats_scp}: utterance '{utt}': shape {m.shape}, the others have {dim} columns")
         bad = ~np.isfinite(m)

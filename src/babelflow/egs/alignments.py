@@ -7,6 +7,7 @@ job can look its utterances up by key instead of decompressing every archive.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 from ..errors import BabelflowError
@@ -30,7 +31,13 @@ def prepare_pdf_alignments(source: str, out_dir: str | os.PathLike, num_pdfs: in
                 max_pdf = max(max_pdf, int(ali.max()))
             yield key, ali
 
-    write_int_vectors(f"ark,scp:{out_dir / 'ali_pdf.ark'},{out_dir / 'ali_pdf.scp'}", pdfs())
+    created = not out_dir.exists()
+    try:
+        write_int_vectors(f"ark,scp:{out_dir / 'ali_pdf.ark'},{out_dir / 'ali_pdf.scp'}", pdfs())
+    except BaseException:
+        if created:  # nothing of a failed run stays behind
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
     if num_pdfs is None:
         num_pdfs = max_pdf + 1
     elif max_pdf >= num_pdfs:

@@ -27,8 +27,9 @@ in it runs. Three layouts:
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict
 from pathlib import Path
 
@@ -79,10 +80,24 @@ def load_model(path: str | Path) -> tuple[MultiTaskModel, dict]:
     blob = _load(path, "not a babelflow model")
     if not isinstance(blob, dict) or blob.get("format") != MULTITASK_FORMAT:
         raise BabelflowError(f"{path}: not a babelflow multi-task model")
-    model = MultiTaskModel(ModelConfig.from_dict(blob["model_config"]), blob["input_dim"],
-                           [TaskSpec(**t) for t in blob["tasks"]], blob["ivector_dim"])
-    model.load_state_dict(blob["state_dict"])
+    with _built(path):
+        model = MultiTaskModel(ModelConfig.from_dict(blob["model_config"]), blob["input_dim"],
+                               [TaskSpec(**t) for t in blob["tasks"]], blob["ivector_dim"])
+        model.load_state_dict(blob["state_dict"])
     return model, blob
+
+
+@contextlib.contextmanager
+def _built(path: str | Path) -> Iterator[None]:
+    """A file of the right format whose contents do not make the model it describes (a missing entry,
+    a tensor of another shape): one line naming the file and the entry."""
+    try:
+        yield
+    except KeyError as e:
+        raise BabelflowError(f"{path}: entry {e} missing (a damaged or hand-edited model file)") from None
+    except (RuntimeError, TypeError, ValueError, BabelflowError) as e:
+        first = " ".join(str(e).split())[:300]
+        raise BabelflowError(f"{path}: does not match the model it describes ({first})") from None
 
 
 # ------------------------------------------------------------------ model.pt: one task's model
@@ -108,9 +123,10 @@ def load_task_model(model_dir: str | Path) -> tuple[MultiTaskModel, dict]:
     if not isinstance(blob, dict) or blob.get("format") != TASK_FORMAT:
         found = blob.get("format") if isinstance(blob, dict) else type(blob).__name__
         raise BabelflowError(f"{path}: not a babelflow task model (format {found})")
-    model = MultiTaskModel(ModelConfig.from_dict(blob["model_config"]), blob["input_dim"],
-                           [TaskSpec(**blob["task_spec"])], blob["ivector_dim"], ["output"])
-    model.load_state_dict(blob["state_dict"])
+    with _built(path):
+        model = MultiTaskModel(ModelConfig.from_dict(blob["model_config"]), blob["input_dim"],
+                               [TaskSpec(**blob["task_spec"])], blob["ivector_dim"], ["output"])
+        model.load_state_dict(blob["state_dict"])
     return model.eval(), blob
 
 
