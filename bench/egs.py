@@ -22,10 +22,16 @@ dither 0 with nj=1 (one archive holds everything), pdf alignments. Then, all in 
 4. memory: peak RSS of ``babelflow egs job`` (the real CLI, each run a fresh child reaped with
    ``os.wait4`` by a small middleman, so maxima never mix) on the large vs the default corpus:
    must be ~1x; the CLI's start-up (``--help``) is given so the growth above it can be read off.
+5. shared features: the demo's four utterance tasks (lang, voice, gender, rate, each over all four
+   languages at the default size, nj=2, float16, whole utterances: params.yaml's) written with one
+   feature store (``babelflow egs store``) and, as before it, each with its own features. Bytes on
+   disk of all four egs dirs (+ the store) per stored frame (the corpus frames the tasks read,
+   counted once) and per example frame (output frames of every example of every part and task), and
+   the ratio shared / unshared (target: the features once, ~1/4). ``--store-only`` runs this alone.
 
 Timings are the best (minimum) of ``--repeats`` runs, interleaved so drift hits all alike; RSS is
 the maximum. Absolute figures on a noisy 2-core box vary; the ratios are what to read.
-Run:  .venv/bin/python bench/egs.py [--workdir DIR] [--repeats 3] [--json PATH]
+Run:  .venv/bin/python bench/egs.py [--workdir DIR] [--repeats 3] [--json PATH] [--store-only]
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import dataclasses
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -49,7 +56,9 @@ from babelflow.demo.corpus import DemoConfig, generate_corpus
 from babelflow.demo.options import SIZES
 from babelflow.egs.alignments import prepare_pdf_alignments
 from babelflow.egs.make import EgsOptions, TaskSource, egs_job, finalize_egs_dir
-from babelflow.egs.reader import EgsDir
+from babelflow.egs.options import store_name
+from babelflow.egs.reader import PARTS, EgsDir
+from babelflow.egs.store import write_store
 from babelflow.features import FeatureConfig
 from babelflow.make_feats import feats_job, finalize_feats_dir
 
@@ -146,13 +155,81 @@ def job_cmd(src: TaskSource, out: Path) -> list[str]:
             "--set", f"{LANG}:{data}:{feats}", "--left-context", str(LC), "--right-context", str(RC), str(out)]
 
 
+UTT_TASKS = ("lang", "voice", "gender", "rate")  # the demo's utterance tasks, each over every language
+
+
+def prepare_demo(root: Path) -> list[tuple[str, Path, Path]]:
+    """The demo's languages at the default size through data and features (nj=2, as the demo), reused."""
+    cfg = DemoConfig(utts_per_lang=SIZES["default"])
+    corpus, fcfg, sets = root / "corpus", FeatureConfig.build("fbank", None, {"num_mel_bins": 40, "dither": 0}), []
+    missing = [lang for lang in cfg.langs if not (corpus / lang / "data" / "utt2rate").is_file()]
+    if missing:
+        print(f"synthesising {SIZES['default']} utts x {len(missing)} languages under {corpus} ...", file=sys.stderr)
+        generate_corpus(corpus, cfg, langs=missing, jobs=2)
+    for lang in cfg.langs:
+        data, feats = root / "data" / lang, root / "feats" / lang
+        if not (feats / "info" / "num_frames").is_file():
+            prepare_data_dir(corpus / lang / "data", data, 2)
+            for job in (1, 2):
+                feats_job(fcfg, data / "split2" / str(job), feats, job, progress=False)
+            finalize_feats_dir(fcfg, data, feats, 2, CMVN)
+        sets.append((lang, data, feats))
+    return sets
+
+
+def shared_store_disk(root: Path, res: dict, table: list) -> None:
+    """Section 5: the demo's utterance tasks' egs on disk with one feature store vs each their own."""
+    sets = prepare_demo(root)
+    opts = EgsOptions(left_context=LC, right_context=RC)  # float16, whole utterances
+    frames = sum(int((f / "info" / "num_frames").read_text()) for _, _, f in sets)
+    got = {}
+    for mode in ("unshared", "shared"):
+        base = root / f"egs_{mode}"
+        shutil.rmtree(base, ignore_errors=True)
+        store = base / "_store" / store_name([s for s, _, _ in sets]) if mode == "shared" else None
+        if store is not None:
+            write_store(sets, store, opts.dtype, progress=False)
+        example_frames = 0
+        for task in UTT_TASKS:
+            src = TaskSource(task, "utterance", sets, nj=2, labels=f"utt2{task}", store=store)
+            for a in (1, 2):
+                egs_job(src, a, base / task, opts, progress=False)
+            finalize_egs_dir(src, base / task, opts)
+            egs = EgsDir(base / task)
+            example_frames += sum(int(a.index["n"].sum()) for part in PARTS for a in egs.archives(part))
+        files = [p for p in base.rglob("*") if p.is_file()]
+        total = sum(p.stat().st_size for p in files)
+        feats = sum(p.stat().st_size for p in files if p.suffix == ".feats")
+        got[mode] = {"bytes": total, "feats_bytes": feats, "example_frames": example_frames,
+                     "bytes_per_stored_frame": total / frames, "bytes_per_example_frame": total / example_frames}
+    ratio = got["shared"]["bytes"] / got["unshared"]["bytes"]
+    res["shared_store"] = got | {"stored_frames": frames, "ratio": ratio}
+    print(f"\n5. shared  {len(UTT_TASKS)} utterance tasks over {len(sets)} languages ({frames} frames), float16:")
+    for mode, g in got.items():
+        print(f"           {mode:8s} {g['bytes'] / 1e6:6.2f} MB ({g['feats_bytes'] / 1e6:5.2f} MB features):"
+              f" {g['bytes_per_stored_frame']:6.1f} B/stored frame, {g['bytes_per_example_frame']:5.1f} B/example"
+              f" frame ({g['example_frames']} example frames)")
+    f_ratio = got["shared"]["feats_bytes"] / got["unshared"]["feats_bytes"]
+    print(f"           shared / unshared: {ratio:.3f}x (features {f_ratio:.3f}x: once instead of once per task)")
+    for unit in ("stored", "example"):
+        key = f"bytes_per_{unit}_frame"
+        table.append((f"disk, {len(UTT_TASKS)} utterance tasks, B per {unit} frame: shared store vs unshared",
+                      f"{got['shared'][key]:.1f} vs {got['unshared'][key]:.1f} B/fr", f"{ratio:.3f}x",
+                      f"~1/{len(UTT_TASKS)}"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workdir", type=Path, default=Path("bench/out/egs"))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--store-only", action="store_true", help="only section 5 (the shared feature store)")
     args = ap.parse_args()
     R, res, table = args.repeats, {}, []
+    if args.store_only:
+        shared_store_disk(args.workdir / "utt", res, table)
+        report("shared feature store (demo default size)", table, res, args.json)
+        return
     big, small = (prepare(args.workdir / s, s) for s in ("large", "default"))
     root, feats = args.workdir / "large", big.sets[0][2]
     frames = int((feats / "info" / "num_frames").read_text())
@@ -252,6 +329,7 @@ def main() -> None:
     table.append(("peak RSS of egs job, 2000 vs 200 utts", f"{m['large']:.0f} / {m['default']:.0f} MB",
                   f"{m['large'] / m['default']:.2f}x", "~1x"))
 
+    shared_store_disk(args.workdir / "utt", res, table)
     report(f"measure ({frames} frames; best of {R}, interleaved)", table, res, args.json)
 
 

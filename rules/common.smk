@@ -5,6 +5,7 @@ import os
 import re
 
 from babelflow.data.sources import audio_files, data_dir_files
+from babelflow.egs.options import feature_stores, task_store
 from babelflow.steps import code_files
 
 
@@ -65,6 +66,9 @@ def egs_job_inputs(wildcards):
         ins["ali"] = rules.egs_ali.output.scp.format(task=wildcards.task)
     if task.ivectors:
         ins["ivectors"] = list(task.ivectors.values())
+    store = task_store(PIPELINE, wildcards.task)
+    if store:  # the features this task's segments index into
+        ins["store"] = rules.egs_store.output.num_rows.format(store=store)
     if config["model"].get("config"):  # the model's context shapes the examples
         ins["model"] = config["model"]["config"]
     ins["code"] = step_code("egs")
@@ -76,6 +80,12 @@ def kaldi_egs_files(wildcards):
     from babelflow.data.sources import kaldi_egs_files as files
 
     return list(files(PIPELINE.tasks[wildcards.task].egs))
+
+
+def egs_store_inputs(wildcards):
+    """A feature store's data sets: their features and data dirs."""
+    sets = feature_stores(PIPELINE)[wildcards.store]
+    return {"feats": expand(rules.features.output.scp, name=sets), "data": expand(rules.data.output[0], name=sets)}
 
 
 def num_pdfs_arg(wildcards):

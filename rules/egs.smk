@@ -1,6 +1,30 @@
 # Egs step (steps/nnet3/get_egs.sh), per task: frame targets once (ali-to-pdf),
 # one job per archive = (data set, features job), then a finalize that writes info/.
-from babelflow.egs.options import EgsOptions, task_args
+# Utterance tasks over the same data sets index into one feature store (egs_store).
+from babelflow.egs.options import STORE_DIR, EgsOptions, store_args, task_args
+
+
+wildcard_constraints:
+    store="[A-Za-z0-9][A-Za-z0-9_.+-]*",
+
+
+rule egs_store:
+    input:
+        unpack(egs_store_inputs),
+        code=step_code("egs"),
+    output:
+        feats=L.egs(STORE_DIR, "{store}", "store.feats"),
+        segments=L.egs(STORE_DIR, "{store}", "store.segments"),
+        num_rows=L.egs(STORE_DIR, "{store}", "info", "num_rows"),
+    params:
+        args=lambda wc: store_args(PIPELINE, wc.store),
+        out=lambda wc, output: os.path.dirname(output.feats),
+    conda:
+        "../workflow/envs/babelflow.yaml"
+    log:
+        "logs/egs/_store/{store}.log",
+    shell:
+        "babelflow egs store {params.args:q} {params.out:q} > {log} 2>&1"
 
 
 rule egs_ali:

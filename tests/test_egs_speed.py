@@ -11,8 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from babelflow.egs.arks import KaldiArks
 from babelflow.egs.chunking import batch_starts, chunk_draw, chunk_starts
-from babelflow.egs.format import ArchiveWriter, KaldiArks, PartWriter, _float_to_half
+from babelflow.egs.format import ArchiveWriter, PartWriter, _float_to_half
 
 
 def test_float_to_half_is_numpys_cast():

@@ -156,10 +156,10 @@ def test_feature_option_change_reruns_features_only(built):
         jobs = planned_jobs(proj)
     finally:
         (proj / "params.yaml").write_text(edited.replace("num_mel_bins: 30", "num_mel_bins: 40"))
-    # 2 languages x 2 jobs of features, then every egs archive (2 per task: one per features job)
-    # and finalize; not the corpus, the data step or the alignments
+    # 2 languages x 2 jobs of features, then the utterance tasks' feature store, every egs archive (2 per
+    # task: one per features job) and finalize; not the corpus, the data step or the alignments
     # and the low-resource systems (not the GMMs: they read their own MFCCs)
-    assert jobs == {"features_job": 4, "features": 2, "egs_job": 8, "egs": 4, "merge": 1, "train": 1,
+    assert jobs == {"features_job": 4, "features": 2, "egs_store": 1, "egs_job": 8, "egs": 4, "merge": 1, "train": 1,
                     "split": 4, "eval": 4, "export_kaldi": 2, "metrics": 1, "decode_lang": 2, "decode_graph": 2,
                     "decode_nnet": 2, "decode_metrics": 1, "lowres_train": 3, "lowres_split": 2,
                     "lowres_decode": 2, "lowres_metrics": 1, "all": 1}

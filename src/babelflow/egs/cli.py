@@ -13,7 +13,7 @@ from .options import EgsOptions
 log = logging.getLogger("babelflow")
 
 
-def _source(args: argparse.Namespace) -> TaskSource:
+def _sets(args: argparse.Namespace) -> list[tuple[str, Path, Path]]:
     sets = []
     for item in args.set:
         try:
@@ -21,6 +21,11 @@ def _source(args: argparse.Namespace) -> TaskSource:
         except ValueError:
             raise BabelflowError(f"--set expects NAME:DATA_DIR:FEATS_DIR, got '{item}'") from None
         sets.append((name, Path(data), Path(feats)))
+    return sets
+
+
+def _source(args: argparse.Namespace) -> TaskSource:
+    sets = _sets(args)
     classes = args.classes.split(",") if getattr(args, "classes", None) else None
     bad = [item for item in args.ivectors or [] if ":" not in item]
     if bad:
@@ -29,7 +34,8 @@ def _source(args: argparse.Namespace) -> TaskSource:
     if ivectors and set(ivectors) != {name for name, _, _ in sets}:
         raise BabelflowError("--ivectors must name every data set of the task (NAME:IVECTOR_DIR)")
     return TaskSource(args.task, args.kind, sets, args.nj, args.labels, classes,
-                      {k: Path(v) for k, v in ivectors.items()} if ivectors else None)
+                      {k: Path(v) for k, v in ivectors.items()} if ivectors else None,
+                      Path(args.store) if args.store else None)
 
 
 def _options(args: argparse.Namespace) -> EgsOptions:
@@ -51,6 +57,13 @@ def cmd_job(args: argparse.Namespace) -> None:
 
     r = egs_job(_source(args), args.archive, args.out, _options(args))
     log.info("egs %s archive %d: %s", args.task, args.archive, r)
+
+
+def cmd_store(args: argparse.Namespace) -> None:
+    from .store import write_store
+
+    info = write_store(_sets(args), args.out, args.dtype)
+    log.info("egs store %s: %s", args.out, info)
 
 
 def cmd_finalize(args: argparse.Namespace) -> None:
@@ -95,6 +108,8 @@ def _add_step_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classes", help="utterance tasks: fixed label map, comma-separated")
     p.add_argument("--ivectors", action="append", metavar="NAME:DIR",
                    help="online i-vector dir (ivector_online.scp + ivector_period) of a data set; repeatable")
+    p.add_argument("--store", help="utterance tasks: the feature store (`egs store`) to index into, "
+                   "instead of storing the features again")
     EgsOptions.add_arguments(p)
     p.add_argument("out", help="the task's egs dir")
 
@@ -113,6 +128,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--archive", type=int, required=True)
     _add_step_args(p)
     p.set_defaults(func=cmd_job)
+
+    p = esub.add_parser("store", help="the features of data sets once, for the utterance tasks that share them")
+    p.add_argument("--set", action="append", required=True, metavar="NAME:DATA:FEATS",
+                   help="a data set: name, data dir (babelflow data), features dir; repeatable")
+    p.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="stored features")
+    p.add_argument("out", help="the store dir")
+    p.set_defaults(func=cmd_store)
 
     p = esub.add_parser("show", help="print egs as `nnet3-copy-egs <in> ark,t:-` does")
     p.add_argument("-n", type=int, help="print at most N examples")

@@ -15,6 +15,10 @@ parsing. Per archive prefix ``P`` (``egs.J``, ``valid.J``, ``train_diagnostic.J`
     P.labels    raw LABEL_DTYPE, one record per output frame (frame tasks only)
     P.ivector   raw float32 (num_examples, ivector_dim)       (only with i-vectors)
 
+Utterance tasks over the same data sets would each store the same features again; they share one
+feature store instead (:mod:`.store`, named by the egs dir's ``info/feats_store``): their archives
+have no ``P.feats``, and ``P.segments`` give rows of the store's ``store.feats``.
+
 All files of an archive are written under temporary names and renamed together. With
 ``shuffle_seed`` the example records are written in a seeded random order, as Kaldi's
 ``get_egs.sh`` shuffles every archive (``nnet3-shuffle-egs``): consecutive examples then
@@ -27,9 +31,7 @@ large calls.
 from __future__ import annotations
 
 import contextlib
-import mmap
 import os
-import struct
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,13 +53,16 @@ class ArchiveWriter:
     """Streams one archive to disk; memory stays O(1) in the archive size."""
 
     def __init__(self, prefix: str | os.PathLike, feat_dim: int, dtype: str = "float16",
-                 frame_labels: bool = True, ivector_dim: int = 0, shuffle_seed: int | None = None):
+                 frame_labels: bool = True, ivector_dim: int = 0, shuffle_seed: int | None = None,
+                 features: bool = True, examples: bool = True):
+        """``features=False``: the rows live in a shared store (:mod:`.store`), segments name their
+        rows there (:meth:`add_stored`); ``examples=False``: a store itself, features and segments only."""
         self.prefix = Path(prefix)
         self.prefix.parent.mkdir(parents=True, exist_ok=True)
         self.feat_dim, self.dtype = feat_dim, np.dtype(dtype)
         self.frame_labels, self.ivector_dim = frame_labels, ivector_dim
-        names = (["feats", "segments", "index"] + (["labels"] if frame_labels else [])
-                 + (["ivector"] if ivector_dim else []))
+        names = ((["feats"] if features else []) + ["segments"] + (["index"] if examples else [])
+                 + (["labels"] if frame_labels else []) + (["ivector"] if ivector_dim else []))
         self._final = {n: Path(f"{self.prefix}.{n}") for n in names}
         for f in self._final.values():
             clear_stale_temps(f)
@@ -93,7 +98,16 @@ class ArchiveWriter:
                                      f"(*, {self.feat_dim}) of {self.dtype}")
             self._files["feats"].write(np.ascontiguousarray(piece).reshape(-1).view(np.uint8))
         first = self.num_rows + np.cumsum(lengths) - lengths
-        lines = (f"{k} {f} {m}\n" for k, f, m in zip(keys, first.tolist(), lengths.tolist()))
+        self.add_stored(keys, first, lengths, counts, t0, n, labels, classes, ivectors)
+
+    def add_stored(self, keys: list[str], first: np.ndarray, lengths: np.ndarray, counts: np.ndarray,
+                   t0: np.ndarray, n: np.ndarray, labels=None, classes=None,
+                   ivectors: np.ndarray | None = None) -> None:
+        """Segments whose rows are ``first[i]:first[i] + lengths[i]`` of the feature store (or of this
+        archive, from :meth:`add_batch`), and their examples, as :meth:`add_batch` takes them."""
+        if not keys:
+            return
+        lines = (f"{k} {f} {m}\n" for k, f, m in zip(keys, np.asarray(first).tolist(), lengths.tolist()))
         self._files["segments"].write("".join(lines))
         self.num_rows += int(np.sum(lengths))
         rec = np.empty(len(t0), INDEX_DTYPE)
@@ -129,6 +143,8 @@ class ArchiveWriter:
         self.num_examples += len(rec)
 
     def _write_records(self, rec: np.ndarray, ivec: np.ndarray | None) -> None:
+        if "index" not in self._files:  # a feature store: no examples
+            return
         self._files["index"].write(rec.tobytes())
         if ivec is not None:
             self._files["ivector"].write(ivec.tobytes())
@@ -147,6 +163,9 @@ class ArchiveWriter:
             # (auto_da_alloc) writes the new data out first, so a crash cannot leave an empty archive; that
             # costs 30-60 ms per archive when an old one is replaced (the bench), not when Snakemake reruns
             os.replace(tmp, self._final[name])
+        if "feats" not in self._final:  # the rows are in the store: a .feats left by per-task storage is stale
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{self.prefix}.feats")
 
     def abort(self) -> None:
         for f in self._files.values():
@@ -216,6 +235,20 @@ class PartWriter:
                              ivectors=None if ivectors is None else ivectors[ex])
 
 
+    def write_stored(self, parts: list[tuple[str, ...]], keys: list[str], first: np.ndarray, lengths: np.ndarray,
+                     counts: np.ndarray, t0: np.ndarray, n: np.ndarray, classes=None,
+                     ivectors: np.ndarray | None = None) -> None:
+        """As :meth:`write`, for segments already in the feature store (rows ``first``, ``lengths``)."""
+        seg = np.repeat(np.arange(len(keys)), counts)
+        for part, writer in self.writers.items():
+            mine = np.array([part in p for p in parts])
+            if mine.any():
+                ex = mine[seg]
+                writer.add_stored([k for k, m in zip(keys, mine) if m], first[mine], lengths[mine], counts[mine],
+                                  t0[ex], n[ex], classes=None if classes is None else classes[ex],
+                                  ivectors=None if ivectors is None else ivectors[ex])
+
+
 def _float_to_half(x: np.ndarray, out: np.ndarray, a: np.ndarray, t: np.ndarray, bad: np.ndarray) -> None:
     """float32 (bits ``x``, uint32) -> float16 (bits ``out``, uint16) exactly as numpy casts (round to
     nearest even), in a few integer passes that vectorise (numpy's cast is a scalar loop, 2x slower):
@@ -238,92 +271,6 @@ def _float_to_half(x: np.ndarray, out: np.ndarray, a: np.ndarray, t: np.ndarray,
         out[idx] = x[idx].view(np.float32).astype(np.float16).view(np.uint16)
 
 
-class KaldiArks:
-    """Kaldi binary float matrices and int32 vectors by rxfilename (``ark:offset``, as in a scp),
-    read as views of the memory-mapped archive: no read or parse per matrix, so reading a whole
-    scp costs what touching its pages does. Anything else (compressed or text matrices, pipes,
-    ranges) goes through kaldiio."""
-
-    def __init__(self):
-        self._maps: dict[str, _Map | None] = {}
-
-    def _locate(self, rx: str, head: int) -> tuple[_Map | None, int]:
-        path, sep, off = rx.rpartition(":")
-        if not sep or not off.isdigit() or path.rstrip().endswith("|"):
-            return None, 0
-        m = self._maps.get(path, False)
-        if m is False:
-            m = self._maps[path] = _Map.open(path)
-        off = int(off)
-        return (m, off) if m is not None and off + head <= m.size else (None, 0)
-
-    def matrix(self, rx: str) -> np.ndarray:
-        """A float matrix (read-only; float32 from a ``FM`` matrix, as kaldiio.load_mat reads it)."""
-        m, off = self._locate(rx, 15)
-        if m is not None:
-            tag, rows, four, cols = _MATRIX_HEAD.unpack_from(m.mm, off)
-            end = off + 15 + 4 * rows * cols
-            if tag == b"\0BFM \4" and four == 4 and rows >= 0 and cols >= 0 and end <= m.size:
-                m.touch(off, end)
-                return np.frombuffer(m.mm, "<f4", rows * cols, off + 15).reshape(rows, cols)
-        import kaldiio
-
-        return kaldiio.load_mat(rx)
-
-    def int_vector(self, rx: str) -> np.ndarray:
-        """An int32 vector (as kaldiio.load_mat reads it)."""
-        m, off = self._locate(rx, 8)
-        if m is not None:
-            tag, size, four = _VECTOR_HEAD.unpack_from(m.mm, off)
-            end = off + 7 + 5 * size  # each element: its size (4), then the value
-            if tag == b"\0B\4" and 0 <= size and end <= m.size and (size == 0 or four == m.mm[end - 5] == 4):
-                m.touch(off, end)
-                return np.ndarray((size,), "<i4", m.mm, off + 8, (5,))
-        import kaldiio
-
-        return np.asarray(kaldiio.load_mat(rx), np.int32)
-
-    def release(self) -> None:
-        """Unmap the pages read since the last call from this process (they stay in the page cache,
-        and the arrays returned stay valid: read again, a page maps back in)."""
-        for m in self._maps.values():
-            if m is not None:
-                m.release()
-
-
-_MATRIX_HEAD = struct.Struct("<6sibi")  # "\0BFM \4" rows "\4" cols
-_VECTOR_HEAD = struct.Struct("<3sib")  # "\0B\4" size, then the first element's size
-
-
-class _Map:
-    """One memory-mapped archive, and the byte range read from it since the last release."""
-
-    def __init__(self, mm: mmap.mmap):
-        self.mm, self.size = mm, len(mm)
-        self.lo, self.hi = self.size, 0
-
-    @classmethod
-    def open(cls, path: str) -> _Map | None:
-        try:
-            with open(path, "rb") as f:
-                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        except (OSError, ValueError):  # not a regular file, empty, ...: kaldiio reads it
-            return None
-        with contextlib.suppress(AttributeError, OSError):
-            mm.madvise(mmap.MADV_SEQUENTIAL)  # scp order is usually archive order
-        return cls(mm)
-
-    def touch(self, lo: int, hi: int) -> None:
-        self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
-
-    def release(self) -> None:
-        if self.hi > self.lo:
-            lo = self.lo - self.lo % mmap.PAGESIZE
-            with contextlib.suppress(AttributeError, OSError):
-                self.mm.madvise(mmap.MADV_DONTNEED, lo, self.hi - lo)
-        self.lo, self.hi = self.size, 0
-
-
 @dataclass
 class Archive:
     """A read-only view of one archive (memory-mapped)."""
@@ -339,7 +286,8 @@ class Archive:
 
     @classmethod
     def open(cls, prefix: str | os.PathLike, feat_dim: int, dtype: str, frame_labels: bool,
-             ivector_dim: int = 0) -> Archive:
+             ivector_dim: int = 0, store: str | os.PathLike | None = None) -> Archive:
+        """``store``: the feature store's ``.feats`` file the segments' rows are in (else ``prefix.feats``)."""
         prefix = Path(prefix)
         try:
             keys, starts, lens = [], [], []
@@ -348,17 +296,23 @@ class Archive:
                 k, s, m = line.split()
                 keys.append(k), starts.append(int(s)), lens.append(int(m))
             index = np.fromfile(f"{prefix}.index", INDEX_DTYPE)
-            nbytes = os.path.getsize(f"{prefix}.feats")
+            feats_file = Path(store or f"{prefix}.feats")
+            nbytes = os.path.getsize(feats_file)
         except FileNotFoundError as e:
             raise BabelflowError(f"{prefix}: archive incomplete: {e.filename} missing") from None
         except ValueError:
             raise BabelflowError(f"{prefix}.segments:{n}: expected '<key> <first-row> <num-rows>'") from None
         itemsize = np.dtype(dtype).itemsize * feat_dim
         rows = int(sum(lens))
-        if nbytes != rows * itemsize:
+        if store is not None:  # segments name rows of the store, which must hold them all
+            rows = nbytes // itemsize
+            if nbytes % itemsize or any(s + m > rows for s, m in zip(starts, lens)):
+                raise BabelflowError(f"{feats_file}: {nbytes} bytes ({rows} rows of {feat_dim} x {dtype}) do not "
+                                     f"hold the rows {prefix}.segments names: a stale feature store")
+        elif nbytes != rows * itemsize:
             raise BabelflowError(f"{prefix}.feats: {nbytes} bytes, but {prefix}.segments describes {rows} rows "
                                  f"of {feat_dim} x {dtype} ({rows * itemsize} bytes): info/ disagrees with the archive")
-        feats = np.memmap(f"{prefix}.feats", dtype=np.dtype(dtype).newbyteorder("<"), mode="r",
+        feats = np.memmap(feats_file, dtype=np.dtype(dtype).newbyteorder("<"), mode="r",
                           shape=(rows, feat_dim)) if rows else np.zeros((0, feat_dim), dtype)
         labels = np.fromfile(f"{prefix}.labels", LABEL_DTYPE) if frame_labels else None
         ivec = (np.fromfile(f"{prefix}.ivector", "<f4").reshape(-1, ivector_dim) if ivector_dim else None)

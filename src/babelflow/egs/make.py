@@ -7,13 +7,16 @@ Contract: features dirs (+ data dirs, + pdf alignments for frame tasks) -> an eg
     report.J.json                        per-job counts, skips per reason
     info/  cmvn_opts  valid_uttlist  train_subset_uttlist  report.tsv   (finalize)
 
+An utterance task given a feature store (:mod:`.store`, ``TaskSource.store``) draws the same
+examples but writes no features: its segments name the store's rows (``info/feats_store``).
+
 Valid utterances are held out of training; the train-diagnostic utterances stay in
 training and are also written apart, as Kaldi's ``train_diagnostic.egs``. Every job
 derives both lists from the same seeded draw over all of the task's utterances, so jobs
 need no coordination.
 
 A job runs at about the speed of copying its features: matrices and alignments are read in
-place from the memory-mapped archives (:class:`~.format.KaldiArks`), each utterance costs
+place from the memory-mapped archives (:class:`~.arks.KaldiArks`), each utterance costs
 only its random draws, and the rest (chunk starts, labels and weights, the conversion to the
 stored dtype, the writes) is done a batch of utterances at a time in a few numpy calls,
 with the bytes that writing one utterance at a time gave (``tests/golden`` hashes them).
@@ -35,13 +38,14 @@ from ..data.featsdir import FeatsDir
 from ..errors import BabelflowError
 from ..features import apply_cmvn, parse_cmvn_opts
 from ..io import read_scalar, read_table, write_info, write_skipped, write_table, write_text
-from .chunking import batch_starts, chunk_draw, frame_labels, utterance_chunks
-from .format import FORMAT_VERSION, LABEL_DTYPE, ArchiveWriter, KaldiArks, PartWriter
+from .arks import KaldiArks
+from .chunking import batch_starts, chunk_draw, utterance_chunks
+from .format import FORMAT_VERSION, ArchiveWriter
 from .ivectors import IvectorSource
 from .options import EgsOptions
+from .pending import Pending
 from .reader import EgsDir
-
-BATCH_FRAMES = 1 << 15  # frames of features an egs job gathers before writing them (memory stays O(1))
+from .store import FeatureStore
 
 
 @dataclass
@@ -55,6 +59,7 @@ class TaskSource:
     labels: str | None = None  # utt2<label> file name, utterance tasks
     classes: list[str] | None = None  # fixed label map (optional)
     ivectors: dict[str, Path] | None = None  # data set -> Kaldi online i-vector dir (optional)
+    store: Path | None = None  # utterance tasks: the feature store (.store) their segments index into
 
     def archives(self) -> list[int]:
         """Archive numbers 1..nj (one Snakemake job each)."""
@@ -164,6 +169,7 @@ def egs_job(src: TaskSource, archive: int, out_dir: str | os.PathLike, opts: Egs
     mine = {u for u, a in archive_of_utterances(utts, src.nj, opts, src.task).items() if a == archive}
     frame = src.kind == "frame"
     feat_dim = feats_dirs[0].feat_dim
+    store = _store(src, feat_dim, opts.dtype, _cmvn_opts(feats_dirs[0]))
     arks = KaldiArks()  # features and alignments read in place, by scp offset
     if frame:
         pdfs = _scp(out_dir / "ali_pdf.scp")
@@ -174,13 +180,13 @@ def egs_job(src: TaskSource, archive: int, out_dir: str | os.PathLike, opts: Egs
     ivec_dim = IvectorSource.open(next(iter(src.ivectors.values()))).dim if src.ivectors else 0
     counts = _Counts()
     writers = {part: ArchiveWriter(out_dir / f"{prefix}.{archive}", feat_dim, opts.dtype, frame, ivec_dim,
-                                   shuffle_seed=int(rng.integers(2**31)))
+                                   shuffle_seed=int(rng.integers(2**31)), features=store is None)
                for part, prefix in (("train", "egs"), ("valid", "valid"), ("train_diagnostic", "train_diagnostic"))}
-    pending = _Pending(writers, opts.frames_per_eg if frame else 0, num_pdfs if frame else 0, arks)
+    pending = Pending(writers, opts.frames_per_eg if frame else 0, num_pdfs if frame else 0, arks)
     try:
         for (name, data_dir, _), fd in zip(src.sets, feats_dirs):
             means, variances = parse_cmvn_opts(_cmvn_opts(fd))
-            cmvn = fd.cmvn_stats() if means else {}
+            cmvn = fd.cmvn_stats() if means and store is None else {}  # a store's features have CMVN applied
             utt2spk = read_utt2spk(data_dir / "utt2spk")
             ivec = IvectorSource.open(src.ivectors[name]) if src.ivectors else None
             if not frame:
@@ -188,7 +194,7 @@ def egs_job(src: TaskSource, archive: int, out_dir: str | os.PathLike, opts: Egs
             entries = [(u, rx) for u, rx in fd.feats.items() if u in mine]
             for utt, rx in tqdm(entries, desc=f"egs {src.task}.{archive} {name}", unit="utt",
                                 disable=not progress, mininterval=2.0):
-                feats = arks.matrix(rx)
+                first, feats = store.segment(utt) if store else (None, arks.matrix(rx))
                 if frame:
                     got = _frame_examples(utt, feats, pdfs, arks, pending, opts, rng, counts)
                 else:
@@ -204,14 +210,14 @@ def egs_job(src: TaskSource, archive: int, out_dir: str | os.PathLike, opts: Egs
                     if ivectors is None:
                         counts.skip("no_ivector" if utt not in ivec.table else "ivector_length_mismatch", utt)
                         continue
-                if means:
+                if means and store is None:
                     feats = apply_cmvn(np.asarray(feats), cmvn[utt2spk[utt]], means, variances)
                 counts.utts += 1
                 counts.frames += feats.shape[0]
                 parts = ("valid",) if utt in valid else ("train", "train_diagnostic") if utt in subset else ("train",)
                 for part in parts:
                     counts.examples[part] += got[0][0] if frame else len(got[0][0])
-                pending.add(f"{src.task}-{utt}", parts, feats, *got, ivectors)
+                pending.add(f"{src.task}-{utt}", parts, feats, *got, ivectors, first)
         pending.flush()
     except BaseException:
         for w in writers.values():
@@ -226,6 +232,18 @@ def egs_job(src: TaskSource, archive: int, out_dir: str | os.PathLike, opts: Egs
     return report
 
 
+def _store(src: TaskSource, feat_dim: int, dtype: str, cmvn_opts: str) -> FeatureStore | None:
+    """The task's feature store, checked to hold its data sets as the task would store them."""
+    if src.store is None:
+        return None
+    if src.kind != "utterance":
+        raise BabelflowError(f"task '{src.task}': a feature store is for utterance tasks (a frame task's "
+                             "utterances are its own)")
+    store = FeatureStore(Path(src.store))
+    store.check(src.task, [n for n, _, _ in src.sets], feat_dim, dtype, cmvn_opts)
+    return store
+
+
 def _scp(path: Path) -> dict[str, str]:
     """A scp as {key: rxfilename}, parsed as kaldiio.load_scp parses it."""
     out = {}
@@ -236,71 +254,6 @@ def _scp(path: Path) -> dict[str, str]:
                 raise BabelflowError(f"{path}: invalid line '{line.rstrip()}'")
             out[seps[0]] = seps[1].rstrip()
     return out
-
-
-class _Pending:
-    """Examples drawn but not yet written: they go to the writers BATCH_FRAMES frames at a time, in a
-    few vectorised steps per batch (chunk starts, labels, one conversion of the features), byte for
-    byte what writing each utterance on its own would give."""
-
-    def __init__(self, writers: dict[str, ArchiveWriter], frames_per_eg: int, num_pdfs: int, arks: KaldiArks):
-        self.writers, self.f, self.num_pdfs, self.arks = writers, frames_per_eg, num_pdfs, arks
-        self.out = PartWriter(writers)
-        self._clear()
-
-    def _clear(self) -> None:
-        self.keys, self.parts, self.feats, self.counts, self.draws, self.targets, self.ivectors = ([] for _ in range(7))
-        self.checks: list[tuple[str, np.ndarray]] = []  # alignments whose pdf ids are to be range-checked
-        self.frames = 0
-
-    def check(self, utt: str, ali: np.ndarray) -> None:
-        self.checks.append((utt, ali))
-
-    def add(self, key: str, parts: tuple[str, ...], feats: np.ndarray, draw, targets: np.ndarray,
-            ivectors: np.ndarray | None) -> None:
-        """An utterance's examples: frame tasks give the chunk draw (count, order) and the alignment,
-        utterance tasks (starts, sizes) and one class per example."""
-        if feats.ndim != 2 or feats.shape[1] != self.writers["train"].feat_dim:
-            raise BabelflowError(f"{self.writers[parts[0]].prefix}: segment '{key}' has shape {feats.shape}, "
-                                 f"expected (*, {self.writers['train'].feat_dim})")
-        self.keys.append(key), self.parts.append(parts), self.feats.append(feats)
-        self.draws.append(draw), self.targets.append(targets), self.ivectors.append(ivectors)
-        self.counts.append(draw[0] if self.f else len(draw[0]))
-        self.frames += feats.shape[0]
-        if self.frames >= BATCH_FRAMES:
-            self.flush()
-
-    def flush(self) -> None:
-        self._check_pdfs()
-        if self.keys:
-            self._write()
-        self._clear()
-        self.arks.release()  # the pages read so far leave this process (memory stays O(1))
-
-    def _check_pdfs(self) -> None:
-        if not self.checks:
-            return
-        cat = np.concatenate([a for _, a in self.checks])
-        if len(cat) and (cat.min() < 0 or cat.max() >= self.num_pdfs):
-            for utt, ali in self.checks:
-                if len(ali) and (ali.min() < 0 or ali.max() >= self.num_pdfs):
-                    raise BabelflowError(f"utterance '{utt}': pdf id {int(ali.max())} outside [0, "
-                                         f"{self.num_pdfs}) of the alignment's model")
-
-    def _write(self) -> None:
-        counts = np.array(self.counts, np.int64)
-        labels = classes = None
-        if self.f:
-            lengths = np.array([m.shape[0] for m in self.feats], np.int64)
-            t0 = batch_starts(lengths, counts, [o for _, o in self.draws], self.f)
-            seg = np.repeat(np.arange(len(counts)), counts)
-            n = np.full(len(t0), self.f, np.int32)
-            labels = frame_labels(t0, seg, lengths, self.targets, self.f, LABEL_DTYPE).reshape(len(t0), self.f)
-        else:
-            t0, n = (np.concatenate([d[i] for d in self.draws]) for i in (0, 1))
-            classes = np.concatenate(self.targets)
-        ivectors = np.concatenate(self.ivectors) if self.ivectors[0] is not None else None
-        self.out.write(self.parts, self.keys, self.feats, counts, t0, n, labels, classes, ivectors)
 
 
 def _cmvn_opts(feats: FeatsDir) -> str:
@@ -395,6 +348,8 @@ def finalize_egs_dir(src: TaskSource, out_dir: str | os.PathLike, opts: EgsOptio
         "key_format": "segment-frame", "cmvn_opts": cmvn_opts,
         "valid_by": opts.valid_by, "num_valid_utts": len(valid),
     }
+    if src.store is not None:  # relative: the egs dirs and their store move together
+        info["feats_store"] = os.path.relpath(src.store, out_dir)
     if utt2spk is not None:
         info["num_valid_speakers"] = len({utt2spk[u] for u in valid})
     if src.kind == "frame":

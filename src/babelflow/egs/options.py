@@ -3,6 +3,8 @@ Snakefile can render them without importing the egs writer."""
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -58,11 +60,51 @@ def context(p: Pipeline) -> tuple[int, int]:
             mc.right_context if o.right_context is None else o.right_context)
 
 
+STORE_DIR = "_store"  # exp/egs/_store/<name>: the feature stores (egs.store), beside the tasks' egs dirs
+_PLAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+
+
+def store_name(data_sets: list[str]) -> str:
+    """A feature store's dir name: its data sets, sorted and joined by '+' (the demo's ``de+en+es+fr``),
+    or a digest of them when that would be long or not a plain file name."""
+    joined = "+".join(sorted(data_sets))
+    if len(joined) <= 80 and _PLAIN.fullmatch(joined):
+        return joined
+    return f"{len(data_sets)}sets-{hashlib.sha1(joined.encode()).hexdigest()[:12]}"
+
+
+def feature_stores(p: Pipeline) -> dict[str, list[str]]:
+    """Store name -> its data sets (sorted): one for each set of data sets that two utterance tasks or
+    more read, which would otherwise each store the same features (dtype and CMVN are the step's)."""
+    readers: dict[frozenset[str], int] = {}
+    for t in p.tasks.values():
+        if t.kind == "utterance":
+            readers[frozenset(t.data)] = readers.get(frozenset(t.data), 0) + 1
+    return {store_name(list(sets)): sorted(sets) for sets, n in readers.items() if n > 1}
+
+
+def task_store(p: Pipeline, task: str) -> str | None:
+    """The name of the feature store a task's egs index into (None: the task stores its own)."""
+    t = p.tasks[task]
+    name = store_name(t.data)
+    return name if t.kind == "utterance" and name in feature_stores(p) else None
+
+
+def store_args(p: Pipeline, name: str) -> list[str]:
+    """The flags of ``babelflow egs store`` for one store."""
+    L = p.layout
+    return [f"--set={s}:{L.data(s)}:{L.feats(s)}" for s in feature_stores(p)[name]] + [
+        f"--dtype={p.options(EgsOptions).dtype}"]
+
+
 def task_args(p: Pipeline, task: str) -> list[str]:
     """The flags of ``babelflow egs job|finalize`` for one task."""
     t, L = p.tasks[task], p.layout
     args = [f"--task={task}", f"--kind={t.kind}", f"--nj={p.config['data']['nj']}"]
     args += [f"--set={s}:{L.data(s)}:{L.feats(s)}" for s in t.data]
+    store = task_store(p, task)
+    if store:
+        args.append(f"--store={L.egs(STORE_DIR, store)}")
     args += [f"--ivectors={s}:{d}" for s, d in (t.ivectors or {}).items()]
     if t.kind == "utterance":
         args.append(f"--labels={t.labels}")

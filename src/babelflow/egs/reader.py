@@ -76,10 +76,17 @@ class EgsDir(InfoDir):
         path = self.path / "info" / "classes.txt"
         return [line.split()[0] for line in path.read_text().splitlines()] if path.exists() else []
 
+    @property
+    def feats_store(self) -> Path | None:
+        """The feature store whose rows the archives' segments name (relative to this dir), if any."""
+        rel = self.info.get("feats_store")
+        return None if rel is None else self.path / rel
+
     def archive(self, part: str, number: int) -> Archive:
         prefix = self.path / f"{PARTS[part]}.{number}"
+        store = self.feats_store
         return Archive.open(prefix, self.feat_dim, self.info.get("feats_dtype", "float32"),
-                            self.kind == "frame", self.ivector_dim)
+                            self.kind == "frame", self.ivector_dim, None if store is None else store / "store.feats")
 
     def archives(self, part: str = "train") -> Iterator[Archive]:
         for j in range(1, self.num_archives + 1):
