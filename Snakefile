@@ -2,7 +2,7 @@
 # params.yaml is both this workflow's config and DVC's params file.
 from snakemake.utils import min_version
 
-from babelflow.config import key_lines, load_params, resolve_config, validate_schema
+from babelflow.config import key_lines, load_params, resolve_config, rooted_paths, validate_schema
 from babelflow.errors import BabelflowError
 from babelflow.smk import mark_checkout_fresh
 
@@ -22,6 +22,7 @@ try:
         load_params(f)
     lines = key_lines(workflow.configfiles[-1]) if workflow.configfiles else {}
     config.update(validate_schema(config, lines=lines))
+    config.update(rooted_paths(config))  # data.root: the user's relative paths, as every rule reads them
     PIPELINE = resolve_config(config)
 except BabelflowError as e:
     raise ValueError(str(e)) from None

@@ -44,7 +44,7 @@ def data_files(wildcards):
     if PIPELINE.demo:
         return {}
     src = DATASETS[wildcards.name]
-    return {"files": list(data_dir_files(src)), "audio": list(audio_files(src))}
+    return {"files": list(data_dir_files(src)), "audio": list(audio_files(src, config["data"].get("root")))}
 
 
 # --- egs step

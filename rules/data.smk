@@ -11,7 +11,7 @@ rule data:
     output:
         directory(L.data("{name}")),
     params:
-        opts=options(DataOptions),
+        opts=options(DataOptions, exclude=("root",) if PIPELINE.demo else ()),  # the demo's paths are its own
     conda:
         "../workflow/envs/babelflow.yaml"
     log:

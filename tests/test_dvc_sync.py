@@ -102,7 +102,7 @@ def _auto_alignments(corpus):
 
 # probed against another reference than params.yaml: tasks against user data (not the demo's derived
 # tasks); gmm.* with the demo's alignments made by the gmm step (by default nothing reads gmm.*)
-REFERENCE = {"tasks": _user_data, "gmm": _auto_alignments, "decode.gmm": _auto_alignments}
+REFERENCE = {"tasks": _user_data, "data.root": _user_data, "gmm": _auto_alignments, "decode.gmm": _auto_alignments}
 PERTURB = {
     "demo.size": "large", "demo.utts_per_lang": 50, "demo.langs": {"en": "en-gb", "de": "de", "es": "es"},
     "demo.voices": ["m1", "f1"], "demo.seed": 1, "demo.ali_jobs": 1, "demo.utterance_tasks": ["lang"],
@@ -110,6 +110,7 @@ PERTURB = {
     "demo.low_resource": {"es": 40},
     "lowres.tasks": ["en"],
     "data.nj": 3, "data.dirs": _user_data, "tasks": _user_data_one_task,
+    "data.root": lambda corpus: {**_user_data(corpus), "data.root": str(corpus)},
     "features.type": "mfcc", "features.config": "conf", "features.options": {"num_mel_bins": 30, "dither": 0},
     "features.cmvn_opts": "--norm-means=true --norm-vars=false", "features.existing": _existing_features,
     "egs.frames_per_eg": 16, "egs.left_context": 20, "egs.right_context": 20, "egs.num_valid_utts": 100,
@@ -207,7 +208,7 @@ def probe(tiny_corpus, tmp_path_factory):
     for key, value in PERTURB.items():
         primary = REFERENCE.get(key) or REFERENCE.get(key.split(".")[0])
         changed[key] = under(primary, key, value)
-        if key not in ("tasks", "data.dirs"):  # every other key also with the demo's own GMM alignments
+        if key not in ("tasks", "data.dirs", "data.root"):  # every other key also with the demo's own GMM alignments
             changed[key] |= under(_auto_alignments if primary is None else None, key, value)
     return changed
 

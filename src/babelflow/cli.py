@@ -38,7 +38,8 @@ def cmd_demo_corpus(args: argparse.Namespace) -> None:
 def cmd_data(args: argparse.Namespace) -> None:
     from .data.split import prepare_data_dir
 
-    summary = prepare_data_dir(args.src, args.out, DataOptions.from_args(args).nj)
+    opts = DataOptions.from_args(args)
+    summary = prepare_data_dir(args.src, args.out, opts.nj, opts.root)
     log.info("data %s -> %s: %s", args.src, args.out, summary)
 
 
@@ -72,14 +73,14 @@ def cmd_check_config(args: argparse.Namespace) -> None:
 
     p = load_pipeline(args.params, check_paths=not args.no_paths)
     if not (p.demo or args.no_paths):
-        _try_first_recordings(p.datasets, args.params)
+        _try_first_recordings(p.datasets, args.params, p.config["data"].get("root"))
     kinds = ", ".join(f"{t.name} ({t.kind}, w={t.weight:g})" for t in p.tasks.values())
     print(f"{args.params}: OK; {'demo corpus; ' if p.demo else ''}{len(p.datasets)} data set(s); tasks: {kinds}")
 
 
-def _try_first_recordings(datasets: dict[str, str], origin: str) -> None:
+def _try_first_recordings(datasets: dict[str, str], origin: str, root: str | None = None) -> None:
     """Each data dir's first recording, read as the jobs will (its pipe run): a broken command shows now."""
-    from .data.audio import load_recording, pipe_programs, read_wav_scp
+    from .data.audio import load_recording, pipe_programs, read_wav_scp, rooted_wav_value
 
     for name, src in datasets.items():
         wav = Path(src) / "wav.scp"
@@ -91,7 +92,8 @@ def _try_first_recordings(datasets: dict[str, str], origin: str) -> None:
         entries = read_wav_scp(wav)
         if entries:
             try:
-                load_recording(wav, *entries[0])
+                key, value, line = entries[0]
+                load_recording(wav, key, rooted_wav_value(value, root), line)
             except BabelflowError as e:
                 raise BabelflowError(f"{origin}: data.dirs.{name}: {e}") from None
 

@@ -177,12 +177,48 @@ def validate_schema(config: dict[str, Any], origin: str = PARAMS, lines: dict[st
     return config
 
 
+def rooted_paths(config: dict[str, Any], check_paths: bool = True, origin: str = PARAMS) -> dict[str, Any]:
+    """With ``data.root``, every relative path a user gives in params (data dirs, alignment dirs, lexicons,
+    Kaldi egs and features, i-vectors, conf files, ``local.conf``, a model file, ``train.init``) is relative
+    to that folder, as in Kaldi's experiment folder; returns the config with them joined to it (the rest,
+    e.g. rspecifiers and ``auto``, unchanged). Idempotent."""
+    root = (config.get("data") or {}).get("root")
+    if not root:
+        return config
+    if check_paths and not Path(root).is_dir():
+        raise BabelflowError(f"{origin}: data.root: directory '{root}' not found")
+    config = copy.deepcopy(config)
+
+    def at(p: Any) -> Any:
+        if not isinstance(p, str) or not p or p == "auto" or Path(p).is_absolute() or looks_like_rspecifier(p):
+            return p
+        return str(Path(root) / p)
+
+    data, feats = config.get("data", {}), config.get("features", {})
+    data["dirs"] = {k: at(v) for k, v in (data.get("dirs") or {}).items()}
+    for t in (config.get("tasks") or {}).values():
+        for key in ("ali", "lexicon", "egs"):
+            if key in t:
+                t[key] = at(t[key])
+        if isinstance(t.get("ivectors"), dict):
+            t["ivectors"] = {k: at(v) for k, v in t["ivectors"].items()}
+        elif "ivectors" in t:
+            t["ivectors"] = at(t["ivectors"])
+    if feats:
+        feats["existing"] = {k: at(v) for k, v in (feats.get("existing") or {}).items()}
+        feats["config"] = at(feats.get("config"))
+    for section, key in (("merge", "local_conf"), ("model", "config"), ("train", "init")):
+        if key in (config.get(section) or {}):
+            config[section][key] = at(config[section][key])
+    return config
+
+
 def resolve_config(config: dict[str, Any], check_paths: bool = True, origin: str = PARAMS) -> Pipeline:
     """Data sets and tasks (the demo's when none are given), then every step's own checks."""
     from .demo.options import DemoOptions
     from .steps import STEPS
 
-    config = copy.deepcopy(config)
+    config = copy.deepcopy(rooted_paths(config, check_paths, origin))
     dirs: dict[str, str] = dict(config["data"]["dirs"])
     tasks_cfg: dict[str, dict] = dict(config["tasks"])
     demo = not dirs and not tasks_cfg

@@ -62,7 +62,7 @@ STEPS: tuple[Step, ...] = (
          ("corpus",),
          "espeak-ng demo corpus: Kaldi data + alignment dirs per language (only without data.dirs)"),
     Step("data", ("data",), ("data/split.py",),
-         ("data.nj", "data.dirs", "tasks", "demo.langs", "decode.tasks"),
+         ("data.nj", "data.dirs", "data.root", "tasks", "demo.langs", "decode.tasks"),
          ("{workdir}/data",),
          "validate_data_dir.sh + split_data.sh: exp/data/<set>"),
     Step("gmm", ("gmm_lang", "gmm_mono", "gmm_tri", "gmm_align", "gmm_compare", "gmm_metrics"),

@@ -55,6 +55,17 @@ def pipe_programs(path: str | Path) -> list[str]:
     return list(dict.fromkeys(w for words in progs for w in words))
 
 
+def rooted_wav_value(value: str, root: str | Path | None) -> str:
+    """A ``wav.scp`` value made independent of the working directory: a relative path (or ``ark:offset``)
+    joined to ``root``, a pipe run from ``root`` (``cd ROOT && cmd |``), as Kaldi runs them from the
+    experiment folder. Absolute paths and ``root=None`` leave it as it is."""
+    if not root or value == "-":
+        return value
+    if value.endswith("|"):
+        return f"cd {shlex.quote(str(root))} && {value}"
+    return value if Path(value).is_absolute() else str(Path(root) / value)  # a path, or an ark's path:offset
+
+
 def load_recording(wav_scp: str | Path, key: str, value: str, line: int) -> tuple[int, np.ndarray]:
     """(rate, int16-scale samples) of one ``wav.scp`` entry; errors name the entry."""
     here = f"{wav_scp}:{line} (key {key})"

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import BabelflowError, where
 from ..io import read_table, write_table
-from .audio import MAX_OVERSHOOT
+from .audio import MAX_OVERSHOOT, rooted_wav_value
 
 _UTT2_RE = re.compile(r"^utt2([A-Za-z0-9_]+)$")
 # utt2<x> files that are not labels: kept verbatim in DataDir.extra (utt2spk has its own field).
@@ -47,9 +47,16 @@ class DataDir:
         return sorted(self.utt2spk)
 
     @classmethod
-    def load(cls, path: str | Path, check_audio: bool = True) -> DataDir:
-        """Parse and validate ``path``; raises :class:`BabelflowError` on the first problem."""
-        return _load(Path(path), check_audio)[0]
+    def load(cls, path: str | Path, check_audio: bool = True, root: str | Path | None = None) -> DataDir:
+        """Parse and validate ``path``; raises :class:`BabelflowError` on the first problem. ``root``: the
+        folder ``wav.scp``'s relative paths and pipes are relative to (default: the working directory)."""
+        return _load(Path(path), check_audio, root)[0]
+
+    def with_audio_root(self, root: str | Path | None) -> DataDir:
+        """The same data dir with ``wav.scp`` independent of the working directory (``rooted_wav_value``)."""
+        from dataclasses import replace
+
+        return replace(self, wav={r: rooted_wav_value(v, root) for r, v in self.wav.items()}) if root else self
 
     def subset(self, utts: Iterable[str]) -> DataDir:
         """The data dir restricted to ``utts`` (file order kept), as ``filter_scps.pl`` would."""
@@ -128,9 +135,9 @@ def utt2spk_to_spk2utt(utt2spk: dict[str, str]) -> dict[str, list[str]]:
     return dict(sorted(out.items()))
 
 
-def validate_data_dir(path: str | Path, check_audio: bool = True) -> dict[str, Any]:
+def validate_data_dir(path: str | Path, check_audio: bool = True, root: str | Path | None = None) -> dict[str, Any]:
     """Validate a data dir and return a summary (counts, labels, sample rates, pipe count)."""
-    return _load(Path(path), check_audio)[1]
+    return _load(Path(path), check_audio, root)[1]
 
 
 # ---------------------------------------------------------------------------- internals
@@ -182,7 +189,7 @@ def _require(d: Path, name: str, hint: str = "") -> Path:
     return p
 
 
-def _load(d: Path, check_audio: bool) -> tuple[DataDir, dict[str, Any]]:
+def _load(d: Path, check_audio: bool, root: str | Path | None = None) -> tuple[DataDir, dict[str, Any]]:
     if not d.is_dir():
         raise BabelflowError(f"{d}: no such data directory")
     u2s_path = _require(d, "utt2spk")
@@ -295,7 +302,7 @@ def _load(d: Path, check_audio: bool) -> tuple[DataDir, dict[str, Any]]:
         if v.endswith("|"):
             pipes += 1  # never run commands while validating
         elif check_audio:
-            info = _audio_info(wav_path, wav_line[r], r, v)
+            info = _audio_info(wav_path, wav_line[r], r, rooted_wav_value(v, root))
             durations[r] = info.frames / info.samplerate
             rates.add(info.samplerate)
     skipped: list[tuple[str, str]] = []  # as extract-segments skips them (a segment it would clip is kept)
@@ -341,7 +348,8 @@ def _audio_info(wav_path: Path, n: int, rec: str, value: str) -> Any:
     p = Path(value)
     if not p.is_file():
         raise BabelflowError(f"{where(wav_path, n, rec)}: audio file not found: {value}"
-                             + ("" if p.is_absolute() else f" (relative to the working directory {Path.cwd()})"))
+                             + ("" if p.is_absolute() else f" (relative to the working directory {Path.cwd()}; "
+                                "set data.root to the folder it is relative to)"))
     try:
         return sf.info(str(p))
     except Exception as e:  # libsndfile raises several types for unreadable files

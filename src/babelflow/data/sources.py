@@ -27,9 +27,10 @@ def data_dir_files(path: str) -> tuple[str, ...]:
 
 
 @cache
-def audio_files(path: str) -> tuple[str, ...]:
-    """The audio files ``path/wav.scp`` names, relative to the working directory as Kaldi resolves them,
-    sorted and unique; unparseable lines are skipped here (the data step reports them with their line)."""
+def audio_files(path: str, root: str | None = None) -> tuple[str, ...]:
+    """The audio files ``path/wav.scp`` names, relative to ``root`` (``data.root``; default the working
+    directory) as Kaldi resolves them, sorted and unique; unparseable lines are skipped here (the data
+    step reports them with their line)."""
     from ..errors import BabelflowError
     from .audio import pipe_words, read_wav_scp
 
@@ -39,11 +40,12 @@ def audio_files(path: str) -> tuple[str, ...]:
     except (BabelflowError, OSError):
         return ()
     found: set[str] = set()
+    at = (lambda w: w if not root or os.path.isabs(w) else os.path.join(root, w))
     for _, value, _ in entries:
         if value.endswith("|"):
-            found.update(w for w in pipe_words(value) if "/" in w and os.path.isfile(w))
+            found.update(at(w) for w in pipe_words(value) if "/" in w and os.path.isfile(at(w)))
         elif value != "-":
-            found.add(value.split(":", 1)[0] if not os.path.isfile(value) and ":" in value else value)
+            found.add(at(value.split(":", 1)[0] if not os.path.isfile(at(value)) and ":" in value else value))
     return tuple(sorted(found))
 
 

@@ -81,13 +81,16 @@ def split_data(data: DataDir, nj: int, out_dir: str | Path) -> list[Path]:
     return [target / str(j) for j in range(1, nj + 1)]
 
 
-def prepare_data_dir(src: str | Path, out_dir: str | Path, nj: int) -> dict[str, Any]:
+def prepare_data_dir(src: str | Path, out_dir: str | Path, nj: int, root: str | Path | None = None) -> dict[str, Any]:
     """Validate ``src`` and publish a clean copy with its split and ``info/`` as one directory.
 
     Builds everything under a temporary name so a failed validation or split leaves any
-    previous ``out_dir`` untouched.
+    previous ``out_dir`` untouched. With ``root`` (``data.root``), ``wav.scp``'s relative paths and
+    pipes are relative to it, and the copy's ``wav.scp`` says so (absolute paths, ``cd ROOT && cmd |``):
+    every later step reads the audio the same way, from any directory, on any executor.
     """
-    data, summary = _load(Path(src), check_audio=True)
+    data, summary = _load(Path(src), check_audio=True, root=root)
+    data = data.with_audio_root(root)
     skipped = dict(summary["skipped"])
     if skipped:  # what extract-segments would skip is left out of the copy (fix_data_dir.sh), and listed
         if len(skipped) == len(data.utt2spk):
