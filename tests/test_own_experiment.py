@@ -34,7 +34,7 @@ PARAMS = {  # only what differs from the schema's defaults, every path relative 
     "data": {"nj": 2, "dirs": {"en": "data/en/train", "de": "data/de/train"}},
     "tasks": {"en": {"kind": "frame", "data": "en", "ali": "exp/en/tri5_ali"},
               "de": {"kind": "frame", "data": "de", "ali": "exp/de/tri5_ali", "egs": "exp/de/nnet3/egs"}},
-    "features": {"existing": {"en": "data/en/train_hires"}},
+    "features": {"existing": {"en": "data/en/train_hires"}, "config": "conf/fbank.conf"},
     "merge": {"local_conf": "conf/local.conf", "block_size": 16},
     "egs": {"left_context": 5, "right_context": 5},
     "model": MODEL,
@@ -90,6 +90,7 @@ def _experiment(root, tiny_corpus, tiny_features, tmp_path):
     (egs / "cmvn_opts").write_text("--norm-means=false --norm-vars=false\n")
     (root / "conf").mkdir()
     (root / "conf" / "local.conf").write_text('lang_list=(en de)\nlang2weight="1.0,0.5"\n')
+    (root / "conf" / "fbank.conf").write_text("--num-mel-bins=40\n--use-energy=false\n")
     (root / "params.yaml").write_text(yaml.safe_dump(PARAMS, sort_keys=False))
     return n
 
@@ -129,3 +130,8 @@ def test_a_kaldi_experiment_runs_in_one_try_from_elsewhere_then_under_dvc(tiny_c
     (root / "conf" / "local.conf").write_text('lang_list=(en de)\nlang2weight="1.0,0.25"\n')
     assert "rule merge:" in run([*snake, "-n", "--cores", "2"], elsewhere).stdout
     assert "merge" in run(["dvc", "status"], root).stdout
+    # so is the *contents* of the feature conf: one option edited inside it
+    (root / "conf" / "fbank.conf").write_text("--num-mel-bins=40\n--use-energy=false\n--low-freq=40\n")
+    planned = run([*snake, "-n", "--cores", "2"], elsewhere).stdout
+    assert "rule features_job:" in planned and "rule features_import:" in planned
+    assert "features" in run(["dvc", "status"], root).stdout
