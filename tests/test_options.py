@@ -98,7 +98,8 @@ def test_params_render_to_flags_that_parse_back(cls):
 def test_non_default_values_survive_the_round_trip():
     cases = [
         TrainOptions(num_epochs=7, optimizer="sgd", freeze_trunk=True, init="a b/c.pt", tasks=["en", "de"],
-                     lr_final=1e-5),
+                     lr_final=1e-5, param_init="kaldi", bias_stddev=0.5, natural_gradient=True, max_change=0.75,
+                     max_change_output=1.5, max_param_change=2.0, max_grad_norm=0.0),
         EgsOptions(left_context=3, right_context=0, chunking="random", min_chunk=7, dtype="float32"),
         MergeOptions(block_size=3, sampler="temperature", temperature=0.5, num_archives=9),
         PriorsOptions(method="counts", floor=1e-3),

@@ -188,3 +188,15 @@ def test_two_processes_start_over_from_a_stale_checkpoint(merged):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "starting over" in proc.stderr and "resuming from" not in proc.stderr
     assert (out / "checkpoint.pt.old").exists()
+
+
+def test_renorm_on_raw_features_learns_with_kaldis_update_rules(merged, tmp_path):
+    """The recipe's relu-renorm layers on features without CMVN, trained through train() with
+    the natural gradient, Kaldi's initialisation and max-change (nnet/optim.py, nnet/natgrad.py)."""
+    cfg = ModelConfig.from_dict({**SMALL, "norm": "renorm"})
+    opts = TrainOptions(num_epochs=5, optimizer="sgd", momentum=0.0, lr_initial=0.2, lr_final=0.05, max_grad_norm=0,
+                        natural_gradient=True, param_init="kaldi", max_change=0.75, max_change_output=1.5,
+                        max_param_change=2.0, checkpoint_every=0)
+    metrics = train(merged / "merged", tmp_path / "run", cfg, opts, progress=False)
+    for task in ("en", "de"):
+        assert metrics[task]["valid_accuracy"] > 1.5 * metrics[task]["baseline_accuracy"], task

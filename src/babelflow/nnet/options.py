@@ -23,7 +23,17 @@ class TrainOptions(StepOptions):
     lr_final: float = option(2e-4, help="exponential decay over the data processed, as Kaldi's effective lrate")
     momentum: float = option(0.9, help="sgd")
     weight_decay: float = 0.0
-    max_grad_norm: float = option(2.0, help="stands for Kaldi's max-param-change")
+    max_grad_norm: float = option(2.0, help="gradient-norm clipping (0: off)")
+    max_change: float = option(0.0, help="per-layer max-change: caps each hidden affine's update norm "
+                                         "(Kaldi: 0.75; 0: off)")
+    max_change_output: float = option(0.0, help="max-change of the output layers (Kaldi: 1.5; 0: off)")
+    max_param_change: float = option(0.0, help="caps the whole update's norm (Kaldi's max-param-change 2.0; 0: off)")
+    natural_gradient: bool = option(False, help="Kaldi's NaturalGradientAffineComponent update (alpha 4, "
+                                                "2000 samples history; full-rank covariances)")
+    param_init: str = option("torch", choices=("torch", "kaldi"),
+                             help="torch: nn.Linear's default; kaldi: xconfig's N(0, 1/in_dim) weights, "
+                                  "N(0, bias_stddev^2) biases")
+    bias_stddev: float = option(1.0, help="param_init kaldi: the biases' standard deviation (Kaldi: 1.0)")
     blocks_per_step: int = 1
     batching: str = option("schedule", choices=("schedule", "mixed"),
                            help="schedule: one task per minibatch; mixed: every task in each step")

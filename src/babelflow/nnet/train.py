@@ -31,6 +31,8 @@ from .checkpoint import checkpoint_hash, load_checkpoint, model_state_dict, save
 from .data import Batch, MergedSchedule, epoch_plan, majority_labels
 from .distributed import Dist
 from .model import ModelConfig, MultiTaskModel, TaskSpec, check_context, describe
+from .natgrad import NaturalGradient
+from .optim import MaxChange, components, kaldi_init
 from .options import TrainOptions
 
 log = logging.getLogger("babelflow")
@@ -146,6 +148,8 @@ def train(merged_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig, o
     check_context(model_cfg, schedule.left_context, schedule.right_context, str(merged_dir))
     specs = [TaskSpec(n, e.kind, e.num_outputs) for n, e in zip(schedule.names, schedule.egs)]
     model = MultiTaskModel(model_cfg, schedule.feat_dim, specs, schedule.ivector_dim).to(device)
+    if opts.param_init == "kaldi":
+        kaldi_init(model, opts.bias_stddev)
     trainable = _select_tasks(schedule, opts)
     if opts.init:
         _init_from(model, opts.init)
@@ -156,6 +160,8 @@ def train(merged_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig, o
     params = [p for p in model.parameters() if p.requires_grad]
     optim = (torch.optim.AdamW(params, lr=opts.lr_initial, weight_decay=opts.weight_decay) if opts.optimizer == "adamw"
              else torch.optim.SGD(params, lr=opts.lr_initial, momentum=opts.momentum, weight_decay=opts.weight_decay))
+    max_change = MaxChange(components(model, opts.max_change, opts.max_change_output), opts.max_param_change)
+    natgrad = NaturalGradient(model) if opts.natural_gradient else None
     chash = _config_hash(model_cfg, specs, opts, schedule)
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "frames": 0.0, "history": []}
     ckpt = out / "checkpoint.pt"
@@ -197,6 +203,8 @@ def train(merged_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig, o
             for g in optim.param_groups:
                 g["lr"] = lr
             optim.zero_grad(set_to_none=True)  # heads not in this step stay untouched
+            if natgrad:
+                natgrad.begin()
             mine = steps[k][d.rank::d.world]
             for blk in mine:
                 b = schedule.load(blk, "train", device)
@@ -209,9 +217,14 @@ def train(merged_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig, o
                             f"{obj / max(frames, 1e-8):.5f}\t"
                             f"{correct / max(frames, 1e-8):.4f}\t{frames:.1f}\t{b.weight:g}\t{lr:.3g}\n")
                 state["frames"] += frames
+            if natgrad:  # each rank preconditions its own blocks, as each Kaldi job does
+                natgrad.finish()
             d.sum_gradients(model)
-            torch.nn.utils.clip_grad_norm_(params, opts.max_grad_norm)
+            if opts.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, opts.max_grad_norm)
+            max_change.before()
             optim.step()
+            max_change.after()
             state["global_step"] += 1
             state["step_in_epoch"] = k + 1
             bar.update(1)
