@@ -110,7 +110,7 @@ PERTURB = {
     "model.layers": [{"dim": 192, "splice": [-4, 0, 4]}], "model.bottleneck": {"dim": 64},
     "model.frame_head": {"hidden": [128]}, "model.utterance_head.hidden": [128],
     "model.utterance_head.input": "layers", "model.utterance_head.pooling": "attentive",
-    "model.utterance_head.attention_dim": 32, "model.nonlinearity": "tanh",
+    "model.utterance_head.attention_dim": 32, "model.utterance_head.stats_norm": False, "model.nonlinearity": "tanh",
     "model.norm": "renorm",
     "train.num_epochs": 5, "train.optimizer": "sgd", "train.lr_initial": 1e-3, "train.lr_final": 1e-4,
     "train.max_grad_norm": 1.0, "train.blocks_per_step": 2, "train.batching": "mixed", "train.checkpoint_every": 100,

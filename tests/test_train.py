@@ -126,10 +126,10 @@ def test_mixed_batching(merged):
     assert m["en"]["valid_accuracy"] > m["en"]["baseline_accuracy"]
 
 
-def test_layers_attentive_utterance_head(merged, tiny_features, tmp_path):
+def test_layers_attentive_stats_norm_utterance_head(merged, tiny_features, tmp_path):
     """The utterance head over every trunk layer with attentive pooling trains, resumes from its
     checkpoint, splits, and computes through its task model dir what the multi-task head computes."""
-    utt = {"hidden": [32], "input": "layers", "pooling": "attentive", "attention_dim": 16}
+    utt = {"hidden": [32], "input": "layers", "pooling": "attentive", "attention_dim": 16, "stats_norm": True}
     cfg = ModelConfig.from_dict({**SMALL, "utterance_head": utt})
     opts = TrainOptions(num_epochs=2, lr_initial=4e-3, lr_final=1e-3, checkpoint_every=5)
     out = tmp_path / "run"

@@ -23,7 +23,8 @@ BASE = {"layers": [{"dim": 24, "splice": [-2, -1, 0, 1, 2]}, {"dim": 20, "splice
                    {"dim": 24, "splice": [-1, 2]}],
         "bottleneck": {"dim": 12}, "frame_head": {"hidden": [16]}, "norm": "batchnorm"}
 TASKS = [TaskSpec("en", "frame", 7), TaskSpec("voice", "utterance", 5)]
-VARIANTS = [{"input": i, "pooling": p, "attention_dim": 8} for i in ("last", "layers") for p in ("stats", "attentive")]
+VARIANTS = [{"input": i, "pooling": p, "attention_dim": 8, "stats_norm": i == "layers"}
+            for i in ("last", "layers") for p in ("stats", "attentive")]
 
 
 def _model(utt: dict, seed: int = 0, ivector_dim: int = 0) -> MultiTaskModel:
@@ -89,6 +90,7 @@ def test_options_change_the_head():
     assert n["last-stats"].hidden[0].in_features == 2 * 12
     assert n["layers-stats"].hidden[0].in_features == 2 * (24 + 20 + 24 + 12)
     assert n["last-attentive"].pooling is not None and n["last-stats"].pooling is None
+    assert n["layers-stats"].stats_norm is not None and n["last-stats"].stats_norm is None
 
 
 def test_ivector_and_no_bottleneck():
@@ -99,14 +101,14 @@ def test_ivector_and_no_bottleneck():
 
 
 def test_config_round_trips_and_old_files_load_as_before():
-    utt = {"hidden": [16], "input": "layers", "pooling": "attentive", "attention_dim": 8}
+    utt = {"hidden": [16], "input": "layers", "pooling": "attentive", "attention_dim": 8, "stats_norm": True}
     cfg = ModelConfig.from_dict({**BASE, "utterance_head": utt})
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg and cfg.to_dict()["utterance_head"] == utt
     p = argparse.ArgumentParser()
     ModelConfig.add_arguments(p)
     assert ModelConfig.from_args(p.parse_args(cfg.to_args())) == cfg
     old = ModelConfig.from_dict({**BASE, "utterance_head": {"hidden": [16]}})  # a model file from before
-    assert (old.utterance_input, old.utterance_pooling) == ("last", "stats")
+    assert (old.utterance_input, old.utterance_pooling, old.utterance_stats_norm) == ("last", "stats", False)
 
 
 @pytest.mark.parametrize("bad", [{"input": "all"}, {"pooling": "max"}, {"attention_dim": 0}, {"heads": 2}])
@@ -116,7 +118,7 @@ def test_bad_options_are_errors(bad):
 
 
 def test_split_and_files_round_trip(tmp_path):
-    model = _model({"input": "layers", "pooling": "attentive", "attention_dim": 8})
+    model = _model({"input": "layers", "pooling": "attentive", "attention_dim": 8, "stats_norm": True})
     x, mask = torch.randn(2, 50, 10), torch.arange(43)[None, :] < torch.tensor([[20], [43]])
     want = model(x, 1, mask=mask)
     single = model.split(1).eval()
@@ -134,13 +136,13 @@ def test_split_and_files_round_trip(tmp_path):
 
 
 def test_training_checkpoint_round_trip(tmp_path):
-    model = _model({"input": "layers", "pooling": "attentive", "attention_dim": 8}).train()
+    model = _model({"input": "layers", "pooling": "attentive", "attention_dim": 8, "stats_norm": True}).train()
     optim = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x, mask = torch.randn(4, 40, 10), torch.arange(33)[None, :] < torch.tensor([[10], [20], [30], [33]])
     (-model(x, 1, mask=mask)[:, 0].sum()).backward()
     optim.step()
     save_checkpoint(tmp_path / "checkpoint.pt", "h", model, optim, {"epoch": 1})
-    fresh = _model({"input": "layers", "pooling": "attentive", "attention_dim": 8}, seed=1)
+    fresh = _model({"input": "layers", "pooling": "attentive", "attention_dim": 8, "stats_norm": True}, seed=1)
     fresh_optim = torch.optim.AdamW(fresh.parameters(), lr=1e-3)
     assert load_checkpoint(tmp_path / "checkpoint.pt", "h", fresh, fresh_optim) == {"epoch": 1}
     model.eval(), fresh.eval()
@@ -149,7 +151,8 @@ def test_training_checkpoint_round_trip(tmp_path):
         load_checkpoint(tmp_path / "checkpoint.pt", "h", _model({"input": "last"}), fresh_optim)
 
 
-def test_utterance_heads_batch_norm_stats_come_from_the_test_time_trunk():
+@pytest.mark.parametrize("stats_norm", [False, True])
+def test_utterance_heads_batch_norm_stats_come_from_the_test_time_trunk(stats_norm):
     """recompute_batchnorm_stats: the trunk's statistics from every block, then the utterance heads'
     from the trunk in test mode (as valid and compute run it), not from a block's batch statistics."""
     from types import SimpleNamespace
@@ -157,7 +160,7 @@ def test_utterance_heads_batch_norm_stats_come_from_the_test_time_trunk():
     from babelflow.nnet.data import Batch
     from babelflow.nnet.train import recompute_batchnorm_stats
 
-    model = _model({"input": "layers", "pooling": "attentive", "attention_dim": 8})
+    model = _model({"input": "layers", "pooling": "attentive", "attention_dim": 8, "stats_norm": stats_norm})
     frames = Batch(0, 1.0, torch.randn(8, 15, 10), None, torch.zeros(8, 8, dtype=torch.long), torch.ones(8, 8), None)
     utts = Batch(1, 1.0, 3 + torch.randn(6, 40, 10), None, torch.zeros(6, dtype=torch.long), None,
                  torch.tensor([33, 20, 25, 33, 30, 10]))
@@ -169,7 +172,9 @@ def test_utterance_heads_batch_norm_stats_come_from_the_test_time_trunk():
     head = model.heads["output-1"]
     mask = torch.arange(33)[None, :] < utts.lengths[:, None]
     seen = {}
-    hook = head.hidden[1].register_forward_hook(lambda m, i, o: seen.setdefault("x", o))  # the ReLU before the norm
+    # the head's first batch norm: on the pooled statistics, or after the first hidden layer's ReLU
+    norm, before = (head.stats_norm, head.stats_norm) if stats_norm else (head.hidden[2], head.hidden[1])
+    hook = before.register_forward_hook(lambda m, i, o: seen.setdefault("x", i[0] if stats_norm else o))
     model(utts.x, 1, mask=mask)
     hook.remove()
-    assert torch.allclose(head.hidden[2].bn.running_mean, seen["x"].mean(dim=0), atol=1e-5)
+    assert torch.allclose(norm.bn.running_mean, seen["x"].mean(dim=0), atol=1e-5)

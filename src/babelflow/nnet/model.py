@@ -78,11 +78,14 @@ class TdnnLayer(nn.Module):
         return self.norm(y)
 
 
+def _norm(norm: str | None, dim: int) -> nn.Module:
+    return Renorm() if norm == "renorm" else FrameBatchNorm(dim) if norm == "batchnorm" else nn.Identity()
+
+
 def _mlp(in_dim: int, hidden: list[int], nonlin: str, norm: str | None) -> tuple[nn.Sequential, int]:
     mods: list[nn.Module] = []
     for h in hidden:
-        mods += [nn.Linear(in_dim, h), ACTIVATIONS[nonlin](),
-                 Renorm() if norm == "renorm" else FrameBatchNorm(h) if norm == "batchnorm" else nn.Identity()]
+        mods += [nn.Linear(in_dim, h), ACTIVATIONS[nonlin](), _norm(norm, h)]
         in_dim = h
     return nn.Sequential(*mods), in_dim
 
@@ -132,10 +135,13 @@ class UtteranceHead(nn.Module):
     """
 
     def __init__(self, in_dim: int, hidden: list[int], num_outputs: int, nonlin: str, norm: str | None,
-                 layers: bool = False, pooling: str = "stats", attention_dim: int = 64):
+                 layers: bool = False, pooling: str = "stats", attention_dim: int = 64, stats_norm: bool = False):
         super().__init__()
         self.uses_layers = layers
         self.pooling = AttentivePooling(in_dim, attention_dim) if pooling == "attentive" else None
+        # statistics vary little between utterances next to their size: normalised, the first affine
+        # sees the differences (what the few blocks of an utterance task must learn from)
+        self.stats_norm = _norm(norm, 2 * in_dim) if stats_norm else None
         self.hidden, dim = _mlp(2 * in_dim, hidden, nonlin, norm)
         self.output = nn.Linear(dim, num_outputs)
         nn.init.zeros_(self.output.weight)
@@ -153,6 +159,8 @@ class UtteranceHead(nn.Module):
             mean = (h * m).sum(dim=1) / n
             var = ((h - mean[:, None]) ** 2 * m).sum(dim=1) / n
             stats = torch.cat([mean, torch.sqrt(var + 1e-5)], dim=-1)
+        if self.stats_norm is not None:
+            stats = self.stats_norm(stats)
         return torch.log_softmax(self.output(self.hidden(stats)), dim=-1)
 
 
@@ -190,7 +198,7 @@ class MultiTaskModel(nn.Module):
                 use_layers = config.utterance_input == "layers"
                 heads[name] = UtteranceHead(layers_dim if use_layers else dim, config.utterance_head, t.num_outputs,
                                             config.nonlinearity, config.norm, use_layers, config.utterance_pooling,
-                                            config.utterance_attention_dim)
+                                            config.utterance_attention_dim, config.utterance_stats_norm)
         self.heads = nn.ModuleDict(heads)
 
     @property

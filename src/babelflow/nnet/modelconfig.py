@@ -47,6 +47,7 @@ class ModelConfig:
     utterance_input: str = "last"
     utterance_pooling: str = "stats"
     utterance_attention_dim: int = 64  # attentive pooling's hidden dim
+    utterance_stats_norm: bool = False  # the model's norm on the pooled statistics (ECAPA-TDNN's BN)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], origin: str = "model") -> ModelConfig:
@@ -73,14 +74,15 @@ class ModelConfig:
         layers = [layer(x, f"layers[{i}]") for i, x in enumerate(d["layers"])]
         bn = d.get("bottleneck")
         utt = d.get("utterance_head") or {}
-        unknown = set(utt) - {"hidden", "input", "pooling", "attention_dim"}
+        unknown = set(utt) - {"hidden", "input", "pooling", "attention_dim", "stats_norm"}
         if unknown:
             raise BabelflowError(f"{origin}: utterance_head: unknown keys {', '.join(sorted(unknown))} "
-                                 f"(expected hidden, input, pooling, attention_dim)")
+                                 f"(expected hidden, input, pooling, attention_dim, stats_norm)")
         cfg = cls(layers, layer(bn, "bottleneck") if bn else None,
                   [int(x) for x in (d.get("frame_head") or {}).get("hidden", [])],
                   [int(x) for x in utt.get("hidden", [])], nonlin, norm,
-                  utt.get("input", "last"), utt.get("pooling", "stats"), int(utt.get("attention_dim", 64)))
+                  utt.get("input", "last"), utt.get("pooling", "stats"), int(utt.get("attention_dim", 64)),
+                  bool(utt.get("stats_norm", False)))
         for key, value, allowed in (("input", cfg.utterance_input, UTTERANCE_INPUTS),
                                     ("pooling", cfg.utterance_pooling, UTTERANCE_POOLINGS)):
             if value not in allowed:
@@ -95,7 +97,8 @@ class ModelConfig:
                 "bottleneck": lay(self.bottleneck) if self.bottleneck else None,
                 "frame_head": {"hidden": list(self.frame_head)},
                 "utterance_head": {"hidden": list(self.utterance_head), "input": self.utterance_input,
-                                   "pooling": self.utterance_pooling, "attention_dim": self.utterance_attention_dim},
+                                   "pooling": self.utterance_pooling, "attention_dim": self.utterance_attention_dim,
+                                   "stats_norm": self.utterance_stats_norm},
                 "nonlinearity": self.nonlinearity, "norm": self.norm}
 
     def to_args(self) -> list[str]:
@@ -107,6 +110,7 @@ class ModelConfig:
                        f"--utterance-head={','.join(map(str, self.utterance_head))}",
                        f"--utterance-input={self.utterance_input}", f"--utterance-pooling={self.utterance_pooling}",
                        f"--utterance-attention-dim={self.utterance_attention_dim}",
+                       f"--utterance-stats-norm={str(self.utterance_stats_norm).lower()}",
                        f"--nonlinearity={self.nonlinearity}", f"--norm={self.norm or 'none'}"]
 
     @classmethod
@@ -123,6 +127,8 @@ class ModelConfig:
                             help="mean + std, or attentive statistics pooling")
         parser.add_argument("--utterance-attention-dim", type=int, default=64, metavar="D",
                             help="hidden dim of attentive pooling")
+        parser.add_argument("--utterance-stats-norm", default="true", choices=["true", "false"],
+                            help="the model's norm (--norm) on the pooled statistics")
         parser.add_argument("--nonlinearity", default="relu", choices=NONLINEARITIES)
         parser.add_argument("--norm", default="renorm", choices=["renorm", "batchnorm", "none"])
 
@@ -149,7 +155,8 @@ class ModelConfig:
                               "frame_head": {"hidden": dims(args.frame_head)},
                               "utterance_head": {"hidden": dims(args.utterance_head), "input": args.utterance_input,
                                                  "pooling": args.utterance_pooling,
-                                                 "attention_dim": args.utterance_attention_dim},
+                                                 "attention_dim": args.utterance_attention_dim,
+                                                 "stats_norm": args.utterance_stats_norm == "true"},
                               "nonlinearity": args.nonlinearity, "norm": norm}, origin="command line")
 
     @property
