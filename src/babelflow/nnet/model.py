@@ -131,7 +131,8 @@ class UtteranceHead(nn.Module):
     ``layers``: the input is every trunk layer's output (cropped to the output frames),
     concatenated, as ECAPA-TDNN's multi-layer aggregation: the phone-trained bottleneck keeps
     little speaker information, the lower layers keep much (the first affine weighs them).
-    ``pooling``: ``stats`` (mean + std) or ``attentive``.
+    ``pooling``: ``stats`` (mean + std) or ``attentive``. ``stats_norm``: the model's norm on the
+    pooled statistics (ECAPA-TDNN's batch norm after pooling).
     """
 
     def __init__(self, in_dim: int, hidden: list[int], num_outputs: int, nonlin: str, norm: str | None,
