@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import kaldiio
 import pandas as pd
 import pytest
 import torch
@@ -16,9 +17,11 @@ import yaml
 from babelflow.egs.make import EgsOptions, TaskSource, egs_job, finalize_egs_dir
 from babelflow.errors import BabelflowError
 from babelflow.merge import MergeOptions, MergeTask, merge_egs
-from babelflow.nnet.checkpoint import load_model
+from babelflow.nnet.checkpoint import load_model, load_task_model
+from babelflow.nnet.infer import compute, padded
 from babelflow.nnet.model import ModelConfig
 from babelflow.nnet.options import TrainOptions
+from babelflow.nnet.taskmodel import split_model
 from babelflow.nnet.train import train
 
 pytestmark = pytest.mark.slow
@@ -121,6 +124,29 @@ def test_mixed_batching(merged):
     per_step = log.groupby("step")["task"].nunique()
     assert per_step.max() == 3  # every task in a step while all have blocks left
     assert m["en"]["valid_accuracy"] > m["en"]["baseline_accuracy"]
+
+
+def test_layers_attentive_stats_norm_utterance_head(merged, tiny_features, tmp_path):
+    """The utterance head over every trunk layer with attentive pooling trains, resumes from its
+    checkpoint, splits, and computes through its task model dir what the multi-task head computes."""
+    utt = {"hidden": [32], "input": "layers", "pooling": "attentive", "attention_dim": 16, "stats_norm": True}
+    cfg = ModelConfig.from_dict({**SMALL, "utterance_head": utt})
+    opts = TrainOptions(num_epochs=2, lr_initial=4e-3, lr_final=1e-3, checkpoint_every=5)
+    out = tmp_path / "run"
+    m = train(merged / "merged", out, cfg, opts, progress=False)
+    assert set(m) == {"en", "de", "lang"} and all(v == v for t in m.values() for v in t.values())  # no NaN
+    assert train(merged / "merged", out, cfg, opts, progress=False) == m  # the finished checkpoint resumes
+    model, blob = load_model(out / "final.pt")
+    assert blob["model_config"]["utterance_head"] == utt
+    split_model(out / "final.pt", "lang", tmp_path / "lang", tiny_features / "feats" / "en")
+    single, _ = load_task_model(tmp_path / "lang")
+    feats = f"scp:{tiny_features / 'feats' / 'en' / 'feats.scp'}"
+    compute(tmp_path / "lang", feats, f"ark:{tmp_path / 'p.ark'}")
+    utt_id, feat = next(iter(kaldiio.load_scp(str(tiny_features / "feats" / "en" / "feats.scp")).items()))
+    x = torch.from_numpy(padded(feat.astype("float32"), model.left_context, model.right_context))[None]
+    want = model.eval()(x, 2)[0].exp().detach().numpy()
+    got = dict(kaldiio.load_ark(str(tmp_path / "p.ark")))[utt_id][0]
+    assert abs(got - want).max() < 1e-5 and torch.allclose(single(x, 0), model(x, 2))
 
 
 def _cli(merged, out, *extra, nproc=1):

@@ -29,15 +29,26 @@ class Renorm(nn.Module):
 
 
 class FrameBatchNorm(nn.Module):
-    """BatchNorm over all frames (Kaldi's BatchNormComponent: no learned scale/offset)."""
+    """BatchNorm over all frames (Kaldi's BatchNormComponent: no learned scale/offset).
+
+    ``mask`` (B, T): in training, only these frames make the batch statistics: a block of whole
+    utterances is padded to its longest with the last frame repeated, and those frames would
+    shift the statistics away from the test ones; the others are zeros (nothing valid reads them).
+    """
 
     def __init__(self, dim: int):
         super().__init__()
         self.bn = nn.BatchNorm1d(dim, affine=False, eps=1e-3)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         shape = x.shape
-        return self.bn(x.reshape(-1, shape[-1])).reshape(shape)
+        flat = x.reshape(-1, shape[-1])
+        if mask is None or not self.training:
+            return self.bn(flat).reshape(shape)
+        keep = mask.reshape(-1)
+        out = torch.zeros_like(flat)
+        out[keep] = self.bn(flat[keep])
+        return out.reshape(shape)
 
 
 class TdnnLayer(nn.Module):
@@ -51,7 +62,9 @@ class TdnnLayer(nn.Module):
         self.norm = (Renorm() if cfg.norm == "renorm" else FrameBatchNorm(cfg.dim) if cfg.norm == "batchnorm"
                      else nn.Identity())
 
-    def forward(self, x: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, extra: torch.Tensor | None = None,
+                lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """``lengths`` (B,): each row's valid output frames (the rest is padding)."""
         lo, hi = self.offsets[0], self.offsets[-1]
         t_out = x.shape[1] - (hi - lo)
         if t_out <= 0:
@@ -59,14 +72,20 @@ class TdnnLayer(nn.Module):
         parts = [x[:, o - lo:o - lo + t_out] for o in self.offsets]
         if extra is not None:  # ReplaceIndex(ivector, t, 0): the same row at every frame
             parts.append(extra[:, None, :].expand(-1, t_out, -1))
-        return self.norm(self.act(self.linear(torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0])))
+        y = self.act(self.linear(torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]))
+        if lengths is not None and isinstance(self.norm, FrameBatchNorm):
+            return self.norm(y, torch.arange(t_out, device=y.device)[None, :] < lengths[:, None])
+        return self.norm(y)
+
+
+def _norm(norm: str | None, dim: int) -> nn.Module:
+    return Renorm() if norm == "renorm" else FrameBatchNorm(dim) if norm == "batchnorm" else nn.Identity()
 
 
 def _mlp(in_dim: int, hidden: list[int], nonlin: str, norm: str | None) -> tuple[nn.Sequential, int]:
     mods: list[nn.Module] = []
     for h in hidden:
-        mods += [nn.Linear(in_dim, h), ACTIVATIONS[nonlin](),
-                 Renorm() if norm == "renorm" else FrameBatchNorm(h) if norm == "batchnorm" else nn.Identity()]
+        mods += [nn.Linear(in_dim, h), ACTIVATIONS[nonlin](), _norm(norm, h)]
         in_dim = h
     return nn.Sequential(*mods), in_dim
 
@@ -85,24 +104,64 @@ class FrameHead(nn.Module):
         return torch.log_softmax(self.output(self.hidden(h)), dim=-1)
 
 
-class UtteranceHead(nn.Module):
-    """Mean + standard deviation pooling over the valid frames (x-vector style), then an MLP."""
+def _masked_stats(h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Weighted mean and standard deviation over time; ``w`` (B, T, 1 or D) sums to 1 over T."""
+    mean = (h * w).sum(dim=1)
+    var = ((h - mean[:, None]) ** 2 * w).sum(dim=1)
+    return torch.cat([mean, torch.sqrt(var.clamp_min(0.0) + 1e-5)], dim=-1)
 
-    def __init__(self, in_dim: int, hidden: list[int], num_outputs: int, nonlin: str, norm: str | None):
+
+class AttentivePooling(nn.Module):
+    """Attentive statistics pooling (Okabe et al. 2018), a weight per frame and channel as in
+    ECAPA-TDNN: speaker and language cues sit in few frames (voiced, stressed), which a plain
+    mean dilutes. Padded frames get no weight."""
+
+    def __init__(self, in_dim: int, attention_dim: int):
         super().__init__()
+        self.attention = nn.Sequential(nn.Linear(in_dim, attention_dim), nn.Tanh(), nn.Linear(attention_dim, in_dim))
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        scores = self.attention(h).masked_fill(~mask[..., None], torch.finfo(h.dtype).min)
+        return _masked_stats(h, torch.softmax(scores, dim=1))
+
+
+class UtteranceHead(nn.Module):
+    """Statistics pooling over the valid frames (x-vector style), then an MLP.
+
+    ``layers``: the input is every trunk layer's output (cropped to the output frames),
+    concatenated, as ECAPA-TDNN's multi-layer aggregation: the phone-trained bottleneck keeps
+    little speaker information, the lower layers keep much (the first affine weighs them).
+    ``pooling``: ``stats`` (mean + std) or ``attentive``. ``stats_norm``: the model's norm on the
+    pooled statistics (ECAPA-TDNN's batch norm after pooling).
+    """
+
+    def __init__(self, in_dim: int, hidden: list[int], num_outputs: int, nonlin: str, norm: str | None,
+                 layers: bool = False, pooling: str = "stats", attention_dim: int = 64, stats_norm: bool = False):
+        super().__init__()
+        self.uses_layers = layers
+        self.pooling = AttentivePooling(in_dim, attention_dim) if pooling == "attentive" else None
+        # statistics vary little between utterances next to their size: normalised, the first affine
+        # sees the differences (what the few blocks of an utterance task must learn from)
+        self.stats_norm = _norm(norm, 2 * in_dim) if stats_norm else None
         self.hidden, dim = _mlp(2 * in_dim, hidden, nonlin, norm)
         self.output = nn.Linear(dim, num_outputs)
         nn.init.zeros_(self.output.weight)
         nn.init.zeros_(self.output.bias)
 
-    def forward(self, h: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        if mask is None:
-            mask = torch.ones(h.shape[:2], dtype=h.dtype, device=h.device)
-        m = mask.to(h.dtype)[..., None]
-        n = m.sum(dim=1).clamp_min(1.0)
-        mean = (h * m).sum(dim=1) / n
-        var = ((h - mean[:, None]) ** 2 * m).sum(dim=1) / n
-        stats = torch.cat([mean, torch.sqrt(var + 1e-5)], dim=-1)
+    def forward(self, h: torch.Tensor | list[torch.Tensor], mask: torch.Tensor | None = None) -> torch.Tensor:
+        if isinstance(h, list):
+            h = torch.cat(h, dim=-1) if self.uses_layers else h[-1]
+        mask = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device) if mask is None else mask.bool()
+        if self.pooling is not None:
+            stats = self.pooling(h, mask)
+        else:  # as before these options existed, to the last bit
+            m = mask.to(h.dtype)[..., None]
+            n = m.sum(dim=1).clamp_min(1.0)
+            mean = (h * m).sum(dim=1) / n
+            var = ((h - mean[:, None]) ** 2 * m).sum(dim=1) / n
+            stats = torch.cat([mean, torch.sqrt(var + 1e-5)], dim=-1)
+        if self.stats_norm is not None:
+            stats = self.stats_norm(stats)
         return torch.log_softmax(self.output(self.hidden(stats)), dim=-1)
 
 
@@ -126,13 +185,21 @@ class MultiTaskModel(nn.Module):
             layers.append(TdnnLayer(dim, cfg, ivector_dim if i == 0 else 0))
             dim = cfg.dim
         self.trunk = nn.ModuleList(layers)
+        # context of the layers after each one: a row with n valid output frames has n + this at layer l
+        ctx = [c.left + c.right for c in config.trunk_layers]
+        self._context_after = [sum(ctx[i + 1:]) for i in range(len(ctx))]
         self.embedding_dim = dim
         self.head_names = head_names or [f"output-{i}" for i in range(len(tasks))]
-        heads = {}
+        heads: dict[str, nn.Module] = {}
+        layers_dim = sum(c.dim for c in config.trunk_layers)
         for name, t in zip(self.head_names, tasks):
-            cls, hidden = ((FrameHead, config.frame_head) if t.kind == "frame"
-                           else (UtteranceHead, config.utterance_head))
-            heads[name] = cls(dim, hidden, t.num_outputs, config.nonlinearity, config.norm)
+            if t.kind == "frame":
+                heads[name] = FrameHead(dim, config.frame_head, t.num_outputs, config.nonlinearity, config.norm)
+            else:
+                use_layers = config.utterance_input == "layers"
+                heads[name] = UtteranceHead(layers_dim if use_layers else dim, config.utterance_head, t.num_outputs,
+                                            config.nonlinearity, config.norm, use_layers, config.utterance_pooling,
+                                            config.utterance_attention_dim, config.utterance_stats_norm)
         self.heads = nn.ModuleDict(heads)
 
     @property
@@ -143,15 +210,35 @@ class MultiTaskModel(nn.Module):
     def right_context(self) -> int:
         return self.config.right_context
 
-    def embed(self, x: torch.Tensor, ivector: torch.Tensor | None = None) -> torch.Tensor:
+    def embed(self, x: torch.Tensor, ivector: torch.Tensor | None = None,
+              mask: torch.Tensor | None = None) -> torch.Tensor:
         """Trunk output (the bottleneck when there is one): (B, T - context, embedding_dim)."""
+        return self.embed_layers(x, ivector, mask, last_only=True)[-1]
+
+    def embed_layers(self, x: torch.Tensor, ivector: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                     last_only: bool = False) -> list[torch.Tensor]:
+        """Every trunk layer's output, cropped to the frames of the last one: (B, T - context, dim_l) each.
+        Layer l's frame j is input frame j + (left context of layers <= l): its own context, not the
+        trunk's, so each is cut where the trunk's output frames are. ``mask`` (B, T - context): the
+        valid output frames, a prefix of each row (batch norm leaves the rest out of its statistics)."""
+        lengths = None if mask is None else mask.sum(dim=1)
+        outs, left = [], []
         for i, layer in enumerate(self.trunk):
-            x = layer(x, ivector if i == 0 and self.ivector_dim else None)
-        return x
+            x = layer(x, ivector if i == 0 and self.ivector_dim else None,
+                      None if lengths is None else lengths + self._context_after[i])
+            left.append((left[-1] if left else 0) - layer.offsets[0])
+            outs.append(x)
+        if last_only:
+            return outs[-1:]
+        t_out = outs[-1].shape[1]
+        return [h[:, left[-1] - lc:left[-1] - lc + t_out] for h, lc in zip(outs, left)]
 
     def forward(self, x: torch.Tensor, task: int = 0, ivector: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.heads[self.head_names[task]](self.embed(x, ivector), mask)
+        head = self.heads[self.head_names[task]]
+        if getattr(head, "uses_layers", False):
+            return head(self.embed_layers(x, ivector, mask), mask)
+        return head(self.embed(x, ivector, mask), mask)
 
     def split(self, task: int) -> MultiTaskModel:
         """The trunk plus one head renamed ``output`` (Kaldi: rename-node output-<i> -> output)."""

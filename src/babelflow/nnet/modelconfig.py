@@ -12,6 +12,8 @@ from typing import Any
 from ..errors import BabelflowError
 
 NONLINEARITIES = ("relu", "sigmoid", "tanh")
+UTTERANCE_INPUTS = ("last", "layers")  # the trunk's output | every trunk layer's, on the output frames
+UTTERANCE_POOLINGS = ("stats", "attentive")  # mean + std | attentive statistics pooling
 
 
 @dataclass
@@ -40,6 +42,12 @@ class ModelConfig:
     utterance_head: list[int] = field(default_factory=list)  # hidden dims after statistics pooling
     nonlinearity: str = "relu"
     norm: str | None = "renorm"
+    # what utterance heads pool; these defaults are the heads before these keys existed, so that older
+    # model files (which lack them) load as they were trained (params.yaml's: layers, attentive)
+    utterance_input: str = "last"
+    utterance_pooling: str = "stats"
+    utterance_attention_dim: int = 64  # attentive pooling's hidden dim
+    utterance_stats_norm: bool = False  # the model's norm on the pooled statistics (ECAPA-TDNN's BN)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], origin: str = "model") -> ModelConfig:
@@ -65,16 +73,32 @@ class ModelConfig:
             raise BabelflowError(f"{origin}: layers: at least one TDNN layer is required")
         layers = [layer(x, f"layers[{i}]") for i, x in enumerate(d["layers"])]
         bn = d.get("bottleneck")
-        return cls(layers, layer(bn, "bottleneck") if bn else None,
-                   [int(x) for x in (d.get("frame_head") or {}).get("hidden", [])],
-                   [int(x) for x in (d.get("utterance_head") or {}).get("hidden", [])], nonlin, norm)
+        utt = d.get("utterance_head") or {}
+        unknown = set(utt) - {"hidden", "input", "pooling", "attention_dim", "stats_norm"}
+        if unknown:
+            raise BabelflowError(f"{origin}: utterance_head: unknown keys {', '.join(sorted(unknown))} "
+                                 f"(expected hidden, input, pooling, attention_dim, stats_norm)")
+        cfg = cls(layers, layer(bn, "bottleneck") if bn else None,
+                  [int(x) for x in (d.get("frame_head") or {}).get("hidden", [])],
+                  [int(x) for x in utt.get("hidden", [])], nonlin, norm,
+                  utt.get("input", "last"), utt.get("pooling", "stats"), int(utt.get("attention_dim", 64)),
+                  bool(utt.get("stats_norm", False)))
+        for key, value, allowed in (("input", cfg.utterance_input, UTTERANCE_INPUTS),
+                                    ("pooling", cfg.utterance_pooling, UTTERANCE_POOLINGS)):
+            if value not in allowed:
+                raise BabelflowError(f"{origin}: utterance_head.{key}: '{value}' is not one of {', '.join(allowed)}")
+        if cfg.utterance_attention_dim < 1:
+            raise BabelflowError(f"{origin}: utterance_head.attention_dim must be >= 1")
+        return cfg
 
     def to_dict(self) -> dict[str, Any]:
         lay = lambda c: {"dim": c.dim, "splice": list(c.splice), "nonlinearity": c.nonlinearity, "norm": c.norm}
         return {"layers": [lay(c) for c in self.layers],
                 "bottleneck": lay(self.bottleneck) if self.bottleneck else None,
                 "frame_head": {"hidden": list(self.frame_head)},
-                "utterance_head": {"hidden": list(self.utterance_head)},
+                "utterance_head": {"hidden": list(self.utterance_head), "input": self.utterance_input,
+                                   "pooling": self.utterance_pooling, "attention_dim": self.utterance_attention_dim,
+                                   "stats_norm": self.utterance_stats_norm},
                 "nonlinearity": self.nonlinearity, "norm": self.norm}
 
     def to_args(self) -> list[str]:
@@ -84,6 +108,9 @@ class ModelConfig:
             args.append(f"--bottleneck={_layer_arg(self.bottleneck)}")
         return args + [f"--frame-head={','.join(map(str, self.frame_head))}",
                        f"--utterance-head={','.join(map(str, self.utterance_head))}",
+                       f"--utterance-input={self.utterance_input}", f"--utterance-pooling={self.utterance_pooling}",
+                       f"--utterance-attention-dim={self.utterance_attention_dim}",
+                       f"--utterance-stats-norm={str(self.utterance_stats_norm).lower()}",
                        f"--nonlinearity={self.nonlinearity}", f"--norm={self.norm or 'none'}"]
 
     @classmethod
@@ -94,6 +121,14 @@ class ModelConfig:
         parser.add_argument("--frame-head", default="", metavar="D,D", help="hidden dims of each frame task's head")
         parser.add_argument("--utterance-head", default="", metavar="D,D",
                             help="hidden dims after statistics pooling, per utterance task")
+        parser.add_argument("--utterance-input", default="layers", choices=UTTERANCE_INPUTS,
+                            help="what utterance heads pool: the trunk's output or every trunk layer's")
+        parser.add_argument("--utterance-pooling", default="attentive", choices=UTTERANCE_POOLINGS,
+                            help="mean + std, or attentive statistics pooling")
+        parser.add_argument("--utterance-attention-dim", type=int, default=64, metavar="D",
+                            help="hidden dim of attentive pooling")
+        parser.add_argument("--utterance-stats-norm", default="true", choices=["true", "false"],
+                            help="the model's norm (--norm) on the pooled statistics")
         parser.add_argument("--nonlinearity", default="relu", choices=NONLINEARITIES)
         parser.add_argument("--norm", default="renorm", choices=["renorm", "batchnorm", "none"])
 
@@ -118,7 +153,10 @@ class ModelConfig:
         return cls.from_dict({"layers": [layer(x, "--layer") for x in args.layer],
                               "bottleneck": layer(args.bottleneck, "--bottleneck") if args.bottleneck else None,
                               "frame_head": {"hidden": dims(args.frame_head)},
-                              "utterance_head": {"hidden": dims(args.utterance_head)},
+                              "utterance_head": {"hidden": dims(args.utterance_head), "input": args.utterance_input,
+                                                 "pooling": args.utterance_pooling,
+                                                 "attention_dim": args.utterance_attention_dim,
+                                                 "stats_norm": args.utterance_stats_norm == "true"},
                               "nonlinearity": args.nonlinearity, "norm": norm}, origin="command line")
 
     @property
