@@ -22,7 +22,9 @@ if TYPE_CHECKING:
 
 # CLI flags only, not params.yaml keys: neither changes a result beyond float summation order.
 DEVICES = ("auto", "cpu", "cuda")
-BATCH_FRAMES = 16384  # input frames (context and padding included) per forward pass; see bench/compute.py
+# input frames (context and padding included) per forward pass: CPU time was flat from 4096 to 16384
+# (demo model, bench/compute.py); 8192 keeps a 5000-pdf output batch at ~160 MB
+BATCH_FRAMES = 8192
 
 
 def resolve_device(device: str = "auto") -> torch.device:

@@ -136,13 +136,14 @@ def outputs(model: MultiTaskModel, items: Iterable[tuple[str, np.ndarray]], kind
             batch_frames: int = BATCH_FRAMES, embed: bool = False) -> Iterator[tuple[str, np.ndarray]]:
     """(utt, output) in input order: frame outputs (``embed``: trunk embeddings) or, ``kind``
     utterance, class posteriors. ``batch_frames`` <= 0: one utterance per forward (the old
-    path). The input is read in windows of ~4 batches, so memory stays bounded."""
+    path). The input is read in windows of ~2 batches (sorted within each), so memory stays
+    bounded: the outputs of one window are held until written in input order."""
     if batch_frames <= 0:
         for utt, f in items:
             yield utt, (frame_outputs(model, f, embed=embed) if kind == "frame" or embed
                         else utterance_posteriors(model, f))
         return
-    for window in _windows(items, 4 * batch_frames):
+    for window in _windows(items, 2 * batch_frames):
         feats = [f for _, f in window]
         outs = (batch_frame_outputs(model, feats, batch_frames, embed) if kind == "frame" or embed
                 else batch_utterance_posteriors(model, feats, batch_frames))
