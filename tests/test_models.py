@@ -17,7 +17,7 @@ from babelflow.nnet.export import export_kaldi_dir
 from babelflow.nnet.infer import compute, padded
 from babelflow.nnet.modeldir import ModelDir
 from babelflow.nnet.report import evaluate_task_model
-from babelflow.nnet.taskmodel import compute_priors, count_priors, split_model
+from babelflow.nnet.taskmodel import average_posteriors, compute_priors, count_priors, split_model
 
 from . import test_train
 
@@ -59,6 +59,22 @@ def test_priors_are_average_posteriors(en_model):
     compute_priors(en_model)  # back to posterior priors for the next tests
 
 
+def test_priors_and_eval_batched_equal_one_eg_per_pass(en_model, tmp_path):
+    """Priors and eval batch egs by length within --batch-frames: the same figures as one eg per
+    forward pass (priors to 1e-6: float summation order; accuracies exactly), on the CPU."""
+    egs = EgsDir(load_task_model(en_model)[1]["egs_dir"])
+    model, _ = load_task_model(en_model)
+    one = 3 + 3 + int(egs.info["frames_per_eg"])  # one eg's input frames: one eg per pass
+    p_one, n_one = average_posteriors(model, egs, 100000, batch_frames=one)
+    p_all, n_all = average_posteriors(model, egs, 100000)
+    assert n_one == n_all > 100
+    np.testing.assert_allclose(p_all, p_one, atol=1e-6, rtol=0)
+    m_one = evaluate_task_model(en_model, tmp_path / "one", batch_frames=one, device="cpu")
+    m_all = evaluate_task_model(en_model, tmp_path / "all", device="cpu")
+    assert m_one == m_all
+    assert (tmp_path / "one" / "per_pdf.tsv").read_text() == (tmp_path / "all" / "per_pdf.tsv").read_text()
+
+
 def test_compute_equals_multitask_head_minus_log_priors(en_model, trained, tiny_features, tmp_path):
     feats_scp = tiny_features / "feats" / "en" / "feats.scp"
     out = tmp_path / "loglik.ark"
@@ -95,6 +111,11 @@ def test_utterance_task_labels(trained, tiny_features, tmp_path):
         assert p.shape == (1, 2) and abs(p.sum() - 1) < 1e-5
     metrics = evaluate_task_model(d)
     assert set(metrics) >= {"valid_accuracy", "baseline_accuracy"} and (d / "eval" / "confusion.png").is_file()
+    assert evaluate_task_model(d, tmp_path / "one", batch_frames=1) == metrics  # one utterance per pass
+    one = dict(kaldiio.load_ark(str(tmp_path / "p.ark")))
+    compute(d, feats, f"ark:{tmp_path / 'p1.ark'}", batch_frames=0)
+    for utt, p in kaldiio.load_ark(str(tmp_path / "p1.ark")):
+        np.testing.assert_allclose(p, one[utt], atol=1e-5, rtol=0)
 
 
 def test_eval_report_frame_task(en_model):

@@ -7,6 +7,7 @@ import logging
 
 from ..errors import BabelflowError
 from ..options import parse_bool
+from .batching import BATCH_FRAMES, DEVICES
 from .modelconfig import ModelConfig
 from .options import PriorsOptions, TrainOptions
 
@@ -74,14 +75,16 @@ def cmd_split(args: argparse.Namespace) -> None:
              info["num_outputs"], info["left_context"], info["right_context"])
     if info["kind"] == "frame" and not args.no_priors:
         o = PriorsOptions.from_args(args)
-        log.info("priors: %s", compute_priors(args.out_dir, None, o.method, o.num_egs, o.floor, o.seed))
+        log.info("priors: %s", compute_priors(args.out_dir, None, o.method, o.num_egs, o.floor, o.seed,
+                                              args.batch_frames, args.device))
 
 
 def cmd_priors(args: argparse.Namespace) -> None:
     from .taskmodel import compute_priors
 
     o = PriorsOptions.from_args(args)
-    r = compute_priors(args.model_dir, args.egs_dir, o.method, o.num_egs, o.floor, o.seed)
+    r = compute_priors(args.model_dir, args.egs_dir, o.method, o.num_egs, o.floor, o.seed, args.batch_frames,
+                       args.device)
     log.info("priors: %s", r)
 
 
@@ -89,14 +92,16 @@ def cmd_compute(args: argparse.Namespace) -> None:
     from .infer import compute
 
     n = compute(args.model_dir, args.feats_rspecifier, args.out_wspecifier, use_priors=not args.no_priors,
-                cmvn=args.cmvn, utt2spk=args.utt2spk, labels_out=args.labels_out)
+                cmvn=args.cmvn, utt2spk=args.utt2spk, labels_out=args.labels_out, batch_frames=args.batch_frames,
+                device=args.device)
     log.info("computed %d utterances", n)
 
 
 def cmd_bottleneck(args: argparse.Namespace) -> None:
     from .infer import bottleneck
 
-    n = bottleneck(args.model_dir, args.feats_rspecifier, args.out_wspecifier, cmvn=args.cmvn, utt2spk=args.utt2spk)
+    n = bottleneck(args.model_dir, args.feats_rspecifier, args.out_wspecifier, cmvn=args.cmvn, utt2spk=args.utt2spk,
+                   batch_frames=args.batch_frames, device=args.device)
     log.info("wrote bottleneck features of %d utterances", n)
 
 
@@ -112,13 +117,25 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
         if len(args.model_dirs) != 1 or not (args.feats_dir and args.data_dir):
             raise BabelflowError("eval --ref-ali: one MODEL_DIR, with --feats-dir and --data-dir")
-        extra = phone_accuracy(args.model_dirs[0], args.feats_dir, args.data_dir, args.ref_ali)
+        extra = phone_accuracy(args.model_dirs[0], args.feats_dir, args.data_dir, args.ref_ali, args.batch_frames,
+                               args.device)
     for d in args.model_dirs:
-        log.info("%s: %s", d, evaluate_task_model(d, extra=extra))
+        log.info("%s: %s", d, evaluate_task_model(d, extra=extra, batch_frames=args.batch_frames, device=args.device))
+
+
+def _batch_args(p: argparse.ArgumentParser) -> None:
+    """Where and how many frames per forward pass (compute, bottleneck, split/priors, eval): CLI-only,
+    since neither changes a result beyond float summation order."""
+    p.add_argument("--device", choices=DEVICES, default="auto",
+                   help="auto (default): the GPU when torch sees one, else the CPU")
+    p.add_argument("--batch-frames", type=int, default=BATCH_FRAMES, metavar="N",
+                   help=f"input frames (context and padding included) per forward pass, utterances or egs sorted "
+                        f"by length (default {BATCH_FRAMES}); 0: one utterance per pass")
 
 
 def _inference_args(p: argparse.ArgumentParser) -> None:
     """What compute and bottleneck share: CMVN options, MODEL_DIR FEATS_RSPECIFIER OUT_WSPECIFIER."""
+    _batch_args(p)
     p.add_argument("--cmvn", help="CMVN stats rspecifier, when the model's cmvn_opts normalise")
     p.add_argument("--utt2spk", help="utt2spk file for --cmvn (per-speaker stats)")
     p.add_argument("model_dir")
@@ -133,12 +150,14 @@ def register_models(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--feats-dir", help="the features dir whose conf/ to carry along")
     p.add_argument("--no-priors", action="store_true", help="frame tasks: do not compute priors now (run priors)")
     PriorsOptions.add_arguments(p.add_argument_group("priors of frame tasks (as `babelflow priors`)"))
+    _batch_args(p)
     p.add_argument("model", help="the trained multi-task model (final.pt)")
     p.add_argument("out_dir")
     p.set_defaults(func=cmd_split)
 
     p = sub.add_parser("priors", help="priors from average posteriors on the task's egs (adjust_priors.sh)")
     PriorsOptions.add_arguments(p)
+    _batch_args(p)
     p.add_argument("--egs-dir", help="default: the task's egs dir recorded in the model")
     p.add_argument("model_dir")
     p.set_defaults(func=cmd_priors)
@@ -159,6 +178,7 @@ def register_models(sub: argparse._SubParsersAction) -> None:
                                                         "alignments on the valid utterances (phones by symbol)")
     p.add_argument("--feats-dir", help="with --ref-ali: the task's features dir")
     p.add_argument("--data-dir", help="with --ref-ali: the task's data dir (utt2spk for CMVN)")
+    _batch_args(p)
     p.add_argument("model_dirs", nargs="+")
     p.set_defaults(func=cmd_eval)
 

@@ -11,6 +11,7 @@ on GMM alignments, whose pdfs differ, are scored on the same footing.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,8 @@ from ..gmm.compare import utterance_segments
 from ..io import read_table
 from ..kaldi.alignments import AlignmentDir
 from ..kaldi.transition_model import read_transition_model
-from .infer import frame_outputs
+from .batching import BATCH_FRAMES, resolve_device
+from .infer import outputs
 from .modeldir import ModelDir
 
 
@@ -36,7 +38,7 @@ def pdf_to_phone(tm) -> np.ndarray:
 
 
 def phone_accuracy(model_dir: str | os.PathLike, feats_dir: str | os.PathLike, data_dir: str | os.PathLike,
-                   ref_ali_dir: str | os.PathLike) -> dict:
+                   ref_ali_dir: str | os.PathLike, batch_frames: int = BATCH_FRAMES, device: str = "auto") -> dict:
     """``valid_phone_accuracy`` (frames whose predicted phone symbol is the reference's) and the frames counted."""
     md = ModelDir(model_dir)
     model, blob = md.load()
@@ -53,18 +55,23 @@ def phone_accuracy(model_dir: str | os.PathLike, feats_dir: str | os.PathLike, d
     means, variances = parse_cmvn_opts(blob["cmvn_opts"])
     stats = feats.cmvn_stats() if means else {}
     spk = read_utt2spk(Path(data_dir) / "utt2spk") if means else {}
-    model.eval()
+    model.eval().to(resolve_device(device))
+
+    def features() -> Iterator[tuple[str, np.ndarray]]:  # the valid utterances, as the model reads them
+        for utt in valid:
+            if utt not in ref:
+                continue
+            x = np.asarray(feats.load(utt), np.float32)
+            if means:
+                key = spk.get(utt, utt)
+                if key not in stats:
+                    raise BabelflowError(f"{feats.cmvn_scp}: no CMVN stats for '{key}' (utterance '{utt}')")
+                x = apply_cmvn(x, stats[key], means, variances)
+            yield utt, x
+
     agree = frames = 0
-    for utt in valid:
-        if utt not in ref:
-            continue
-        x = np.asarray(feats.load(utt), np.float32)
-        if means:
-            key = spk.get(utt, utt)
-            if key not in stats:
-                raise BabelflowError(f"{feats.cmvn_scp}: no CMVN stats for '{key}' (utterance '{utt}')")
-            x = apply_cmvn(x, stats[key], means, variances)
-        pred = [symbols[int(p)] for p in to_phone[frame_outputs(model, x).argmax(1)]]
+    for utt, out in outputs(model, features(), batch_frames=batch_frames):
+        pred = [symbols[int(p)] for p in to_phone[out.argmax(1)]]
         truth = ref[utt].frame_phones
         n = min(len(pred), len(truth))
         agree += sum(a == b for a, b in zip(pred[:n], truth[:n]))

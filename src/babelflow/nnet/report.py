@@ -11,37 +11,41 @@ import torch
 
 from ..egs.reader import EgsDir
 from ..io import atomic_open, write_text
+from .batching import BATCH_FRAMES, length_batches, resolve_device
 from .modeldir import ModelDir
 
 
-def _predictions(model, egs: EgsDir, part: str = "valid", batch: int = 128):
-    """(target, predicted, weight) arrays over every output frame / utterance of ``part``."""
+def _predictions(model, egs: EgsDir, part: str = "valid", batch_frames: int = BATCH_FRAMES):
+    """(target, predicted, weight) arrays over every output frame / utterance of ``part``; egs
+    sorted by length in batches of up to ``batch_frames`` input frames, on the model's device."""
     tgt, pred, wts = [], [], []
+    dev = next(model.parameters()).device
+    context = model.left_context + model.right_context
     with torch.no_grad():
         for arch in egs.archives(part):
-            order = np.argsort(arch.index["n"], kind="stable")  # similar lengths together: less padding
-            for s in range(0, len(order), batch):
-                ids = np.sort(order[s:s + batch])
+            for b in length_batches(arch.index["n"], context, batch_frames, same_length=egs.kind == "frame"):
+                ids = np.sort(b)
                 x, n = arch.inputs_padded(ids, model.left_context, model.right_context)
-                iv = torch.from_numpy(arch.ivector[ids]) if arch.ivector is not None else None
+                iv = torch.from_numpy(arch.ivector[ids]).to(dev) if arch.ivector is not None else None
                 if egs.kind == "frame":
-                    logp = model(torch.from_numpy(x), 0, iv)
+                    logp = model(torch.from_numpy(x).to(dev), 0, iv)
                     pdf, w = arch.frame_targets(ids)
                     keep = pdf >= 0
-                    tgt.append(pdf[keep]), pred.append(logp.argmax(-1).numpy()[keep]), wts.append(w[keep])
+                    tgt.append(pdf[keep]), pred.append(logp.argmax(-1).cpu().numpy()[keep]), wts.append(w[keep])
                 else:
-                    frames = torch.arange(x.shape[1] - model.left_context - model.right_context)
-                    mask = frames[None, :] < torch.from_numpy(n)[:, None]
-                    logp = model(torch.from_numpy(x), 0, iv, mask)
+                    frames = torch.arange(x.shape[1] - context, device=dev)
+                    mask = frames[None, :] < torch.from_numpy(n).to(dev)[:, None]
+                    logp = model(torch.from_numpy(x).to(dev), 0, iv, mask)
                     tgt.append(arch.index["label"][ids])
-                    pred.append(logp.argmax(-1).numpy())
+                    pred.append(logp.argmax(-1).cpu().numpy())
                     wts.append(np.ones(len(ids)))
     if not tgt:
         return np.zeros(0, int), np.zeros(0, int), np.zeros(0)
     return np.concatenate(tgt), np.concatenate(pred), np.concatenate(wts)
 
 
-def evaluate_task_model(model_dir: str | Path, out_dir: str | Path | None = None, extra: dict | None = None) -> dict:
+def evaluate_task_model(model_dir: str | Path, out_dir: str | Path | None = None, extra: dict | None = None,
+                        batch_frames: int = BATCH_FRAMES, device: str = "auto") -> dict:
     """Write ``eval/metrics.json`` (+ per_pdf.tsv, or confusion.tsv/.png) for a task model; ``extra``
     metrics (e.g. the phone accuracy against true alignments) go into the same file."""
     import pandas as pd
@@ -50,7 +54,7 @@ def evaluate_task_model(model_dir: str | Path, out_dir: str | Path | None = None
     model, blob = md.load()
     egs = EgsDir(blob["egs_dir"])
     out = Path(out_dir or md.eval_dir)
-    tgt, pred, w = _predictions(model, egs)
+    tgt, pred, w = _predictions(model.to(resolve_device(device)), egs, batch_frames=batch_frames)
     correct = (tgt == pred).astype(float)
     c = blob["num_outputs"]
     counts = np.bincount(tgt, weights=w, minlength=c)

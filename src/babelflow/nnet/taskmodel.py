@@ -21,6 +21,7 @@ from ..egs.reader import EgsDir
 from ..errors import BabelflowError
 from ..io import atomic_open, write_text
 from ..kaldi.table import looks_like_rspecifier
+from .batching import BATCH_FRAMES, length_batches, resolve_device
 from .checkpoint import load_model, save_task_model, task_meta
 from .model import MultiTaskModel
 from .modeldir import ModelDir
@@ -94,30 +95,33 @@ def _copy_tree(src: Path, dest: Path) -> bool:
 
 
 def average_posteriors(model: MultiTaskModel, egs: EgsDir, num_egs: int, seed: int = 0,
-                       batch: int = 256) -> tuple[np.ndarray, int]:
+                       batch_frames: int = BATCH_FRAMES) -> tuple[np.ndarray, int]:
     """Kaldi adjust_priors.sh: the mean softmax output over (a random subset of) the task's own
-    training egs, every frame of each; returns (posterior sum normalised, frames used)."""
+    training egs, every frame of each; returns (posterior sum normalised, frames used). Egs go
+    in batches of up to ``batch_frames`` input frames, on the model's device."""
     rng = np.random.default_rng(seed)
     archives = list(egs.archives("train"))
     sizes = np.array([len(a) for a in archives])
     picks = rng.choice(sizes.sum(), size=min(num_egs, int(sizes.sum())), replace=False)
     offsets = np.concatenate([[0], np.cumsum(sizes)])
-    total = torch.zeros(model.tasks[0].num_outputs, dtype=torch.float64)
+    dev = next(model.parameters()).device
+    total = torch.zeros(model.tasks[0].num_outputs, dtype=torch.float64, device=dev)
     frames = 0
+    context = model.left_context + model.right_context
     with torch.no_grad():
         for a, arch in enumerate(archives):
             ids = np.sort(picks[(picks >= offsets[a]) & (picks < offsets[a + 1])] - offsets[a])
-            for s in range(0, len(ids), batch):
-                part = ids[s:s + batch]
+            for b in length_batches(arch.index["n"][ids], context, batch_frames):
+                part = ids[np.sort(b)]
                 x, n = arch.inputs_padded(part, model.left_context, model.right_context)
-                iv = torch.from_numpy(arch.ivector[part]) if arch.ivector is not None else None
-                logp = model(torch.from_numpy(x), 0, iv)
-                mask = torch.arange(logp.shape[1])[None, :] < torch.from_numpy(n)[:, None]
+                iv = torch.from_numpy(arch.ivector[part]).to(dev) if arch.ivector is not None else None
+                logp = model(torch.from_numpy(x).to(dev), 0, iv)
+                mask = torch.arange(logp.shape[1], device=dev)[None, :] < torch.from_numpy(n).to(dev)[:, None]
                 total += (logp.exp() * mask[..., None]).sum(dim=(0, 1)).double()
-                frames += int(mask.sum())
+                frames += int(n.sum())
     if frames == 0:
         raise BabelflowError(f"{egs.path}: no training examples to compute priors from")
-    return (total / total.sum()).numpy(), frames
+    return (total / total.sum()).cpu().numpy(), frames
 
 
 def count_priors(egs: EgsDir, floor: float) -> np.ndarray:
@@ -131,7 +135,8 @@ def count_priors(egs: EgsDir, floor: float) -> np.ndarray:
 
 
 def compute_priors(model_dir: str | Path, egs_dir: str | Path | None = None, method: str = "posterior",
-                   num_egs: int = 20000, floor: float = 1e-8, seed: int = 0) -> dict:
+                   num_egs: int = 20000, floor: float = 1e-8, seed: int = 0, batch_frames: int = BATCH_FRAMES,
+                   device: str = "auto") -> dict:
     """Store priors in a frame task's model (``adjust_priors.sh``), log KL to the count priors."""
     md = ModelDir(model_dir)
     model, blob = md.load()
@@ -140,7 +145,7 @@ def compute_priors(model_dir: str | Path, egs_dir: str | Path | None = None, met
     egs = EgsDir(egs_dir or blob["egs_dir"])
     counts = count_priors(egs, floor)
     if method == "posterior":
-        priors, frames = average_posteriors(model, egs, num_egs, seed)
+        priors, frames = average_posteriors(model.to(resolve_device(device)), egs, num_egs, seed, batch_frames)
         priors = np.maximum(priors, floor)
         priors /= priors.sum()
     elif method == "counts":
@@ -151,7 +156,7 @@ def compute_priors(model_dir: str | Path, egs_dir: str | Path | None = None, met
     log.info("priors (%s, %d frames): KL(priors || label counts) = %.4f nats; max |diff| %.4f", method, frames, kl,
              float(np.abs(priors - counts).max()))
     blob.update(priors=torch.from_numpy(priors.astype(np.float32)), prior_method=method)
-    save_task_model(md.path, model, task_meta(blob))
+    save_task_model(md.path, model.cpu(), task_meta(blob))
     write_text(md.priors_path, " [ " + " ".join(f"{p:.7g}" for p in priors) + " ]\n")
     return {"method": method, "frames": frames, "kl_from_counts": kl, "num_pdfs": len(priors)}
 
