@@ -68,12 +68,19 @@ def feats_files(path: str) -> tuple[str, ...]:
     out = {str(d / f) for f in ("feats.scp", "cmvn.scp", "utt2num_frames") if (d / f).is_file()}
     for scp in ("feats.scp", "cmvn.scp"):
         if (d / scp).is_file():
-            with open(d / scp, encoding="utf-8", errors="replace") as f:
-                for line in f:
-                    parts = line.split(None, 1)
-                    if len(parts) == 2 and not parts[1].rstrip().endswith("|"):
-                        out.add(parts[1].strip().rsplit(":", 1)[0])
+            out.update(_scp_archives(d / scp))
     return tuple(sorted(out))
+
+
+def _scp_archives(scp: Path) -> set[str]:
+    """The archives an scp file's ``key ark:offset`` lines point into (pipes left out)."""
+    out = set()
+    with open(scp, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            parts = line.split(None, 1)
+            if len(parts) == 2 and not parts[1].rstrip().endswith("|"):
+                out.add(parts[1].strip().rsplit(":", 1)[0])
+    return out
 
 
 @cache
@@ -85,12 +92,6 @@ def kaldi_egs_files(path: str) -> tuple[str, ...]:
         return ()
     out = {str(p) for p in d.iterdir() if p.is_file() and not p.name.startswith(".")}
     out |= {str(p) for p in (d / "info").glob("*") if p.is_file()}
-    arks: set[str] = set()
-    for scp in d.glob("*.scp"):
-        with open(scp, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                parts = line.split(None, 1)
-                if len(parts) == 2 and os.path.isfile(ark := parts[1].strip().rsplit(":", 1)[0]):
-                    arks.add(ark)
+    arks = {a for scp in d.glob("*.scp") for a in _scp_archives(scp) if os.path.isfile(a)}
     known = {os.path.abspath(p) for p in out}
     return tuple(sorted(out | {a for a in arks if os.path.abspath(a) not in known}))
