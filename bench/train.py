@@ -17,7 +17,13 @@ built the same way under ``--workdir``), merged by ``merge_egs`` into 256-exampl
 4. memory: peak RSS (VmHWM) of a fresh child running the real ``train`` for ``--steps`` steps (its
    ``_steps`` truncated in the child; diagnostics and outputs included) vs the model + AdamW state
    (params x 4 B x 3) and vs the child's RSS right after ``import torch``;
-5. GPU (bf16 autocast) loader vs random, when ``torch.cuda.is_available()``.
+5. device (a GPU when ``torch.cuda.is_available()``; ``--device cpu`` runs the same code here): at Kaldi's
+   minibatch (256 x 8 frames) the feeds ``train`` can use — ``ResidentFeed`` (archives on the device, blocks
+   gathered there), ``HostFeed`` with and without prefetching — vs random tensors already on the device,
+   each timed over its steps with one synchronisation at the end (as ``train`` syncs once per 50 steps);
+   frames/s for 256/1024/2048-example blocks (resident vs random) and for 8..128-frame chunks (random),
+   and model FLOP utilisation: FLOPs of one step (forward + backward, ``torch.utils.flop_counter``) x
+   steps/s over the GPU's dense bf16 peak (``--peak-tflops``, else a table of known GPUs).
 
 Throughputs are the best of ``--repeats`` runs; within a run the compared feeds' steps alternate
 (AB BA ...) so load on a noisy 2-core box hits all alike: read the ratios. RSS is the max over repeats.
@@ -45,6 +51,7 @@ from babelflow.egs.format import INDEX_DTYPE  # noqa: E402
 from babelflow.egs.make import EgsOptions, egs_job, finalize_egs_dir  # noqa: E402
 from babelflow.merge import MergeOptions, MergeTask, allocate, merge_egs  # noqa: E402
 from babelflow.nnet.data import Batch, MergedSchedule, epoch_plan  # noqa: E402
+from babelflow.nnet.feed import HostFeed, ResidentFeed  # noqa: E402
 from babelflow.nnet.model import ModelConfig, MultiTaskModel, TaskSpec  # noqa: E402
 from babelflow.nnet.train import _step_loss  # noqa: E402
 
@@ -54,6 +61,8 @@ CFG = ModelConfig.from_dict(RECIPE)
 LC, RC, FPE, BLOCK, FRAMES_PER_MB, KALDI_FPS = 16, 12, 8, 256, 2048, 2000
 CHUNKS = (8, 32, 64, 128)
 REUSE = Path(__file__).parent / "out" / "egs" / "large" / "egs_float16"
+BLOCKS = (256, 1024, 2048)
+PEAK_BF16_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.1, "A10": 125.0}  # dense, SXM where both
 
 # The RSS child: RSS after `import torch`, then the real train() cut to N steps, then its own VmHWM
 # (reset at exec, unlike ru_maxrss, so the parent's size does not leak in).
@@ -193,12 +202,123 @@ def loader_vs_random(schedule: MergedSchedule, num_outputs: int, steps: int, R: 
                      "random": (lambda k: rand[k % len(rand)], num_outputs)}, steps, R, device)
 
 
+def timed_steps(get, num_outputs: int, steps: int, device, warmup: int = 3) -> float:
+    """Output frames/s of ``steps`` training steps fed by ``get(k)``, one synchronisation at the end."""
+    torch.manual_seed(0)
+    model = MultiTaskModel(CFG, 40, [TaskSpec("t", "frame", num_outputs)]).to(device).train()
+    optim = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    frames, t0 = 0, 0.0
+    for k in range(warmup + steps):
+        if k == warmup:
+            sync(device)
+            t0 = time.perf_counter()
+        b = get(k)
+        optim.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss, _ = _step_loss(model, b)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 2.0)
+        optim.step()
+        frames += b.target.numel() if k >= warmup else 0
+    sync(device)
+    return frames / (time.perf_counter() - t0)
+
+
+def sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def step_flops(batch: Batch, num_outputs: int, device) -> int:
+    """FLOPs of one training step's forward + backward (matrix products; what MFU counts)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = MultiTaskModel(CFG, 40, [TaskSpec("t", "frame", num_outputs)]).to(device).train()
+    with FlopCounterMode(display=False) as fc:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss, _ = _step_loss(model, batch)
+        loss.backward()
+    return fc.get_total_flops()
+
+
+def device_section(W: Path, egs: Path, dev, S: int, R: int, table: list, peak_tflops: float | None) -> dict:
+    """Section 5: see the module docstring. Runs alternate (ABC.. CBA..), best of ``R``."""
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
+    peak = peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+    steps = max(S, 200) if dev.type == "cuda" else S
+    out: dict = {"name": name, "steps": steps}
+    scheds = {}
+    for bs in BLOCKS:
+        merge_egs([MergeTask(LANG, egs)], W / f"merged_{bs}", MergeOptions(block_size=bs))
+        scheds[bs] = MergedSchedule(W / f"merged_{bs}")
+    s256 = scheds[BLOCK]
+    pdfs = s256.egs[0].num_outputs
+    resident = {bs: ResidentFeed(s, dev, ("train",)) for bs, s in scheds.items()}
+    plans = {bs: epoch_plan(s.blocks("train"), 0, 0) for bs, s in scheds.items()}
+
+    def rand(bs: int, chunk: int = FPE) -> list[Batch]:
+        g, b = torch.Generator().manual_seed(0), bs * FPE // chunk
+        return [Batch(0, 1.0, torch.randn(b, LC + chunk + RC, 40, generator=g).to(dev), None,
+                      torch.randint(0, pdfs, (b, chunk), generator=g).to(dev), torch.ones(b, chunk, device=dev), None)
+                for _ in range(4)]
+
+    def stream(feed, plan):  # the feed's iterate(), as train() runs it (a prefetching feed reads ahead)
+        it = feed.iterate(plan[k % len(plan)] for k in range(10**9))
+        return lambda k: next(it)[1]
+
+    def best(feeds: dict) -> dict:
+        runs = {n: [] for n in feeds}
+        for r in range(R):
+            for n in (list(feeds) if r % 2 == 0 else list(feeds)[::-1]):
+                runs[n].append(timed_steps(feeds[n](), pdfs, steps, dev))
+        return {n: max(v) for n, v in runs.items()} | {f"{n}_all": v for n, v in runs.items()}
+
+    r256, p256 = rand(BLOCK), plans[BLOCK]
+    t = out["feeds_256x8"] = best({
+        "random": lambda: (lambda k: r256[k % 4]),
+        "resident": lambda: (lambda k: resident[BLOCK].load(p256[k % len(p256)])),
+        "host_prefetch": lambda: stream(HostFeed(s256, dev, prefetch=2), p256),
+        "host": lambda: (lambda k: s256.load(p256[k % len(p256)], "train", dev)),
+    })
+    print(f"\n5. device  {name}{' bf16' if dev.type == 'cuda' else ''}, {steps} steps per run, Kaldi's minibatch "
+          f"({BLOCK} egs x {FPE} frames):")
+    for n in ("resident", "host_prefetch", "host"):
+        print(f"           {n:13s} {t[n]:9.0f} frames/s = {t[n] / t['random']:.3f}x random tensors on the device "
+              f"({t['random']:.0f}) (target >= 0.9)")
+        table.append((f"{name}: train step, {n} feed vs random tensors, {BLOCK}x{FPE}", f"{t[n]:.0f} fr/s",
+                      f"{t[n] / t['random']:.2f}x", ">= 0.9x" if n == "resident" else "—"))
+    out["blocks"] = {}
+    for bs in BLOCKS[1:]:
+        rb, pl = rand(bs), plans[bs]
+        t = out["blocks"][bs] = best({"random": lambda rb=rb: (lambda k: rb[k % 4]),
+                                      "resident": lambda bs=bs, pl=pl: (lambda k: resident[bs].load(pl[k % len(pl)]))})
+        print(f"           {bs:4d} x {FPE} frames: resident {t['resident']:9.0f} frames/s, random {t['random']:9.0f}"
+              f" -> {t['resident'] / t['random']:.3f}x")
+        table.append((f"{name}: resident feed, {bs}x{FPE} blocks", f"{t['resident']:.0f} fr/s",
+                      f"{t['resident'] / t['random']:.2f}x of random", "—"))
+    out["chunks"] = {}
+    for c in CHUNKS:
+        rb = rand(BLOCK * 4, c)  # 1024 x 8 frames' worth per step
+        fps = out["chunks"][c] = max(timed_steps(lambda k, rb=rb: rb[k % 4], pdfs, steps, dev) for _ in range(R))
+        flops = step_flops(rb[0], pdfs, dev)
+        mfu = fps / rb[0].target.numel() * flops / (peak * 1e12) if peak else None
+        out["chunks"][f"{c}_mfu"] = mfu
+        print(f"           random, {c:3d} frames/eg x {len(rb[0].target):4d}: {fps:10.0f} frames/s, "
+              f"{flops / rb[0].target.numel() / 1e6:.1f} MFLOP per frame"
+              + (f", MFU {100 * mfu:.1f}% of {peak:g} TFLOPS" if mfu is not None else ", MFU: no peak known"))
+        table.append((f"{name}: random {c} fr/eg x {len(rb[0].target)}", f"{fps:.0f} fr/s",
+                      f"MFU {100 * mfu:.1f}%" if mfu is not None else "—", "—"))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workdir", type=Path, default=Path("bench/out/train"))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--steps", type=int, default=20, help="timed training steps per run (and in the RSS child)")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--device", help="section 5 on this device (default: cuda when present, else skipped)")
+    ap.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak, for MFU")
     args = ap.parse_args()
     R, S, W, res, table = args.repeats, args.steps, args.workdir.resolve(), {}, []
     load0 = os.getloadavg()[0]
@@ -277,15 +397,12 @@ def main() -> None:
                   f"+{peak - torch_mb:.0f} MB = {(peak - torch_mb) / state_mb:.1f}x model+AdamW ({state_mb:.0f} MB); "
                   f"activations {act_mb:.0f} MB", "—"))
 
-    # 5. GPU
-    if torch.cuda.is_available():
-        t = res["gpu"] = loader_vs_random(schedule, pdfs, S, R, torch.device("cuda"))
-        print(f"\n5. GPU     {torch.cuda.get_device_name()} bf16: loader {t['loader'][0]:.0f} frames/s, random "
-              f"{t['random'][0]:.0f} -> {t['loader'][0] / t['random'][0]:.3f}x")
-        table.append(("GPU bf16, real loader vs random tensors", f"{t['loader'][0]:.0f} fr/s",
-                      f"{t['loader'][0] / t['random'][0]:.2f}x", "—"))
+    # 5. the device: feeds at Kaldi's minibatch, block sizes, chunk lengths, MFU
+    dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "none"))
+    if dev.type == "none":
+        print("\n5. GPU     no GPU present (torch.cuda.is_available() is False): skipped (--device cpu runs it here)")
     else:
-        print("\n5. GPU     no GPU present (torch.cuda.is_available() is False): skipped")
+        res["device"] = device_section(W, egs, dev, S, R, table, args.peak_tflops)
 
     res["loadavg"] = load = (load0, os.getloadavg()[0])
     busy = max(load) > os.cpu_count() + 0.5  # this run alone keeps about cpu_count threads busy

@@ -77,6 +77,21 @@ def test_small_updates_are_left_alone():
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
 
 
+def test_an_infinite_update_is_not_applied():
+    """Kaldi: "Infinite parameter change, will not apply": every parameter keeps its old value."""
+    model = _trained_output(_model())
+    before = [p.detach().clone() for p in model.parameters()]
+    mc = MaxChange(components(model, 0.75, 1.5), 2.0)
+    mc.before()
+    with torch.no_grad():
+        next(model.parameters())[0, 0] = float("inf")
+        for p in model.parameters():
+            p.add_(0.01)
+    factor, glob = mc.after()
+    assert float(factor) == float(glob) == 0.0
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+
+
 def test_kaldi_init_statistics():
     cfg = {"layers": [{"dim": 400, "splice": [-1, 0, 1]}], "frame_head": {"hidden": [300]}, "norm": "renorm"}
     model = _model(cfg, feat_dim=100, classes=5)

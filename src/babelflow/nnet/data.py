@@ -8,7 +8,8 @@ sliced with context at read time.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,11 @@ class Batch:
     def num_frames(self) -> float:
         """Supervised frames (weighted as Kaldi counts them) or utterances."""
         return float(self.frame_weight.sum()) if self.frame_weight is not None else float(len(self.target))
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Batch:
+        """The batch with ``fn`` applied to each tensor (``b.map(lambda t: t.to(dev, non_blocking=True))``)."""
+        return replace(self, **{f.name: fn(v) for f in fields(self)
+                                if isinstance(v := getattr(self, f.name), torch.Tensor)})
 
 
 class MergedSchedule:

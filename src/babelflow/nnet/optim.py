@@ -66,23 +66,23 @@ class MaxChange:
         self._old = [[p.detach().clone() for p in params] for params, _ in self.comps] if self.active else []
 
     @torch.no_grad()
-    def after(self) -> tuple[float, float]:
+    def after(self) -> tuple[torch.Tensor, torch.Tensor] | tuple[float, float]:
+        """Scales the step's update; returns the smallest per-component factor and the global one
+        (0-dim tensors on the parameters' device: computed there, without a host sync)."""
         if not self._old:
             return 1.0, 1.0
         deltas = [[p - o for p, o in zip(params, old)] for (params, _), old in zip(self.comps, self._old)]
-        norms = torch.stack([torch.sqrt(sum((d.float() ** 2).sum() for d in ds)) for ds in deltas]).cpu().tolist()
-        factors = [mc / n if mc > 0 and n > mc else 1.0 for (_, mc), n in zip(self.comps, norms)]
-        total = math.sqrt(sum((f * n) ** 2 for f, n in zip(factors, norms)))
-        if not math.isfinite(total):  # Kaldi: "Infinite parameter change, will not apply"
-            for (params, _), old in zip(self.comps, self._old):
-                for p, o in zip(params, old):
-                    p.copy_(o)
-            self._old = []
-            return 0.0, 0.0
-        glob = self.max_param_change / total if 0 < self.max_param_change < total else 1.0
-        for (params, _), old, ds, f in zip(self.comps, self._old, deltas, factors):
-            if f * glob != 1.0:
-                for p, o, d in zip(params, old, ds):
-                    p.copy_(o + d * (f * glob))
+        norms = torch.stack([torch.sqrt(sum((d.float() ** 2).sum() for d in ds)) for ds in deltas])
+        caps = torch.tensor([mc for _, mc in self.comps], dtype=norms.dtype, device=norms.device)
+        one = torch.ones((), dtype=norms.dtype, device=norms.device)
+        factors = torch.where((caps > 0) & (norms > caps), caps / norms, one)
+        total = torch.sqrt(((factors * norms) ** 2).sum())
+        mpc = self.max_param_change
+        glob = torch.where(total > mpc, mpc / total, one) if mpc > 0 else one
+        finite = torch.isfinite(total)  # Kaldi: "Infinite parameter change, will not apply": keep the old values
+        scale = torch.where(finite, factors * glob, torch.zeros_like(factors))
+        for (params, _), old, ds, f in zip(self.comps, self._old, deltas, scale):
+            for p, o, d in zip(params, old, ds):  # where unscaled, p stays bit for bit the optimiser's
+                p.copy_(torch.where(f == 1.0, p, torch.where(finite, o + d * f.to(d.dtype), o)))
         self._old = []
-        return min(factors, default=1.0), glob
+        return torch.where(finite, factors.min(), 0.0 * one), torch.where(finite, glob, 0.0 * one)

@@ -44,6 +44,10 @@ class TrainOptions(StepOptions):
     tasks: list[str] = option(default_factory=list, help="train only these tasks' heads (default: all)")
     seed: int = 0
     threads: int = option(0, help="torch intra-op threads (0: torch's default)")
+    loader: str = option("auto", choices=("auto", "resident", "host"),
+                         help="resident: every archive on the device, blocks gathered there; host: read from the "
+                              "memory maps (prefetched on a GPU); auto: resident on a GPU with room, else host. "
+                              "The batches are the same")
 
 
 @dataclass

@@ -30,6 +30,7 @@ from ..io import write_text
 from .checkpoint import checkpoint_hash, load_checkpoint, model_state_dict, save_checkpoint, save_model
 from .data import Batch, MergedSchedule, epoch_plan, majority_labels
 from .distributed import Dist
+from .feed import HostFeed, ResidentFeed, make_feed
 from .model import ModelConfig, MultiTaskModel, TaskSpec, check_context, describe
 from .natgrad import NaturalGradient
 from .optim import MaxChange, components, kaldi_init
@@ -37,9 +38,14 @@ from .options import TrainOptions
 
 log = logging.getLogger("babelflow")
 
+SYNC_EVERY = 50  # steps between host reads of the per-block statistics (the step log, the progress bar)
 
-def _step_loss(model: MultiTaskModel, b: Batch) -> tuple[torch.Tensor, float, float, float]:
-    """(weighted loss for backward, unweighted objective sum, correct sum, frames) of a block."""
+
+def _step_loss(model: MultiTaskModel, b: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weighted loss for backward, detached [objective sum, correct sum, frames]) of a block.
+
+    The statistics stay on the device: reading them costs a host sync, which the loop does
+    once per :data:`SYNC_EVERY` steps, not per block."""
     if b.frame_weight is not None:
         logp = model(b.x, b.task, b.ivector)  # (B, n, C)
         tgt = b.target.clamp_min(0)
@@ -57,14 +63,14 @@ def _step_loss(model: MultiTaskModel, b: Batch) -> tuple[torch.Tensor, float, fl
         obj = lp.sum()
         correct = (logp.argmax(-1) == b.target).float().sum()
     loss = -b.weight * obj / frames.clamp_min(1e-8)
-    return loss, float(obj.detach()), float(correct), float(frames)
+    return loss, torch.stack([obj.detach().float(), correct.float(), frames.float()])
 
 
 def _config_hash(model_cfg: ModelConfig, tasks: list[TaskSpec], opts: TrainOptions, schedule: MergedSchedule) -> str:
     """What a checkpoint must share with this run to be resumed: everything that shapes the
     result (not checkpoint_every/threads), and the data, so that a changed weight or egs
     seed starts over instead of resuming a finished run on other data."""
-    skip = {"checkpoint_every", "threads"}
+    skip = {"checkpoint_every", "threads", "loader"}
     key = {"model": model_cfg.to_dict(), "tasks": [asdict(t) for t in tasks],
            "opt": {k: v for k, v in asdict(opts).items() if k not in skip}, "data": _data_fingerprint(schedule)}
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
@@ -86,7 +92,7 @@ def _data_fingerprint(schedule: MergedSchedule) -> str:
 
 
 def recompute_batchnorm_stats(model: MultiTaskModel, schedule: MergedSchedule, device,
-                              part: str = "train_diagnostic") -> int:
+                              part: str = "train_diagnostic", feed: HostFeed | ResidentFeed | None = None) -> int:
     """Batch-norm test statistics as Kaldi's final combination recomputes them: the plain
     average over the ``part`` blocks with the current weights (not a running average
     over training), so they do not depend on the batch order or on the number of ranks.
@@ -105,6 +111,7 @@ def recompute_batchnorm_stats(model: MultiTaskModel, schedule: MergedSchedule, d
     for m in bns:
         m.reset_running_stats()
         m.momentum = None  # cumulative average
+    feed = feed or HostFeed(schedule, device)
     n = 0
     for second in (False, True) if head_bns else (False,):
         model.eval()
@@ -112,38 +119,35 @@ def recompute_batchnorm_stats(model: MultiTaskModel, schedule: MergedSchedule, d
             m.train()
             m.reset_running_stats()
         with torch.no_grad():
-            for blocks in schedule.blocks(part):
-                for blk in blocks:
-                    if second and blk.task not in utt_heads:
-                        continue
-                    _step_loss(model, schedule.load(blk, part, device))
-                    n += not second
+            blocks = [b for bs in schedule.blocks(part) for b in bs if not second or b.task in utt_heads]
+            for _, batch in feed.iterate(blocks, part):
+                _step_loss(model, batch)
+                n += not second
     for m, (momentum, training) in zip(bns, saved):
         m.momentum = momentum
         m.train(training)
     return n
 
 
-def evaluate(model: MultiTaskModel, schedule: MergedSchedule, part: str, device, majority: list[int] | None = None
-             ) -> dict[int, dict[str, float]]:
+def evaluate(model: MultiTaskModel, schedule: MergedSchedule, part: str, device, majority: list[int] | None = None,
+             feed: HostFeed | ResidentFeed | None = None) -> dict[int, dict[str, float]]:
     """Per task: objective and accuracy per frame (Kaldi compute_prob), and the majority baseline."""
     model.eval()
-    acc = {t: [0.0, 0.0, 0.0, 0.0] for t in range(len(schedule.egs))}  # obj, correct, frames, baseline hits
+    feed = feed or HostFeed(schedule, device)
+    acc = torch.zeros(len(schedule.egs), 4, dtype=torch.float64, device=device)  # obj, correct, frames, baseline hits
     with torch.no_grad():
-        for blocks in schedule.blocks(part):
-            for blk in blocks:
-                b = schedule.load(blk, part, device)
-                b.weight = 1.0
-                _, obj, correct, frames = _step_loss(model, b)
-                a = acc[b.task]
-                a[0] += obj
-                a[1] += correct
-                a[2] += frames
-                if majority is not None:
-                    hit = (b.target == majority[b.task]).float()
-                    a[3] += float((hit * b.frame_weight).sum() if b.frame_weight is not None else hit.sum())
-    return {t: {"objective": a[0] / a[2] if a[2] else float("nan"), "accuracy": a[1] / a[2] if a[2] else float("nan"),
-                "frames": a[2], "baseline_accuracy": a[3] / a[2] if a[2] else float("nan")} for t, a in acc.items()}
+        for _, b in feed.iterate([b for bs in schedule.blocks(part) for b in bs], part):
+            b.weight = 1.0
+            acc[b.task, :3] += _step_loss(model, b)[1]
+            if majority is not None:
+                hit = (b.target == majority[b.task]).float()
+                acc[b.task, 3] += (hit * b.frame_weight).sum() if b.frame_weight is not None else hit.sum()
+    res = {}
+    for t, (obj, correct, frames, hits) in enumerate(acc.tolist()):
+        res[t] = {"objective": obj / frames if frames else float("nan"),
+                  "accuracy": correct / frames if frames else float("nan"), "frames": frames,
+                  "baseline_accuracy": hits / frames if frames else float("nan")}
+    return res
 
 
 def train(merged_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig, opts: TrainOptions,
@@ -201,14 +205,20 @@ def train(merged_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig, o
     if d.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         _restart_log(log_path, state["global_step"])
+    feed = make_feed(opts.loader, schedule, device)
+    if d.rank == 0:
+        log.info("loader: %s", type(feed).__name__)
     t_start = time.time()
     for epoch in range(state["epoch"], opts.num_epochs):
         steps = _steps(epoch_plan(archives, epoch, opts.seed, opts.shuffle_window), opts, d.world, len(specs))
         running: dict[str, float] = {}
         bar = tqdm(total=len(steps), initial=state["step_in_epoch"], desc=f"epoch {epoch + 1}/{opts.num_epochs}",
                    disable=not progress or d.rank != 0, unit="step", mininterval=2.0)
-        rows = []
-        for k in range(state["step_in_epoch"], len(steps)):
+        rows: list[str] = []
+        pending: list[tuple[str, float, float, torch.Tensor]] = []  # (log row head, weight, lr, device stats)
+        first = state["step_in_epoch"]
+        batches = feed.iterate(blk for step in steps[first:] for blk in step[d.rank::d.world])
+        for k in range(first, len(steps)):
             decay = math.log(opts.lr_final / opts.lr_initial)
             lr = opts.lr_initial * math.exp(state["global_step"] / total_steps * decay)
             for g in optim.param_groups:
@@ -216,18 +226,13 @@ def train(merged_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig, o
             optim.zero_grad(set_to_none=True)  # heads not in this step stay untouched
             if natgrad:
                 natgrad.begin()
-            mine = steps[k][d.rank::d.world]
-            for blk in mine:
-                b = schedule.load(blk, "train", device)
+            for _ in range(len(steps[k][d.rank::d.world])):
+                _, b = next(batches)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                    loss, obj, correct, frames = _step_loss(model, b)
+                    loss, stats = _step_loss(model, b)
                 (loss / len(steps[k])).backward()
                 name = schedule.names[b.task]
-                running[name] = 0.9 * running.get(name, -obj / max(frames, 1e-8)) + 0.1 * (-obj / max(frames, 1e-8))
-                rows.append(f"{state['global_step']}\t{epoch + 1}\t{name}\toutput-{b.task}\t"
-                            f"{obj / max(frames, 1e-8):.5f}\t"
-                            f"{correct / max(frames, 1e-8):.4f}\t{frames:.1f}\t{b.weight:g}\t{lr:.3g}\n")
-                state["frames"] += frames
+                pending.append((f"{state['global_step']}\t{epoch + 1}\t{name}\toutput-{b.task}", b.weight, lr, stats))
             if natgrad:  # each rank preconditions its own blocks, as each Kaldi job does
                 natgrad.finish()
             d.sum_gradients(model)
@@ -239,16 +244,21 @@ def train(merged_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig, o
             state["global_step"] += 1
             state["step_in_epoch"] = k + 1
             bar.update(1)
-            bar.set_postfix({n: f"{v:.2f}" for n, v in running.items()}, refresh=False)
-            if opts.checkpoint_every and state["global_step"] % opts.checkpoint_every == 0:
+            checkpoint = opts.checkpoint_every and state["global_step"] % opts.checkpoint_every == 0
+            if checkpoint or state["global_step"] % SYNC_EVERY == 0 or k == len(steps) - 1:
+                _read_stats(pending, rows, running, state)
+                bar.set_postfix({n: f"{v:.2f}" for n, v in running.items()}, refresh=False)
+            if checkpoint:
                 _flush_log(log_path, rows, d)
                 _checkpoint(ckpt, chash, model, optim, state, d)
         bar.close()
+        _read_stats(pending, rows, running, state)
         _flush_log(log_path, rows, d)
         state["epoch"], state["step_in_epoch"] = epoch + 1, 0
         if d.rank == 0:
-            recompute_batchnorm_stats(model, schedule, device)
-            diag = {part: evaluate(model, schedule, part, device, majority) for part in ("train_diagnostic", "valid")}
+            recompute_batchnorm_stats(model, schedule, device, feed=feed)
+            diag = {part: evaluate(model, schedule, part, device, majority, feed)
+                    for part in ("train_diagnostic", "valid")}
             state["history"].append({"epoch": epoch + 1, "diagnostics": {
                 schedule.names[t]: {p: diag[p][t] for p in diag} for t in range(len(specs))}})
             _log_diagnostics(schedule.names, diag)
@@ -313,6 +323,21 @@ def _restart_log(path: Path, global_step: int) -> None:
     header = "step\tepoch\ttask\toutput\tobjective\taccuracy\tframes\tweight\tlr\n"
     lines = path.read_text().splitlines(keepends=True)[1:] if global_step and path.exists() else []
     write_text(path, header + "".join(ln for ln in lines if int(ln.split("\t", 1)[0]) < global_step))
+
+
+def _read_stats(pending: list, rows: list[str], running: dict[str, float], state: dict) -> None:
+    """The pending blocks' statistics read from the device at once (one sync), into step-log rows,
+    the progress bar's running objectives and the frame count."""
+    if not pending:
+        return
+    values = torch.stack([p[-1] for p in pending]).tolist()
+    for (head, weight, lr, _), (obj, correct, frames) in zip(pending, values):
+        per = obj / max(frames, 1e-8)
+        name = head.split("\t")[2]
+        running[name] = 0.9 * running.get(name, -per) + 0.1 * -per
+        rows.append(f"{head}\t{per:.5f}\t{correct / max(frames, 1e-8):.4f}\t{frames:.1f}\t{weight:g}\t{lr:.3g}\n")
+        state["frames"] += frames
+    pending.clear()
 
 
 def _flush_log(path: Path, rows: list[str], d: Dist) -> None:
