@@ -116,7 +116,7 @@ PERTURB = {
     "egs.frames_per_eg": 16, "egs.left_context": 20, "egs.right_context": 20, "egs.num_valid_utts": 100,
     "egs.num_train_subset_utts": 100, "egs.valid_fraction": 0.2, "egs.valid_by": "speaker",
     "egs.length_tolerance": 3, "egs.dtype": "float32",
-    "egs.seed": 1, "egs.utterance": {"chunking": "random", "min_chunk": 50, "max_chunk": 200},
+    "egs.seed": 1, "egs.utterance": {"chunking": "random", "min_chunk": 50, "max_chunk": 200, "sort_window": 64},
     "merge.weights": {"en": 0.3, "de": 1.0, "es": 1.0, "fr": 1.0, "lang": 1.0, "voice": 1.0, "gender": 1.0,
                       "rate": 1.0},
     "merge.local_conf": "local_conf", "merge.block_size": 32, "merge.sampler": "temperature", "merge.temperature": 2.0,

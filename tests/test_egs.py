@@ -130,6 +130,38 @@ def test_utterance_task_two_sets(tiny_features, tmp_path):
     assert "class_en" in report and "class_de" in report
 
 
+def test_utterance_examples_sorted_by_length_within_windows(tiny_features, tmp_path):
+    """sort_window: the same examples, shuffled as before, then sorted by length in each window of
+    that many (what a block of whole utterances then pads: little)."""
+    src = TaskSource("lang", "utterance",
+                     [(s, tiny_features / "data" / s, tiny_features / "feats" / s) for s in ("en", "de")],
+                     nj=2, labels="utt2lang")
+    archives = {}
+    for window in (0, 8):
+        out = tmp_path / str(window)
+        opts = EgsOptions(valid_fraction=0.25, chunking="random", min_chunk=20, max_chunk=40, sort_window=window)
+        for a in (1, 2):
+            egs_job(src, a, out, opts, progress=False)
+        finalize_egs_dir(src, out, opts)
+        archives[window] = list(EgsDir(out).archives("train"))
+    for plain, sorted_ in zip(archives[0], archives[8]):
+        recs = [sorted((arch.seg_keys[r["seg"]], int(r["t0"]), int(r["n"]), int(r["label"])) for r in arch.index)
+                for arch in (plain, sorted_)]
+        assert recs[0] == recs[1] and len(recs[0]) > 16  # the same examples
+        n = sorted_.index["n"]
+        assert all((np.diff(n[i:i + 8]) >= 0).all() for i in range(0, len(n), 8))
+        assert (np.diff(plain.index["n"]) < 0).any() and (np.diff(n) < 0).any()  # shuffled; sorted only in windows
+
+
+def test_sort_by_length_keeps_ties_in_shuffle_order():
+    from babelflow.egs.format import sort_by_length
+
+    n = np.array([5, 3, 5, 1, 3, 9, 2])
+    order = np.array([6, 0, 2, 1, 4, 3, 5])
+    assert sort_by_length(order, n, 4).tolist() == [6, 1, 0, 2, 3, 4, 5]
+    assert sort_by_length(order, n, 0) is order
+
+
 def test_skips_are_counted_and_all_skipped_is_an_error(tiny_corpus, tiny_features, tmp_path):
     from babelflow.kaldi.alignments import read_pdf_alignments, write_int_vectors
 

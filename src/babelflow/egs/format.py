@@ -54,9 +54,10 @@ class ArchiveWriter:
 
     def __init__(self, prefix: str | os.PathLike, feat_dim: int, dtype: str = "float16",
                  frame_labels: bool = True, ivector_dim: int = 0, shuffle_seed: int | None = None,
-                 features: bool = True, examples: bool = True):
+                 features: bool = True, examples: bool = True, sort_window: int = 0):
         """``features=False``: the rows live in a shared store (:mod:`.store`), segments name their
-        rows there (:meth:`add_stored`); ``examples=False``: a store itself, features and segments only."""
+        rows there (:meth:`add_stored`); ``examples=False``: a store itself, features and segments only;
+        ``sort_window``: see :func:`sort_by_length`."""
         self.prefix = Path(prefix)
         self.prefix.parent.mkdir(parents=True, exist_ok=True)
         self.feat_dim, self.dtype = feat_dim, np.dtype(dtype)
@@ -69,7 +70,7 @@ class ArchiveWriter:
         self._tmp = {n: p.with_name(f".{p.name}.{os.getpid()}.tmp") for n, p in self._final.items()}
         self._files = {n: open(p, "w" if n == "segments" else "wb") for n, p in self._tmp.items()}
         self.num_rows = self.num_segments = self.num_examples = self.num_label_frames = 0
-        self.shuffle_seed = shuffle_seed
+        self.shuffle_seed, self.sort_window = shuffle_seed, sort_window
         self._held: list[tuple[np.ndarray, np.ndarray | None]] = []  # (records, ivectors) when shuffling
 
     def add_segment(self, key: str, feats: np.ndarray) -> int:
@@ -152,7 +153,8 @@ class ArchiveWriter:
     def close(self) -> None:
         if self._held:
             rec = np.concatenate([r for r, _ in self._held])
-            order = np.random.default_rng(self.shuffle_seed).permutation(len(rec))
+            order = sort_by_length(np.random.default_rng(self.shuffle_seed).permutation(len(rec)), rec["n"],
+                                   self.sort_window)
             ivec = np.concatenate([v for _, v in self._held])[order] if self.ivector_dim else None
             self._write_records(rec[order], ivec)
             self._held = []
@@ -179,6 +181,24 @@ class ArchiveWriter:
 
     def __exit__(self, exc_type, *_) -> None:
         self.abort() if exc_type else self.close()
+
+
+def sort_by_length(order: np.ndarray, n: np.ndarray, window: int) -> np.ndarray:
+    """``order`` (a shuffle) with each run of ``window`` consecutive examples sorted by length ``n[order]``.
+
+    A block of whole utterances is padded to its longest; drawn from a plain shuffle, half of a
+    demo block was padding, which the trunk and the pooling compute all the same. Sorted within
+    windows, consecutive examples — what a block takes — have similar lengths, while which
+    utterances meet in a window stays random (Kaldi's xvector egs go further: one chunk length
+    per archive). Ties keep the shuffle's order; ``window`` 0 (or frame tasks' equal lengths)
+    leaves it as it is."""
+    if window <= 1:
+        return order
+    out = order.copy()
+    for i in range(0, len(order), window):
+        w = order[i:i + window]
+        out[i:i + window] = w[np.argsort(n[w], kind="stable")]
+    return out
 
 
 class PartWriter:

@@ -180,7 +180,8 @@ def egs_job(src: TaskSource, archive: int, out_dir: str | os.PathLike, opts: Egs
     ivec_dim = IvectorSource.open(next(iter(src.ivectors.values()))).dim if src.ivectors else 0
     counts = _Counts()
     writers = {part: ArchiveWriter(out_dir / f"{prefix}.{archive}", feat_dim, opts.dtype, frame, ivec_dim,
-                                   shuffle_seed=int(rng.integers(2**31)), features=store is None)
+                                   shuffle_seed=int(rng.integers(2**31)), features=store is None,
+                                   sort_window=0 if frame else opts.sort_window)
                for part, prefix in (("train", "egs"), ("valid", "valid"), ("train_diagnostic", "train_diagnostic"))}
     pending = Pending(writers, opts.frames_per_eg if frame else 0, num_pdfs if frame else 0, arks)
     try:

@@ -33,6 +33,9 @@ class EgsOptions(StepOptions):
                            help="utterance tasks: the whole utterance, or random chunks")
     min_chunk: int = option(100, param="egs.utterance.min_chunk")
     max_chunk: int = option(300, param="egs.utterance.max_chunk")
+    sort_window: int = option(512, param="egs.utterance.sort_window",
+                              help="utterance tasks: after the shuffle, examples sorted by length within windows "
+                                   "of this many, so that a block pads little (0: off)")
     seed: int = 0
 
 

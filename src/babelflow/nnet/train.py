@@ -92,7 +92,8 @@ def _data_fingerprint(schedule: MergedSchedule) -> str:
 
 
 def recompute_batchnorm_stats(model: MultiTaskModel, schedule: MergedSchedule, device,
-                              part: str = "train_diagnostic", feed: HostFeed | ResidentFeed | None = None) -> int:
+                              part: str = "train_diagnostic", feed: HostFeed | ResidentFeed | None = None,
+                              tasks: set[int] | None = None, keep_trunk: bool = False) -> int:
     """Batch-norm test statistics as Kaldi's final combination recomputes them: the plain
     average over the ``part`` blocks with the current weights (not a running average
     over training), so they do not depend on the batch order or on the number of ranks.
@@ -100,11 +101,17 @@ def recompute_batchnorm_stats(model: MultiTaskModel, schedule: MergedSchedule, d
     Utterance heads' batch norms come second, from the trunk as it runs at test time: they
     normalise pooled statistics, which vary little from one utterance to the next, so the
     small difference between a block's trunk statistics and the test ones would come out
-    amplified (on the demo, voice's valid accuracy halved)."""
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    amplified (on the demo, voice's valid accuracy halved).
+
+    ``tasks``: the tasks whose blocks to average over (default all): those trained, so that a run
+    on some tasks (``train.tasks``) takes no statistics from data it never trained on;
+    ``keep_trunk``: a frozen trunk keeps the statistics it came with."""
+    tasks = set(range(len(model.tasks))) if tasks is None else tasks
+    frozen = {id(m) for m in model.trunk.modules()} if keep_trunk else set()
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d) and id(m) not in frozen]
     if not bns:
         return 0
-    utt_heads = [i for i, t in enumerate(model.tasks) if t.kind == "utterance"]
+    utt_heads = [i for i, t in enumerate(model.tasks) if t.kind == "utterance" and i in tasks]
     head_bns = [m for i in utt_heads for m in model.heads[model.head_names[i]].modules()
                 if isinstance(m, torch.nn.BatchNorm1d)]
     saved = [(m.momentum, m.training) for m in bns]
@@ -119,7 +126,8 @@ def recompute_batchnorm_stats(model: MultiTaskModel, schedule: MergedSchedule, d
             m.train()
             m.reset_running_stats()
         with torch.no_grad():
-            blocks = [b for bs in schedule.blocks(part) for b in bs if not second or b.task in utt_heads]
+            blocks = [b for bs in schedule.blocks(part) for b in bs
+                      if b.task in (utt_heads if second else tasks)]
             for _, batch in feed.iterate(blocks, part):
                 _step_loss(model, batch)
                 n += not second
@@ -130,13 +138,15 @@ def recompute_batchnorm_stats(model: MultiTaskModel, schedule: MergedSchedule, d
 
 
 def evaluate(model: MultiTaskModel, schedule: MergedSchedule, part: str, device, majority: list[int] | None = None,
-             feed: HostFeed | ResidentFeed | None = None) -> dict[int, dict[str, float]]:
-    """Per task: objective and accuracy per frame (Kaldi compute_prob), and the majority baseline."""
+             feed: HostFeed | ResidentFeed | None = None, tasks: set[int] | None = None) -> dict[int, dict[str, float]]:
+    """Per task (of ``tasks``, default all): objective and accuracy per frame (Kaldi compute_prob),
+    and the majority baseline."""
+    tasks = set(range(len(schedule.egs))) if tasks is None else tasks
     model.eval()
     feed = feed or HostFeed(schedule, device)
     acc = torch.zeros(len(schedule.egs), 4, dtype=torch.float64, device=device)  # obj, correct, frames, baseline hits
     with torch.no_grad():
-        for _, b in feed.iterate([b for bs in schedule.blocks(part) for b in bs], part):
+        for _, b in feed.iterate([b for bs in schedule.blocks(part) for b in bs if b.task in tasks], part):
             b.weight = 1.0
             acc[b.task, :3] += _step_loss(model, b)[1]
             if majority is not None:
@@ -144,6 +154,8 @@ def evaluate(model: MultiTaskModel, schedule: MergedSchedule, part: str, device,
                 acc[b.task, 3] += (hit * b.frame_weight).sum() if b.frame_weight is not None else hit.sum()
     res = {}
     for t, (obj, correct, frames, hits) in enumerate(acc.tolist()):
+        if t not in tasks:
+            continue
         res[t] = {"objective": obj / frames if frames else float("nan"),
                   "accuracy": correct / frames if frames else float("nan"), "frames": frames,
                   "baseline_accuracy": hits / frames if frames else float("nan")}
@@ -256,11 +268,13 @@ def train(merged_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig, o
         _flush_log(log_path, rows, d)
         state["epoch"], state["step_in_epoch"] = epoch + 1, 0
         if d.rank == 0:
-            recompute_batchnorm_stats(model, schedule, device, feed=feed)
-            diag = {part: evaluate(model, schedule, part, device, majority, feed)
+            # the trained tasks only: another head's figures would be those of its initial weights
+            recompute_batchnorm_stats(model, schedule, device, feed=feed, tasks=trainable,
+                                      keep_trunk=opts.freeze_trunk)
+            diag = {part: evaluate(model, schedule, part, device, majority, feed, trainable)
                     for part in ("train_diagnostic", "valid")}
             state["history"].append({"epoch": epoch + 1, "diagnostics": {
-                schedule.names[t]: {p: diag[p][t] for p in diag} for t in range(len(specs))}})
+                schedule.names[t]: {p: diag[p][t] for p in diag} for t in sorted(trainable)}})
             _log_diagnostics(schedule.names, diag)
             _train_mode(model, opts)
         _checkpoint(ckpt, chash, model, optim, state, d)
