@@ -108,7 +108,7 @@ PERTURB = {
     "demo.voices": ["m1", "f1"], "demo.seed": 1, "demo.ali_jobs": 1, "demo.utterance_tasks": ["lang"],
     "demo.ali": "auto", "demo.test_utts_per_lang": 10, "demo.test_voices": ["m6"], "demo.test_snr_db": [0, 10],
     "demo.low_resource": {"es": 40},
-    "lowres.tasks": ["en"],
+    "lowres.tasks": ["en"], "lowres.base_tasks": "all",
     "data.nj": 3, "data.dirs": _user_data, "tasks": _user_data_one_task,
     "data.root": lambda corpus: {**_user_data(corpus), "data.root": str(corpus)},
     "features.type": "mfcc", "features.config": "conf", "features.options": {"num_mel_bins": 30, "dither": 0},

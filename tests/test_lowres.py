@@ -38,7 +38,10 @@ def test_systems_differ_from_the_main_run_only_in_tasks_init_and_frozen_trunk(pa
     base = system_train_options(p, "multi_base")
     frozen = system_train_options(p, "multi_frozen", "exp/lowres/multi_base/train/final.pt")
     assert mono.tasks == ["de"] and not mono.freeze_trunk and mono.init is None
-    assert base.tasks == ["en", "es", "fr", "lang", "voice", "gender", "rate"] and not base.freeze_trunk
+    assert base.tasks == ["en", "es", "fr"] and not base.freeze_trunk  # the other languages
+    params["lowres"]["base_tasks"] = "all"
+    every = system_train_options(resolve_config(validate_schema(params), check_paths=False), "multi_base")
+    assert every.tasks == ["en", "es", "fr", "lang", "voice", "gender", "rate"]
     assert frozen.tasks == ["de"] and frozen.freeze_trunk and frozen.init.endswith("multi_base/train/final.pt")
     for o in (mono, base, frozen):  # same network schedule: epochs (over the target's data), rates, seed
         assert (o.num_epochs, o.lr_initial, o.seed) == (7, 1e-3, 0)
@@ -64,10 +67,13 @@ def test_bad_lowres_config_names_the_key(params, edit, match):
 
 
 def test_a_target_needs_other_tasks_for_the_shared_trunk(params):
-    params["demo"].update(langs={"en": "en-us"}, utterance_tasks=[], low_resource={"en": 40})
+    params["demo"].update(langs={"en": "en-us"}, low_resource={"en": 40})
     params["merge"]["weights"] = {}
-    with pytest.raises(BabelflowError, match=r"lowres\.tasks: every task is a target"):
-        resolve_config(validate_schema(params), check_paths=False)
+    with pytest.raises(BabelflowError, match=r"lowres\.tasks: no task is left for multi_base \(base_tasks: frame\)"):
+        resolve_config(validate_schema(params), check_paths=False)  # the utterance tasks are not languages
+    params["lowres"]["base_tasks"] = "all"
+    assert system_train_options(resolve_config(validate_schema(params), check_paths=False), "multi_base").tasks == [
+        "lang", "voice", "gender", "rate"]
 
 
 def _decode_dir(root: Path, name: str, wer: float) -> str:

@@ -9,6 +9,9 @@ on its test set, all from the same egs, network and number of epochs over the ta
 - ``multi``: the multilingual network of the main chain (``exp/train``), split to the target;
 - ``multi_frozen``: the target's head trained alone on a frozen trunk that a multilingual run
   *without* the targets (``multi_base``) learned: does the shared trunk transfer to a new language?
+  ``base_tasks: frame`` (the default) trains ``multi_base`` on the other languages' frame tasks
+  (Kaldi's multilingual recipe: languages only); ``all`` adds the utterance tasks, which on the demo
+  are 80 % of an epoch's compute (whole utterances, pooled by every head) and are not languages.
 
 With Kaldi's sampler every example is seen once per epoch, so ``train.num_epochs`` passes over
 the target's data in each system. Results: ``exp/decode/lowres.{json,tsv,png}``.
@@ -42,6 +45,9 @@ class LowresOptions(StepOptions):
     tasks: list[str] = option(default_factory=list, cli=False,
                               help="decoded frame tasks also trained monolingually (mono) and heads-only on a "
                                    "trunk trained without them (multi_frozen); demo: demo.low_resource's languages")
+    base_tasks: str = option("frame", choices=("frame", "all"), cli=False,
+                             help="what multi_base trains on besides nothing of the targets: the other frame tasks "
+                                  "(languages) or every other task")
 
 
 def lowres_tasks(p: Pipeline) -> list[str]:
@@ -57,11 +63,20 @@ def system_train_options(p: Pipeline, system: str, init: str | None = None) -> T
     if system == "mono":
         return dataclasses.replace(base, tasks=targets, init=None, freeze_trunk=False)
     if system == "multi_base":
-        others = [t for t in (base.tasks or list(p.tasks)) if t not in targets]
+        others = _base_tasks(p)
         return dataclasses.replace(base, tasks=others, init=None, freeze_trunk=False)
     if system == "multi_frozen":
         return dataclasses.replace(base, tasks=targets, init=init, freeze_trunk=True)
     raise ValueError(f"no lowres system {system!r} (trained: {', '.join(TRAINED)})")
+
+
+def _base_tasks(p: Pipeline) -> list[str]:
+    """What multi_base trains: the main run's tasks but the targets (and, with base_tasks: frame, its frame tasks)."""
+    from .nnet.options import TrainOptions
+
+    o = p.options(LowresOptions)
+    return [t for t in (p.options(TrainOptions).tasks or list(p.tasks))
+            if t not in o.tasks and (o.base_tasks == "all" or p.tasks[t].kind == "frame")]
 
 
 def decode_dirs(p: Pipeline, layout: Layout) -> list[tuple[str, str, str]]:
@@ -84,5 +99,6 @@ def resolve(p: Pipeline, check_paths: bool) -> None:
         if name not in decoded:
             raise p.error("lowres.tasks", f"'{name}' is not decoded (decode.tasks: {', '.join(decoded) or 'none'}): "
                           "the comparison is a WER")
-    if o.tasks and not [t for t in p.tasks if t not in o.tasks]:
-        raise p.error("lowres.tasks", "every task is a target: multi_frozen's trunk needs other tasks to train on")
+    if o.tasks and not _base_tasks(p):
+        raise p.error("lowres.tasks", f"no task is left for multi_base (base_tasks: {o.base_tasks}): multi_frozen's "
+                                      "trunk needs other tasks to train on")
