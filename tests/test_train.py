@@ -131,7 +131,8 @@ def test_mixed_batching(merged):
 def test_layers_attentive_stats_norm_utterance_head(merged, tiny_features, tmp_path):
     """The utterance head over every trunk layer with attentive pooling trains, resumes from its
     checkpoint, splits, and computes through its task model dir what the multi-task head computes."""
-    utt = {"hidden": [32], "input": "layers", "pooling": "attentive", "attention_dim": 16, "stats_norm": True}
+    utt = {"hidden": [32], "input": "layers", "pooling": "attentive", "attention_dim": 16, "stats_norm": True,
+           "project": 24}
     cfg = ModelConfig.from_dict({**SMALL, "utterance_head": utt})
     opts = TrainOptions(num_epochs=2, lr_initial=4e-3, lr_final=1e-3, checkpoint_every=5)
     out = tmp_path / "run"

@@ -25,6 +25,11 @@ BASE = {"layers": [{"dim": 24, "splice": [-2, -1, 0, 1, 2]}, {"dim": 20, "splice
 TASKS = [TaskSpec("en", "frame", 7), TaskSpec("voice", "utterance", 5)]
 VARIANTS = [{"input": i, "pooling": p, "attention_dim": 8, "stats_norm": i == "layers"}
             for i in ("last", "layers") for p in ("stats", "attentive")]
+VARIANTS.append({**VARIANTS[-1], "project": 6})  # layers, attentive, projected to 6 dims first
+
+
+def _name(u: dict) -> str:
+    return f"{u['input']}-{u['pooling']}{'-project' if u.get('project') else ''}"
 
 
 def _model(utt: dict, seed: int = 0, ivector_dim: int = 0) -> MultiTaskModel:
@@ -49,7 +54,7 @@ def test_layers_are_cropped_to_the_output_frames():
     assert torch.equal(layers[1], model.trunk[1](full)[:, 1:1 + 33])
 
 
-@pytest.mark.parametrize("utt", VARIANTS, ids=lambda u: f"{u['input']}-{u['pooling']}")
+@pytest.mark.parametrize("utt", VARIANTS, ids=_name)
 def test_shapes_and_padding_change_nothing(utt):
     """Frames past an utterance's length (the egs reader repeats the last one) get no weight."""
     model = _model(utt)
@@ -67,7 +72,7 @@ def test_shapes_and_padding_change_nothing(utt):
     assert torch.allclose(a[0], alone[0], atol=1e-5)
 
 
-@pytest.mark.parametrize("utt", VARIANTS[::3], ids=lambda u: f"{u['input']}-{u['pooling']}")
+@pytest.mark.parametrize("utt", VARIANTS[::3], ids=_name)
 def test_padding_stays_out_of_batch_norm_statistics(utt):
     """In training too: the trunk's batch norms take their statistics from the valid frames only,
     so a block's padding moves neither its outputs nor the running statistics."""
@@ -86,11 +91,14 @@ def test_padding_stays_out_of_batch_norm_statistics(utt):
 
 
 def test_options_change_the_head():
-    n = {f"{u['input']}-{u['pooling']}": _model(u).heads["output-1"] for u in VARIANTS}
+    n = {f"{u['input']}-{u['pooling']}": _model(u).heads["output-1"] for u in VARIANTS[:4]}
     assert n["last-stats"].hidden[0].in_features == 2 * 12
     assert n["layers-stats"].hidden[0].in_features == 2 * (24 + 20 + 24 + 12)
     assert n["last-attentive"].pooling is not None and n["last-stats"].pooling is None
     assert n["layers-stats"].stats_norm is not None and n["last-stats"].stats_norm is None
+    projected = _model(VARIANTS[-1]).heads["output-1"]
+    assert projected.project[0].in_features == 24 + 20 + 24 + 12 and projected.hidden[0].in_features == 2 * 6
+    assert n["layers-attentive"].project is None
 
 
 def test_ivector_and_no_bottleneck():
@@ -101,17 +109,20 @@ def test_ivector_and_no_bottleneck():
 
 
 def test_config_round_trips_and_old_files_load_as_before():
-    utt = {"hidden": [16], "input": "layers", "pooling": "attentive", "attention_dim": 8, "stats_norm": True}
+    utt = {"hidden": [16], "input": "layers", "pooling": "attentive", "attention_dim": 8, "stats_norm": True,
+           "project": 5}
     cfg = ModelConfig.from_dict({**BASE, "utterance_head": utt})
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg and cfg.to_dict()["utterance_head"] == utt
     p = argparse.ArgumentParser()
     ModelConfig.add_arguments(p)
     assert ModelConfig.from_args(p.parse_args(cfg.to_args())) == cfg
     old = ModelConfig.from_dict({**BASE, "utterance_head": {"hidden": [16]}})  # a model file from before
-    assert (old.utterance_input, old.utterance_pooling, old.utterance_stats_norm) == ("last", "stats", False)
+    assert (old.utterance_input, old.utterance_pooling, old.utterance_stats_norm, old.utterance_project) == (
+        "last", "stats", False, 0)
 
 
-@pytest.mark.parametrize("bad", [{"input": "all"}, {"pooling": "max"}, {"attention_dim": 0}, {"heads": 2}])
+@pytest.mark.parametrize("bad", [{"input": "all"}, {"pooling": "max"}, {"attention_dim": 0}, {"heads": 2},
+                                 {"project": -1}])
 def test_bad_options_are_errors(bad):
     with pytest.raises(BabelflowError, match="utterance_head"):
         ModelConfig.from_dict({**BASE, "utterance_head": {"hidden": [16], **bad}})

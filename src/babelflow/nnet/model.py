@@ -136,9 +136,15 @@ class UtteranceHead(nn.Module):
     """
 
     def __init__(self, in_dim: int, hidden: list[int], num_outputs: int, nonlin: str, norm: str | None,
-                 layers: bool = False, pooling: str = "stats", attention_dim: int = 64, stats_norm: bool = False):
+                 layers: bool = False, pooling: str = "stats", attention_dim: int = 64, stats_norm: bool = False,
+                 project: int = 0):
         super().__init__()
         self.uses_layers = layers
+        # ECAPA-TDNN's aggregation of the concatenated layers: pooling works per channel over every
+        # frame, so on the demo pooling 1248 channels cost twice the trunk; 256 cost a third of that
+        self.project = (nn.Sequential(nn.Linear(in_dim, project), ACTIVATIONS[nonlin]())
+                        if project and layers else None)
+        in_dim = project if self.project is not None else in_dim
         self.pooling = AttentivePooling(in_dim, attention_dim) if pooling == "attentive" else None
         # statistics vary little between utterances next to their size: normalised, the first affine
         # sees the differences (what the few blocks of an utterance task must learn from)
@@ -151,6 +157,8 @@ class UtteranceHead(nn.Module):
     def forward(self, h: torch.Tensor | list[torch.Tensor], mask: torch.Tensor | None = None) -> torch.Tensor:
         if isinstance(h, list):
             h = torch.cat(h, dim=-1) if self.uses_layers else h[-1]
+        if self.project is not None:
+            h = self.project(h)
         mask = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device) if mask is None else mask.bool()
         if self.pooling is not None:
             stats = self.pooling(h, mask)
@@ -199,7 +207,8 @@ class MultiTaskModel(nn.Module):
                 use_layers = config.utterance_input == "layers"
                 heads[name] = UtteranceHead(layers_dim if use_layers else dim, config.utterance_head, t.num_outputs,
                                             config.nonlinearity, config.norm, use_layers, config.utterance_pooling,
-                                            config.utterance_attention_dim, config.utterance_stats_norm)
+                                            config.utterance_attention_dim, config.utterance_stats_norm,
+                                            config.utterance_project)
         self.heads = nn.ModuleDict(heads)
 
     @property

@@ -48,6 +48,7 @@ class ModelConfig:
     utterance_pooling: str = "stats"
     utterance_attention_dim: int = 64  # attentive pooling's hidden dim
     utterance_stats_norm: bool = False  # the model's norm on the pooled statistics (ECAPA-TDNN's BN)
+    utterance_project: int = 0  # input layers: a per-frame affine + nonlinearity to this dim before pooling (0: none)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], origin: str = "model") -> ModelConfig:
@@ -74,21 +75,23 @@ class ModelConfig:
         layers = [layer(x, f"layers[{i}]") for i, x in enumerate(d["layers"])]
         bn = d.get("bottleneck")
         utt = d.get("utterance_head") or {}
-        unknown = set(utt) - {"hidden", "input", "pooling", "attention_dim", "stats_norm"}
+        unknown = set(utt) - {"hidden", "input", "pooling", "attention_dim", "stats_norm", "project"}
         if unknown:
             raise BabelflowError(f"{origin}: utterance_head: unknown keys {', '.join(sorted(unknown))} "
-                                 f"(expected hidden, input, pooling, attention_dim, stats_norm)")
+                                 f"(expected hidden, input, pooling, attention_dim, stats_norm, project)")
         cfg = cls(layers, layer(bn, "bottleneck") if bn else None,
                   [int(x) for x in (d.get("frame_head") or {}).get("hidden", [])],
                   [int(x) for x in utt.get("hidden", [])], nonlin, norm,
                   utt.get("input", "last"), utt.get("pooling", "stats"), int(utt.get("attention_dim", 64)),
-                  bool(utt.get("stats_norm", False)))
+                  bool(utt.get("stats_norm", False)), int(utt.get("project", 0)))
         for key, value, allowed in (("input", cfg.utterance_input, UTTERANCE_INPUTS),
                                     ("pooling", cfg.utterance_pooling, UTTERANCE_POOLINGS)):
             if value not in allowed:
                 raise BabelflowError(f"{origin}: utterance_head.{key}: '{value}' is not one of {', '.join(allowed)}")
         if cfg.utterance_attention_dim < 1:
             raise BabelflowError(f"{origin}: utterance_head.attention_dim must be >= 1")
+        if cfg.utterance_project < 0:
+            raise BabelflowError(f"{origin}: utterance_head.project must be >= 0 (0: none)")
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
@@ -98,7 +101,7 @@ class ModelConfig:
                 "frame_head": {"hidden": list(self.frame_head)},
                 "utterance_head": {"hidden": list(self.utterance_head), "input": self.utterance_input,
                                    "pooling": self.utterance_pooling, "attention_dim": self.utterance_attention_dim,
-                                   "stats_norm": self.utterance_stats_norm},
+                                   "stats_norm": self.utterance_stats_norm, "project": self.utterance_project},
                 "nonlinearity": self.nonlinearity, "norm": self.norm}
 
     def to_args(self) -> list[str]:
@@ -111,6 +114,7 @@ class ModelConfig:
                        f"--utterance-input={self.utterance_input}", f"--utterance-pooling={self.utterance_pooling}",
                        f"--utterance-attention-dim={self.utterance_attention_dim}",
                        f"--utterance-stats-norm={str(self.utterance_stats_norm).lower()}",
+                       f"--utterance-project={self.utterance_project}",
                        f"--nonlinearity={self.nonlinearity}", f"--norm={self.norm or 'none'}"]
 
     @classmethod
@@ -129,6 +133,8 @@ class ModelConfig:
                             help="hidden dim of attentive pooling")
         parser.add_argument("--utterance-stats-norm", default="true", choices=["true", "false"],
                             help="the model's norm (--norm) on the pooled statistics")
+        parser.add_argument("--utterance-project", type=int, default=0, metavar="D",
+                            help="input layers: per-frame affine + nonlinearity to D dims before pooling (0: none)")
         parser.add_argument("--nonlinearity", default="relu", choices=NONLINEARITIES)
         parser.add_argument("--norm", default="renorm", choices=["renorm", "batchnorm", "none"])
 
@@ -156,7 +162,8 @@ class ModelConfig:
                               "utterance_head": {"hidden": dims(args.utterance_head), "input": args.utterance_input,
                                                  "pooling": args.utterance_pooling,
                                                  "attention_dim": args.utterance_attention_dim,
-                                                 "stats_norm": args.utterance_stats_norm == "true"},
+                                                 "stats_norm": args.utterance_stats_norm == "true",
+                                                 "project": args.utterance_project},
                               "nonlinearity": args.nonlinearity, "norm": norm}, origin="command line")
 
     @property
