@@ -62,7 +62,8 @@ LC, RC, FPE, BLOCK, FRAMES_PER_MB, KALDI_FPS = 16, 12, 8, 256, 2048, 2000
 CHUNKS = (8, 32, 64, 128)
 REUSE = Path(__file__).parent / "out" / "egs" / "large" / "egs_float16"
 BLOCKS = (256, 1024, 2048)
-PEAK_BF16_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.1, "A10": 125.0}  # dense, SXM where both
+# dense bf16; the first name found in the device's name counts (H100 PCIe before H100 SXM)
+PEAK_BF16_TFLOPS = {"H200": 989.4, "H100 PCIe": 756.0, "H100": 989.4, "A100": 312.0, "L40S": 362.1, "A10": 125.0}
 
 # The RSS child: RSS after `import torch`, then the real train() cut to N steps, then its own VmHWM
 # (reset at exec, unlike ru_maxrss, so the parent's size does not leak in).
@@ -398,11 +399,11 @@ def main() -> None:
                   f"activations {act_mb:.0f} MB", "—"))
 
     # 5. the device: feeds at Kaldi's minibatch, block sizes, chunk lengths, MFU
-    dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "none"))
-    if dev.type == "none":
+    dev = args.device or ("cuda" if torch.cuda.is_available() else None)
+    if dev is None:
         print("\n5. GPU     no GPU present (torch.cuda.is_available() is False): skipped (--device cpu runs it here)")
     else:
-        res["device"] = device_section(W, egs, dev, S, R, table, args.peak_tflops)
+        res["device"] = device_section(W, egs, torch.device(dev), S, R, table, args.peak_tflops)
 
     res["loadavg"] = load = (load0, os.getloadavg()[0])
     busy = max(load) > os.cpu_count() + 0.5  # this run alone keeps about cpu_count threads busy

@@ -10,6 +10,7 @@ import torch
 
 from babelflow.egs.make import EgsOptions, TaskSource, egs_job, finalize_egs_dir
 from babelflow.egs.store import write_store
+from babelflow.errors import BabelflowError
 from babelflow.merge import MergeOptions, MergeTask, merge_egs
 from babelflow.nnet.checkpoint import load_model
 from babelflow.nnet.data import MergedSchedule
@@ -97,6 +98,16 @@ def test_prefetching_host_feed_keeps_order_and_raises_where_it_failed(merged):
         for i, _ in Prefetcher(range(10), load, depth=2):
             got.append(i)
     assert got == [0, 1, 2, 3]
+
+
+def test_only_the_trained_tasks_go_up(merged):
+    s = MergedSchedule(merged)
+    feed = ResidentFeed(s, "cpu", tasks={0})
+    assert {k[0] for k in feed._archives} == {0}
+    assert resident_bytes(s, ("train",), {0}) < resident_bytes(s, ("train",))
+    blk = next(b for bs in s.blocks("train") for b in bs if b.task == 1)
+    with pytest.raises(BabelflowError, match="not uploaded"):
+        feed.load(blk)
 
 
 def test_auto_loader_on_cpu_reads_the_host(merged):

@@ -1,8 +1,8 @@
 """Feeding blocks to the trainer without stalling a GPU.
 
 :meth:`MergedSchedule.load` gathers a block from the archives' memory maps on the host and
-copies it over: on a GPU that host work and the copy sit between every two steps (on an
-H200, 0.60x the step rate of tensors already there, at Kaldi's 256 x 8-frame minibatch).
+copies it over: on a GPU that host work and the copy sit between every two steps (issue 15
+measured 0.60x the step rate of tensors already on an H200, at Kaldi's 256 x 8-frame minibatch).
 :class:`ResidentFeed` uploads each archive once — its features in their stored dtype
 (float16: half of float32), its index and labels — and gathers every block on the device
 with the same arithmetic as :meth:`Archive.inputs_padded` (Kaldi's edge padding), so a
@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..egs.format import Archive
+from ..errors import BabelflowError
 from .data import Batch, Block, MergedSchedule
 
 __all__ = ["HostFeed", "Prefetcher", "ResidentFeed", "make_feed", "resident_bytes"]
@@ -49,21 +50,25 @@ class _DeviceArchive:
     host_n: np.ndarray  # example lengths on the host: sizes each gather without a device read
 
 
-def resident_bytes(schedule: MergedSchedule, parts: Iterable[str]) -> int:
-    """Bytes :class:`ResidentFeed` would upload for ``parts`` (features counted once per file)."""
+def resident_bytes(schedule: MergedSchedule, parts: Iterable[str], tasks: set[int] | None = None) -> int:
+    """Bytes :class:`ResidentFeed` uploads for ``parts`` (features once per file; per example five
+    int64 columns, per labelled frame an int64 pdf and a float32 weight, i-vectors as stored)."""
     seen, total = set(), 0
-    for _, arch in _archives(schedule, parts):
+    for _, arch in _archives(schedule, parts, tasks):
         if _feats_name(arch) not in seen:
             seen.add(_feats_name(arch))
             total += arch.feats.nbytes
-        total += arch.index.nbytes + (arch.labels.nbytes if arch.labels is not None else 0)
+        total += 40 * len(arch.index) + (12 * len(arch.labels) if arch.labels is not None else 0)
+        total += arch.ivector.nbytes if arch.ivector is not None else 0
     return total
 
 
-def _archives(schedule: MergedSchedule, parts: Iterable[str]) -> Iterator[tuple[tuple[int, str, int], Archive]]:
-    """The archives the schedule's blocks of ``parts`` read, keyed (task, part, number)."""
+def _archives(schedule: MergedSchedule, parts: Iterable[str], tasks: set[int] | None = None
+              ) -> Iterator[tuple[tuple[int, str, int], Archive]]:
+    """The archives the schedule's blocks of ``parts`` (of ``tasks``, default all) read, keyed (task, part, number)."""
     for part in parts:
-        used = {(b.task, p.archive) for blocks in schedule.blocks(part) for b in blocks for p in b.pieces}
+        used = {(b.task, p.archive) for blocks in schedule.blocks(part) for b in blocks for p in b.pieces
+                if tasks is None or b.task in tasks}
         for task, number in sorted(used):
             yield (task, part, number), schedule.merged.archive(task, part, number)
 
@@ -77,20 +82,25 @@ class ResidentFeed:
     """Every archive of ``parts`` on ``device``; :meth:`load` is :meth:`MergedSchedule.load` done there."""
 
     def __init__(self, schedule: MergedSchedule, device: str | torch.device,
-                 parts: Iterable[str] = PARTS):
-        """``parts``: the parts whose archives to upload (:meth:`load` of another part fails)."""
+                 parts: Iterable[str] = PARTS, tasks: set[int] | None = None):
+        """``parts``, ``tasks`` (default all): the archives to upload (:meth:`load` of others fails)."""
         self.schedule, self.device = schedule, torch.device(device)
         self.parts = tuple(parts)
         feats: dict[object, torch.Tensor] = {}
         self._archives: dict[tuple[int, str, int], _DeviceArchive] = {}
-        for key, arch in _archives(schedule, self.parts):
+        for key, arch in _archives(schedule, self.parts, tasks):
             name = _feats_name(arch)
             if name not in feats:  # a shared feature store goes up once
                 feats[name] = self._put(arch.feats)
             self._archives[key] = self._upload(arch, feats[name])
 
-    def _put(self, a: np.ndarray) -> torch.Tensor:
-        return torch.tensor(a, device=self.device)  # a copy: the memory maps are read-only
+    def _put(self, a: np.ndarray, rows_per_copy: int = 1 << 20) -> torch.Tensor:
+        """A copy of ``a`` on the device, in slices: a memory map is read-only, and a whole copy of
+        a feature store on the host first would take as much RAM as the store."""
+        out = torch.empty(a.shape, dtype=torch.from_numpy(a[:0].copy()).dtype, device=self.device)
+        for i in range(0, len(a), rows_per_copy):
+            out[i:i + rows_per_copy] = torch.from_numpy(np.array(a[i:i + rows_per_copy]))
+        return out
 
     def _upload(self, arch: Archive, feats: torch.Tensor) -> _DeviceArchive:
         rec = arch.index
@@ -112,7 +122,10 @@ class ResidentFeed:
         xs, ivs, tgt, fw, lens = [], [], [], [], []
         for piece in block.pieces:
             sch.merged.piece_archive(block, piece, part)  # checks the piece lies in the archive
-            a = self._archives[block.task, part, piece.archive]
+            a = self._archives.get((block.task, part, piece.archive))
+            if a is None:
+                raise BabelflowError(f"{sch.path}: task {block.task}, part {part}: not uploaded to {self.device} "
+                                     "(ResidentFeed's parts and tasks)")
             sl = slice(piece.first, piece.first + piece.count)
             n_max = int(a.host_n[sl].max())
             offs = torch.arange(-lc, n_max + rc, device=self.device)
@@ -210,17 +223,18 @@ class Prefetcher:
 
 
 
-def make_feed(loader: str, schedule: MergedSchedule, device: torch.device, max_fraction: float = 0.5
-              ) -> ResidentFeed | HostFeed:
+def make_feed(loader: str, schedule: MergedSchedule, device: torch.device, tasks: set[int] | None = None,
+              max_fraction: float = 0.5) -> ResidentFeed | HostFeed:
     """The feed ``train.loader`` names. ``auto``: resident on a GPU whose free memory is at least
     1 / ``max_fraction`` times the archives (training needs the rest), else host with prefetching
     on a GPU; on a CPU host (the page cache already keeps the memory maps: an upload would only
-    copy them, and a prefetch thread would take a core from the model)."""
+    copy them, and a prefetch thread would take a core from the model). ``tasks``: those trained
+    (the others' archives stay on the host, unread)."""
     if loader == "auto":
         loader = "host"
         if device.type == "cuda":
             free = torch.cuda.mem_get_info(device)[0]
-            loader = "resident" if resident_bytes(schedule, PARTS) <= max_fraction * free else "host"
+            loader = "resident" if resident_bytes(schedule, PARTS, tasks) <= max_fraction * free else "host"
     if loader == "resident":
-        return ResidentFeed(schedule, device, PARTS)
+        return ResidentFeed(schedule, device, PARTS, tasks)
     return HostFeed(schedule, device, prefetch=2 if device.type == "cuda" else 0)

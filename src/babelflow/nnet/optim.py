@@ -57,6 +57,7 @@ class MaxChange:
     def __init__(self, comps: list[tuple[list[nn.Parameter], float]], max_param_change: float):
         self.comps, self.max_param_change = comps, max_param_change
         self._old: list[list[torch.Tensor]] = []
+        self._caps: torch.Tensor | None = None  # on the parameters' device, made once (a copy there syncs)
 
     @property
     def active(self) -> bool:
@@ -73,7 +74,9 @@ class MaxChange:
             return 1.0, 1.0
         deltas = [[p - o for p, o in zip(params, old)] for (params, _), old in zip(self.comps, self._old)]
         norms = torch.stack([torch.sqrt(sum((d.float() ** 2).sum() for d in ds)) for ds in deltas])
-        caps = torch.tensor([mc for _, mc in self.comps], dtype=norms.dtype, device=norms.device)
+        if self._caps is None or self._caps.device != norms.device:
+            self._caps = torch.tensor([mc for _, mc in self.comps], dtype=norms.dtype, device=norms.device)
+        caps = self._caps
         one = torch.ones((), dtype=norms.dtype, device=norms.device)
         factors = torch.where((caps > 0) & (norms > caps), caps / norms, one)
         total = torch.sqrt(((factors * norms) ** 2).sum())

@@ -59,7 +59,7 @@ def _step_loss(model: MultiTaskModel, b: Batch) -> tuple[torch.Tensor, torch.Ten
                             device=b.x.device)[None, :] < b.lengths[:, None]
         logp = model(b.x, b.task, b.ivector, mask)  # (B, C)
         lp = logp.gather(-1, b.target[:, None])[:, 0]
-        frames = torch.tensor(float(len(lp)), device=lp.device)
+        frames = torch.full((), float(len(lp)), device=lp.device)  # a fill, not a host copy (no sync)
         obj = lp.sum()
         correct = (logp.argmax(-1) == b.target).float().sum()
     loss = -b.weight * obj / frames.clamp_min(1e-8)
@@ -107,8 +107,9 @@ def recompute_batchnorm_stats(model: MultiTaskModel, schedule: MergedSchedule, d
     on some tasks (``train.tasks``) takes no statistics from data it never trained on;
     ``keep_trunk``: a frozen trunk keeps the statistics it came with."""
     tasks = set(range(len(model.tasks))) if tasks is None else tasks
-    frozen = {id(m) for m in model.trunk.modules()} if keep_trunk else set()
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d) and id(m) not in frozen]
+    # the trunk's (unless frozen) and the heads' of ``tasks``: another head's statistics stay as they came
+    owners = ([] if keep_trunk else [model.trunk]) + [model.heads[model.head_names[i]] for i in sorted(tasks)]
+    bns = [m for o in owners for m in o.modules() if isinstance(m, torch.nn.BatchNorm1d)]
     if not bns:
         return 0
     utt_heads = [i for i, t in enumerate(model.tasks) if t.kind == "utterance" and i in tasks]
@@ -217,7 +218,7 @@ def train(merged_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig, o
     if d.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         _restart_log(log_path, state["global_step"])
-    feed = make_feed(opts.loader, schedule, device)
+    feed = make_feed(opts.loader, schedule, device, trainable)
     if d.rank == 0:
         log.info("loader: %s", type(feed).__name__)
     t_start = time.time()
