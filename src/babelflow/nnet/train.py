@@ -228,7 +228,7 @@ def train(merged_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig, o
         bar = tqdm(total=len(steps), initial=state["step_in_epoch"], desc=f"epoch {epoch + 1}/{opts.num_epochs}",
                    disable=not progress or d.rank != 0, unit="step", mininterval=2.0)
         rows: list[str] = []
-        pending: list[tuple[str, float, float, torch.Tensor]] = []  # (log row head, weight, lr, device stats)
+        pending: list[tuple[str, str, float, float, torch.Tensor]] = []  # (task, row head, weight, lr, stats)
         first = state["step_in_epoch"]
         batches = feed.iterate(blk for step in steps[first:] for blk in step[d.rank::d.world])
         for k in range(first, len(steps)):
@@ -245,7 +245,8 @@ def train(merged_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig, o
                     loss, stats = _step_loss(model, b)
                 (loss / len(steps[k])).backward()
                 name = schedule.names[b.task]
-                pending.append((f"{state['global_step']}\t{epoch + 1}\t{name}\toutput-{b.task}", b.weight, lr, stats))
+                pending.append((name, f"{state['global_step']}\t{epoch + 1}\t{name}\toutput-{b.task}", b.weight, lr,
+                                stats))
             if natgrad:  # each rank preconditions its own blocks, as each Kaldi job does
                 natgrad.finish()
             d.sum_gradients(model)
@@ -258,14 +259,13 @@ def train(merged_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig, o
             state["step_in_epoch"] = k + 1
             bar.update(1)
             checkpoint = opts.checkpoint_every and state["global_step"] % opts.checkpoint_every == 0
-            if checkpoint or state["global_step"] % SYNC_EVERY == 0 or k == len(steps) - 1:
-                _read_stats(pending, rows, running, state)
-                bar.set_postfix({n: f"{v:.2f}" for n, v in running.items()}, refresh=False)
+            if checkpoint or state["global_step"] % SYNC_EVERY == 0:
+                _read_stats(pending, rows, running, state, bar)
             if checkpoint:
                 _flush_log(log_path, rows, d)
                 _checkpoint(ckpt, chash, model, optim, state, d)
+        _read_stats(pending, rows, running, state, bar)
         bar.close()
-        _read_stats(pending, rows, running, state)
         _flush_log(log_path, rows, d)
         state["epoch"], state["step_in_epoch"] = epoch + 1, 0
         if d.rank == 0:
@@ -340,19 +340,19 @@ def _restart_log(path: Path, global_step: int) -> None:
     write_text(path, header + "".join(ln for ln in lines if int(ln.split("\t", 1)[0]) < global_step))
 
 
-def _read_stats(pending: list, rows: list[str], running: dict[str, float], state: dict) -> None:
+def _read_stats(pending: list, rows: list[str], running: dict[str, float], state: dict, bar: tqdm) -> None:
     """The pending blocks' statistics read from the device at once (one sync), into step-log rows,
     the progress bar's running objectives and the frame count."""
     if not pending:
         return
     values = torch.stack([p[-1] for p in pending]).tolist()
-    for (head, weight, lr, _), (obj, correct, frames) in zip(pending, values):
+    for (name, head, weight, lr, _), (obj, correct, frames) in zip(pending, values):
         per = obj / max(frames, 1e-8)
-        name = head.split("\t")[2]
         running[name] = 0.9 * running.get(name, -per) + 0.1 * -per
         rows.append(f"{head}\t{per:.5f}\t{correct / max(frames, 1e-8):.4f}\t{frames:.1f}\t{weight:g}\t{lr:.3g}\n")
         state["frames"] += frames
     pending.clear()
+    bar.set_postfix({n: f"{v:.2f}" for n, v in running.items()}, refresh=False)
 
 
 def _flush_log(path: Path, rows: list[str], d: Dist) -> None:
