@@ -17,7 +17,10 @@ with one utterance head (``MultiTaskModel(cfg, 40, [TaskSpec("voice", "utterance
    one epoch's: every training example once in both), and the ratio sorted / plain;
 2. head projection: on the sorted egs, ``utterance_head.project: 0`` (pool the 1248 concatenated layer
    channels as they are) vs ``project: 256`` (the default: a per-frame affine + relu to 256 channels before
-   pooling): seconds per step and the ratio.
+   pooling): seconds per step and the ratio;
+3. precision: the default model on the sorted egs with its steps in fp32 vs under bf16 autocast
+   (``train.precision``, ``nnet/precision.step_autocast``; ``auto`` takes bf16 on a CPU with AVX512-BF16 or
+   AMX, which the header says this one has or not): seconds per step and the ratio.
 
 Blocks are loaded before timing (the step alone is timed). Each model starts from ``torch.manual_seed(0)``
 and takes ``--warmup`` untimed steps; within a run the compared models' steps alternate (AB BA ...), so
@@ -47,11 +50,13 @@ from babelflow.egs.store import write_store  # noqa: E402
 from babelflow.merge import MergeOptions, MergeTask, merge_egs  # noqa: E402
 from babelflow.nnet.data import Batch, MergedSchedule, epoch_plan  # noqa: E402
 from babelflow.nnet.model import ModelConfig, MultiTaskModel, TaskSpec  # noqa: E402
+from babelflow.nnet.precision import cpu_has_native_bf16, step_autocast  # noqa: E402
 from babelflow.nnet.train import _step_loss  # noqa: E402
 
 TASK, BLOCK, WINDOWS, PROJECT = "voice", 64, (0, 512), (0, 256)
 ROOT = Path(__file__).resolve().parent.parent
 REUSE = ROOT / "bench" / "out" / "egs" / "utt"  # bench/egs.py section 5's corpus, data and features
+CPU = torch.device("cpu")
 DEMO = yaml.safe_load((ROOT / "params.yaml").read_text())["model"]
 
 
@@ -93,24 +98,26 @@ def new_model(cfg: ModelConfig, classes: int) -> MultiTaskModel:
 
 
 def step_seconds(runs: dict, steps: int, warmup: int) -> dict:
-    """Per variant ``name: (cfg, classes, batches)``, a fresh model + AdamW; step k takes ``batches[k % len]``
-    (after ``warmup`` untimed steps); the variants' steps alternate (AB BA ...). Returns name: s per step."""
+    """Per variant ``name: (cfg, classes, batches[, precision])``, a fresh model + AdamW; step k takes
+    ``batches[k % len]`` (after ``warmup`` untimed steps) in ``precision`` (default fp32); the variants' steps
+    alternate (AB BA ...). Returns name: s per step."""
     state = {}
-    for name, (cfg, classes, batches) in runs.items():
+    for name, (cfg, classes, batches, *prec) in runs.items():
         model = new_model(cfg, classes)
-        state[name] = (model, torch.optim.AdamW(model.parameters(), lr=1e-3), batches, [0.0])
+        state[name] = (model, torch.optim.AdamW(model.parameters(), lr=1e-3), batches, [0.0], (prec or ["fp32"])[0])
     for k in range(warmup + steps):
         for name in (list(state) if k % 2 == 0 else list(state)[::-1]):
-            model, optim, batches, acc = state[name]
+            model, optim, batches, acc, prec = state[name]
             b = batches[(k - warmup) % len(batches)]
             t0 = time.perf_counter()
             optim.zero_grad(set_to_none=True)
-            loss, _ = _step_loss(model, b)
+            with step_autocast(prec, CPU):
+                loss, _ = _step_loss(model, b)
             loss.backward()
             optim.step()
             if k >= warmup:
                 acc[0] += time.perf_counter() - t0
-    return {name: acc[0] / steps for name, (*_, acc) in state.items()}
+    return {name: acc[0] / steps for name, (*_, acc, _) in state.items()}
 
 
 def best(runs: dict, steps: int, warmup: int, repeats: int) -> dict:
@@ -153,7 +160,8 @@ def main() -> None:
     print(f"# utterance-task training benchmark: {TASK} over {len(sets)} languages ({names}), "
           f"{scheds[WINDOWS[0]].egs[0].info['num_egs']} egs, {classes} classes, {BLOCK}-example blocks "
           f"({len(batches[WINDOWS[0]])} per epoch); torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"{S} timed steps per run (+{args.warmup} warm-up), best of {R} interleaved runs\n# model: demo TDNN "
+          f"{S} timed steps per run (+{args.warmup} warm-up), best of {R} interleaved runs; CPU with native bf16: "
+          f"{'yes' if cpu_has_native_bf16() else 'no'}\n# model: demo TDNN "
           f"6x192 + bottleneck 96, batchnorm, context ({default.left_context}, {default.right_context}); "
           + ", ".join(f"project {p}: {n / 1e6:.3f}M parameters" for p, n in params.items()) + "\n")
     res["setup"] = {"task": TASK, "classes": classes, "block_size": BLOCK, "steps": S, "warmup": args.warmup,
@@ -185,6 +193,15 @@ def main() -> None:
           f"{t[p0]:.3f} s/step, project {p1} {t[p1]:.3f} s/step -> {ratio:.2f}x")
     table.append((f"train step, utterance_head.project {p1} vs {p0} ({layers} channels), sorted egs",
                   f"{t[p1]:.3f} vs {t[p0]:.3f} s", f"{ratio:.2f}x", "< 1"))
+
+    # 3. the steps' precision, default model, sorted egs
+    t = res["precision_step_s"] = best({p: (default, classes, batches[srt], p) for p in ("fp32", "bf16")}, S,
+                                       args.warmup, R)
+    ratio = t["bf16"] / t["fp32"]
+    print(f"\n3. precision of the steps, default model, sorted egs: fp32 {t['fp32']:.3f} s/step, bf16 autocast "
+          f"{t['bf16']:.3f} s/step -> {ratio:.2f}x (native bf16: {'yes' if cpu_has_native_bf16() else 'no'})")
+    table.append(("train step, demo model, bf16 autocast vs fp32 (train.precision), sorted egs",
+                  f"{t['bf16']:.3f} vs {t['fp32']:.3f} s", f"{ratio:.2f}x", "< 1 with native bf16"))
 
     res["loadavg"] = load = (load0, os.getloadavg()[0])
     busy = max(load) > os.cpu_count() + 0.5

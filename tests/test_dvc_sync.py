@@ -131,7 +131,7 @@ PERTURB = {
     "train.num_epochs": 5, "train.optimizer": "sgd", "train.lr_initial": 1e-3, "train.lr_final": 1e-4,
     "train.max_grad_norm": 1.0, "train.param_init": "kaldi", "train.natural_gradient": True,
     "train.max_change": 0.75, "train.max_change_output": 1.5, "train.max_param_change": 2.0, "train.blocks_per_step": 2,
-    "train.batching": "mixed", "train.checkpoint_every": 100, "train.loader": "host",
+    "train.batching": "mixed", "train.checkpoint_every": 100, "train.loader": "host", "train.precision": "fp32",
     "train.nproc": 2, "train.nnodes": 2, "train.freeze_trunk": True, "train.init": "init", "train.tasks": ["en"],
     "train.seed": 1,
     "priors.method": "counts", "priors.num_egs": 100, "priors.floor": 1e-6, "priors.seed": 1,

@@ -190,11 +190,12 @@ def test_killed_run_resumes_where_it_stopped(merged):
 
 
 def test_two_processes_match_one(merged):
-    """torchrun with 2 CPU processes (gloo) = 1 process with the same global batch (2 blocks)."""
+    """torchrun with 2 CPU processes (gloo) = 1 process with the same global batch (2 blocks). fp32: the
+    two sum the same gradients in another order, which bf16 steps would amplify past the tolerance."""
     one, two = merged / "p1", merged / "p2"
-    cmd, env = _cli(merged, one, "--blocks-per-step=2")
+    cmd, env = _cli(merged, one, "--blocks-per-step=2", "--precision=fp32")
     subprocess.run(cmd, env=env, check=True, capture_output=True)
-    cmd, env = _cli(merged, two, "--blocks-per-step=2", nproc=2)
+    cmd, env = _cli(merged, two, "--blocks-per-step=2", "--precision=fp32", nproc=2)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     d1 = pd.read_csv(one / "diagnostics.tsv", sep="\t")
@@ -231,3 +232,21 @@ def test_renorm_on_raw_features_learns_with_kaldis_update_rules(merged, tmp_path
     metrics = train(merged / "merged", tmp_path / "run", cfg, opts, progress=False)
     for task in ("en", "de"):
         assert metrics[task]["valid_accuracy"] > 1.5 * metrics[task]["baseline_accuracy"], task
+
+
+def test_bf16_steps_learn_as_fp32_steps_do_and_are_not_resumed_as_fp32(merged, tmp_path):
+    """train.precision: bf16 autocast in the steps changes the weights (it is applied) but not what
+    the model learns; the resolved precision is in info/ and in the config hash."""
+    cfg, runs = ModelConfig.from_dict(SMALL), {}
+    for p in ("fp32", "bf16"):
+        opts = TrainOptions(num_epochs=5, lr_initial=4e-3, lr_final=1e-3, checkpoint_every=5, precision=p)
+        runs[p] = train(merged / "merged", tmp_path / p, cfg, opts, progress=False)
+        assert (tmp_path / p / "info" / "precision").read_text() == f"{p}\n"
+    a, b = (load_model(tmp_path / p / "final.pt")[1]["state_dict"] for p in ("fp32", "bf16"))
+    assert any(not torch.equal(a[k], b[k]) for k in a) and all(b[k].dtype == a[k].dtype for k in a)
+    for task in ("en", "de"):
+        acc = {p: runs[p][task]["valid_accuracy"] for p in runs}
+        assert acc["bf16"] > 2 * runs["bf16"][task]["baseline_accuracy"] and abs(acc["bf16"] - acc["fp32"]) < 0.05, acc
+    with pytest.raises(BabelflowError, match="checkpoint from a different model/task/training config"):
+        train(merged / "merged", tmp_path / "bf16", cfg, TrainOptions(num_epochs=6, lr_initial=4e-3, lr_final=1e-3,
+              checkpoint_every=5, precision="fp32"), progress=False)

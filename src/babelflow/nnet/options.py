@@ -48,6 +48,10 @@ class TrainOptions(StepOptions):
                          help="resident: every archive on the device, blocks gathered there; host: read from the "
                               "memory maps (prefetched on a GPU); auto: resident on a GPU with room, else host. "
                               "The batches are the same")
+    precision: str = option("auto", choices=("auto", "bf16", "fp32"),
+                            help="training steps' arithmetic: bf16 autocast (float32 weights and updates) or "
+                                 "fp32; auto: bf16 where the device computes it natively (GPU, AVX512-BF16/AMX "
+                                 "CPU), else fp32. Diagnostics and inference always run in fp32")
 
 
 @dataclass

@@ -35,6 +35,7 @@ from .model import ModelConfig, MultiTaskModel, TaskSpec, check_context, describ
 from .natgrad import NaturalGradient
 from .optim import MaxChange, components, kaldi_init
 from .options import TrainOptions
+from .precision import resolve_precision, step_autocast
 
 log = logging.getLogger("babelflow")
 
@@ -66,13 +67,16 @@ def _step_loss(model: MultiTaskModel, b: Batch) -> tuple[torch.Tensor, torch.Ten
     return loss, torch.stack([obj.detach().float(), correct.float(), frames.float()])
 
 
-def _config_hash(model_cfg: ModelConfig, tasks: list[TaskSpec], opts: TrainOptions, schedule: MergedSchedule) -> str:
+def _config_hash(model_cfg: ModelConfig, tasks: list[TaskSpec], opts: TrainOptions, schedule: MergedSchedule,
+                 precision: str) -> str:
     """What a checkpoint must share with this run to be resumed: everything that shapes the
     result (not checkpoint_every/threads), and the data, so that a changed weight or egs
-    seed starts over instead of resuming a finished run on other data."""
+    seed starts over instead of resuming a finished run on other data. ``precision``: the
+    resolved one (``auto`` means another thing on another machine)."""
     skip = {"checkpoint_every", "threads", "loader"}
     key = {"model": model_cfg.to_dict(), "tasks": [asdict(t) for t in tasks],
-           "opt": {k: v for k, v in asdict(opts).items() if k not in skip}, "data": _data_fingerprint(schedule)}
+           "opt": {k: v for k, v in asdict(opts).items() if k not in skip} | {"precision": precision},
+           "data": _data_fingerprint(schedule)}
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -190,7 +194,8 @@ def train(merged_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig, o
              else torch.optim.SGD(params, lr=opts.lr_initial, momentum=opts.momentum, weight_decay=opts.weight_decay))
     max_change = MaxChange(components(model, opts.max_change, opts.max_change_output), opts.max_param_change)
     natgrad = NaturalGradient(model) if opts.natural_gradient else None
-    chash = _config_hash(model_cfg, specs, opts, schedule)
+    precision = resolve_precision(opts.precision, device)
+    chash = _config_hash(model_cfg, specs, opts, schedule, precision)
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "frames": 0.0, "history": []}
     ckpt = out / "checkpoint.pt"
     stale = ckpt.exists() and fresh_on_config_change and checkpoint_hash(ckpt) != chash
@@ -220,7 +225,7 @@ def train(merged_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig, o
         _restart_log(log_path, state["global_step"])
     feed = make_feed(opts.loader, schedule, device, trainable)
     if d.rank == 0:
-        log.info("loader: %s", type(feed).__name__)
+        log.info("loader: %s; training steps in %s", type(feed).__name__, precision)
     t_start = time.time()
     for epoch in range(state["epoch"], opts.num_epochs):
         steps = _steps(epoch_plan(archives, epoch, opts.seed, opts.shuffle_window), opts, d.world, len(specs))
@@ -241,7 +246,7 @@ def train(merged_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig, o
                 natgrad.begin()
             for _ in range(len(steps[k][d.rank::d.world])):
                 _, b = next(batches)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                with step_autocast(precision, device):
                     loss, stats = _step_loss(model, b)
                 (loss / len(steps[k])).backward()
                 name = schedule.names[b.task]
@@ -281,7 +286,7 @@ def train(merged_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig, o
         _checkpoint(ckpt, chash, model, optim, state, d)
     d.barrier()
     if d.rank == 0:
-        metrics = _write_outputs(out, model, schedule, state, time.time() - t_start)
+        metrics = _write_outputs(out, model, schedule, state, time.time() - t_start, precision)
         return metrics
     return {}
 
@@ -371,7 +376,7 @@ def _log_diagnostics(names: list[str], diag: dict) -> None:
                      r["objective"], r["frames"], r["accuracy"], r["baseline_accuracy"])
 
 
-def _write_outputs(out: Path, model, schedule: MergedSchedule, state: dict, seconds: float) -> dict:
+def _write_outputs(out: Path, model, schedule: MergedSchedule, state: dict, seconds: float, precision: str) -> dict:
     save_model(out / "final.pt", model, schedule.egs[0].info, schedule.egs_dirs,
                {"history": json.dumps(state["history"])})
     last = state["history"][-1]["diagnostics"] if state["history"] else {}
@@ -398,6 +403,7 @@ def _write_outputs(out: Path, model, schedule: MergedSchedule, state: dict, seco
     write_text(out / "info" / "right_context", f"{model.right_context}\n")
     write_text(out / "info" / "num_parameters", f"{model.num_parameters()}\n")
     write_text(out / "info" / "train_seconds", f"{seconds:.1f}\n")
+    write_text(out / "info" / "precision", f"{precision}\n")  # the training steps' (train.precision resolved)
     log.info("wrote %s (%s)", out / "final.pt", ", ".join(f"{n}: valid acc {m['valid_accuracy']:.3f} vs baseline "
                                                            f"{m['baseline_accuracy']:.3f}" for n, m in metrics.items()))
     return metrics
