@@ -13,14 +13,18 @@ with one utterance head (``MultiTaskModel(cfg, 40, [TaskSpec("voice", "utterance
    ``egs.utterance.sort_window``). The share of valid frames in the merged blocks (sum of ``Batch.lengths``
    over rows x padded width, the width being ``x.shape[1]`` minus the model's context, as
    ``MergedSchedule.load`` returns the blocks) over one epoch, and seconds per training step (forward +
-   backward + AdamW, ``_step_loss`` as ``train`` runs it) over the same number of blocks of each (by default
+   backward + AdamW, ``step_loss`` as ``train`` runs it) over the same number of blocks of each (by default
    one epoch's: every training example once in both), and the ratio sorted / plain;
 2. head projection: on the sorted egs, ``utterance_head.project: 0`` (pool the 1248 concatenated layer
    channels as they are) vs ``project: 256`` (the default: a per-frame affine + relu to 256 channels before
    pooling): seconds per step and the ratio;
 3. precision: the default model on the sorted egs with its steps in fp32 vs under bf16 autocast
    (``train.precision``, ``nnet/precision.step_autocast``; ``auto`` takes bf16 on a CPU with AVX512-BF16 or
-   AMX, which the header says this one has or not): seconds per step and the ratio.
+   AMX, which the header says this one has or not): seconds per step and the ratio;
+4. diagnostics: the default model in test mode over the egs' ``valid`` + ``train_diagnostic`` blocks (not
+   sorted by length: what ``evaluate`` and the batch-norm recompute run each epoch), one forward per block
+   vs ``nnet/diagnostics.utterance_logp`` (trunk and pooling over sub-blocks of similar length, the
+   classifier over the block): seconds per pass, the ratio, and the largest difference of the outputs.
 
 Blocks are loaded before timing (the step alone is timed). Each model starts from ``torch.manual_seed(0)``
 and takes ``--warmup`` untimed steps; within a run the compared models' steps alternate (AB BA ...), so
@@ -49,9 +53,10 @@ from babelflow.egs.options import store_name  # noqa: E402
 from babelflow.egs.store import write_store  # noqa: E402
 from babelflow.merge import MergeOptions, MergeTask, merge_egs  # noqa: E402
 from babelflow.nnet.data import Batch, MergedSchedule, epoch_plan  # noqa: E402
+from babelflow.nnet.diagnostics import utterance_logp  # noqa: E402
+from babelflow.nnet.loss import step_loss, valid_mask  # noqa: E402
 from babelflow.nnet.model import ModelConfig, MultiTaskModel, TaskSpec  # noqa: E402
 from babelflow.nnet.precision import cpu_has_native_bf16, step_autocast  # noqa: E402
-from babelflow.nnet.train import _step_loss  # noqa: E402
 
 TASK, BLOCK, WINDOWS, PROJECT = "voice", 64, (0, 512), (0, 256)
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,7 +117,7 @@ def step_seconds(runs: dict, steps: int, warmup: int) -> dict:
             t0 = time.perf_counter()
             optim.zero_grad(set_to_none=True)
             with step_autocast(prec, CPU):
-                loss, _ = _step_loss(model, b)
+                loss, _ = step_loss(model, b)
             loss.backward()
             optim.step()
             if k >= warmup:
@@ -124,6 +129,23 @@ def best(runs: dict, steps: int, warmup: int, repeats: int) -> dict:
     """Least seconds per step of each variant over ``repeats`` runs of :func:`step_seconds`, and every run."""
     got = [step_seconds(runs, steps, warmup) for _ in range(repeats)]
     return {n: min(g[n] for g in got) for n in runs} | {f"{n}_all": [g[n] for g in got] for n in runs}
+
+
+def diagnostics_seconds(model: MultiTaskModel, batches: list[Batch], repeats: int) -> dict:
+    """Least seconds of a test-mode pass over ``batches``: one forward per block vs ``utterance_logp``
+    (alternating, AB BA ...), and the largest output difference."""
+    ways = {"one_forward": lambda b: model(b.x, b.task, b.ivector, valid_mask(model, b)),
+            "sub_blocks": lambda b: utterance_logp(model, b)}
+    got: dict[str, list[float]] = {w: [] for w in ways}
+    with torch.no_grad():
+        diff = max(float((ways["one_forward"](b) - ways["sub_blocks"](b)).abs().max()) for b in batches)
+        for r in range(repeats):
+            for w in (list(ways) if r % 2 == 0 else list(ways)[::-1]):
+                t0 = time.perf_counter()
+                for b in batches:
+                    ways[w](b)
+                got[w].append(time.perf_counter() - t0)
+    return {w: min(v) for w, v in got.items()} | {"max_abs_diff": diff}
 
 
 def padding(batches: list[Batch], context: int) -> dict:
@@ -202,6 +224,20 @@ def main() -> None:
           f"{t['bf16']:.3f} s/step -> {ratio:.2f}x (native bf16: {'yes' if cpu_has_native_bf16() else 'no'})")
     table.append(("train step, demo model, bf16 autocast vs fp32 (train.precision), sorted egs",
                   f"{t['bf16']:.3f} vs {t['fp32']:.3f} s", f"{ratio:.2f}x", "< 1 with native bf16"))
+
+    # 4. diagnostics' test-mode passes over the unsorted valid + train_diagnostic blocks
+    sched = scheds[srt]
+    diag = [sched.load(b, part) for part in ("valid", "train_diagnostic") for bs in sched.blocks(part) for b in bs]
+    model = new_model(default, classes).eval()
+    t = res["diagnostics_s"] = diagnostics_seconds(model, diag, 2 * R + 1)
+    share = padding(diag, context)["share"]
+    ratio = t["sub_blocks"] / t["one_forward"]
+    print(f"\n4. diagnostics, {len(diag)} valid + train_diagnostic blocks (valid frame share {share:.2f}), test mode: "
+          f"one forward per block {t['one_forward']:.3f} s, sub-blocks by length {t['sub_blocks']:.3f} s -> "
+          f"{ratio:.2f}x; outputs differ by at most {t['max_abs_diff']:.1e}")
+    table.append((f"diagnostics pass, {TASK} valid + train_diagnostic blocks (valid share {share:.2f}): sub-blocks "
+                  "by length vs one forward per block", f"{t['sub_blocks']:.3f} vs {t['one_forward']:.3f} s",
+                  f"{ratio:.2f}x", "< 1, outputs within 1e-5"))
 
     res["loadavg"] = load = (load0, os.getloadavg()[0])
     busy = max(load) > os.cpu_count() + 0.5

@@ -5,7 +5,7 @@ Model: the recipe's TDNN at 512 wide (6 relu-renorm layers, splices {-2..2},{0},
 one-language egs (2000 utts, 8 frames/eg, float16; reused from bench/out/egs/large/egs_float16, else
 built the same way under ``--workdir``), merged by ``merge_egs`` into 256-example blocks. In one run:
 
-1. loader: training steps (forward + backward + clip + AdamW, ``_step_loss`` as ``train`` runs it)
+1. loader: training steps (forward + backward + clip + AdamW, ``step_loss`` as ``train`` runs it)
    fed by ``MergedSchedule.load`` over an ``epoch_plan`` vs the same model fed pre-generated random
    tensors of the same shapes (no loading): output frames/s and the ratio (target >= 0.9 on CPU);
 2. vs Kaldi: the recipe TDNN (100 outputs) in frames/s against ``nnet3-train`` on this machine kind
@@ -52,8 +52,8 @@ from babelflow.egs.make import EgsOptions, egs_job, finalize_egs_dir  # noqa: E4
 from babelflow.merge import MergeOptions, MergeTask, allocate, merge_egs  # noqa: E402
 from babelflow.nnet.data import Batch, MergedSchedule, epoch_plan  # noqa: E402
 from babelflow.nnet.feed import HostFeed, ResidentFeed  # noqa: E402
+from babelflow.nnet.loss import step_loss  # noqa: E402
 from babelflow.nnet.model import ModelConfig, MultiTaskModel, TaskSpec  # noqa: E402
-from babelflow.nnet.train import _step_loss  # noqa: E402
 
 SPLICES = [[-2, -1, 0, 1, 2], [0], [-1, 2], [-3, 3], [-3, 3], [-7, 2]]
 RECIPE = {"layers": [{"dim": 512, "splice": s} for s in SPLICES], "norm": "renorm"}
@@ -136,7 +136,7 @@ def train_fps(feeds: dict, steps: int, device, warmup: int = 2) -> dict:
             tl = time.perf_counter()
             optim.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                loss, *_ = _step_loss(model, b)  # forward + loss, as train() runs it
+                loss, *_ = step_loss(model, b)  # forward + loss, as train() runs it
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 2.0)
             optim.step()
@@ -183,7 +183,7 @@ def saved_mb(model: MultiTaskModel, batch: Batch) -> float:
         saved[x.untyped_storage().data_ptr()] = x.untyped_storage().nbytes()
         return x
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
-        _step_loss(model, batch)
+        step_loss(model, batch)
     return sum(saved.values()) / 2**20
 
 
@@ -216,7 +216,7 @@ def timed_steps(get, num_outputs: int, steps: int, device, warmup: int = 3) -> f
         b = get(k)
         optim.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            loss, _ = _step_loss(model, b)
+            loss, _ = step_loss(model, b)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 2.0)
         optim.step()
@@ -237,7 +237,7 @@ def step_flops(batch: Batch, num_outputs: int, device) -> int:
     model = MultiTaskModel(CFG, 40, [TaskSpec("t", "frame", num_outputs)]).to(device).train()
     with FlopCounterMode(display=False) as fc:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            loss, _ = _step_loss(model, batch)
+            loss, _ = step_loss(model, batch)
         loss.backward()
     return fc.get_total_flops()
 

@@ -169,7 +169,7 @@ def test_utterance_heads_batch_norm_stats_come_from_the_test_time_trunk(stats_no
     from types import SimpleNamespace
 
     from babelflow.nnet.data import Batch
-    from babelflow.nnet.train import recompute_batchnorm_stats
+    from babelflow.nnet.diagnostics import recompute_batchnorm_stats
 
     model = _model({"input": "layers", "pooling": "attentive", "attention_dim": 8, "stats_norm": stats_norm})
     frames = Batch(0, 1.0, torch.randn(8, 15, 10), None, torch.zeros(8, 8, dtype=torch.long), torch.ones(8, 8), None)
@@ -189,3 +189,25 @@ def test_utterance_heads_batch_norm_stats_come_from_the_test_time_trunk(stats_no
     model(utts.x, 1, mask=mask)
     hook.remove()
     assert torch.allclose(norm.bn.running_mean, seen["x"].mean(dim=0), atol=1e-5)
+
+
+@pytest.mark.parametrize("utt", VARIANTS, ids=_name)
+def test_diagnostics_sub_blocks_by_length_give_one_forwards_outputs(utt):
+    """utterance_logp: trunk and pooling over sub-blocks of similar length (cropped to their longest),
+    the classifier over the whole block: equal to one forward in test mode, in any row order."""
+    from babelflow.nnet.data import Batch
+    from babelflow.nnet.diagnostics import utterance_logp
+    from babelflow.nnet.loss import valid_mask
+
+    model = _model(utt, ivector_dim=3)
+    lengths = torch.tensor([33, 5, 20, 33, 12, 27, 8])
+    x = torch.randn(7, 40, 10)
+    for r, n in enumerate(lengths.tolist()):  # the reader's padding: the last frame repeated
+        x[r, n + 7:] = x[r, n + 6]
+    b = Batch(1, 1.0, x, torch.randn(7, 3), torch.zeros(7, dtype=torch.long), None, lengths)
+    want = model(b.x, 1, b.ivector, valid_mask(model, b))
+    for budget in (8192, 60, 1):  # one sub-block; several; one row each
+        assert torch.allclose(utterance_logp(model, b, budget), want, atol=1e-5), budget
+    model.trunk[0].norm.train()  # a trunk taking batch statistics: rows are not independent
+    with pytest.raises(RuntimeError, match="test mode"):
+        utterance_logp(model, b)

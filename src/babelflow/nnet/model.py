@@ -155,19 +155,26 @@ class UtteranceHead(nn.Module):
         nn.init.zeros_(self.output.bias)
 
     def forward(self, h: torch.Tensor | list[torch.Tensor], mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.classify(self.pool(h, mask))
+
+    def pool(self, h: torch.Tensor | list[torch.Tensor], mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 2 x channels) statistics of each row's valid frames: what depends on one utterance alone."""
         if isinstance(h, list):
             h = torch.cat(h, dim=-1) if self.uses_layers else h[-1]
         if self.project is not None:
             h = self.project(h)
         mask = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device) if mask is None else mask.bool()
         if self.pooling is not None:
-            stats = self.pooling(h, mask)
-        else:  # as before these options existed, to the last bit
-            m = mask.to(h.dtype)[..., None]
-            n = m.sum(dim=1).clamp_min(1.0)
-            mean = (h * m).sum(dim=1) / n
-            var = ((h - mean[:, None]) ** 2 * m).sum(dim=1) / n
-            stats = torch.cat([mean, torch.sqrt(var + 1e-5)], dim=-1)
+            return self.pooling(h, mask)
+        # as before these options existed, to the last bit
+        m = mask.to(h.dtype)[..., None]
+        n = m.sum(dim=1).clamp_min(1.0)
+        mean = (h * m).sum(dim=1) / n
+        var = ((h - mean[:, None]) ** 2 * m).sum(dim=1) / n
+        return torch.cat([mean, torch.sqrt(var + 1e-5)], dim=-1)
+
+    def classify(self, stats: torch.Tensor) -> torch.Tensor:
+        """Log-posteriors from pooled statistics (batch norms in training mode normalise over the rows)."""
         if self.stats_norm is not None:
             stats = self.stats_norm(stats)
         return torch.log_softmax(self.output(self.hidden(stats)), dim=-1)
@@ -248,6 +255,13 @@ class MultiTaskModel(nn.Module):
         if getattr(head, "uses_layers", False):
             return head(self.embed_layers(x, ivector, mask), mask)
         return head(self.embed(x, ivector, mask), mask)
+
+    def pool(self, x: torch.Tensor, task: int, ivector: torch.Tensor | None = None,
+             mask: torch.Tensor | None = None) -> torch.Tensor:
+        """An utterance task's pooled statistics (``forward`` = its head's ``classify`` of these)."""
+        head = self.heads[self.head_names[task]]
+        return head.pool(self.embed_layers(x, ivector, mask) if head.uses_layers else self.embed(x, ivector, mask),
+                         mask)
 
     def split(self, task: int) -> MultiTaskModel:
         """The trunk plus one head renamed ``output`` (Kaldi: rename-node output-<i> -> output)."""

@@ -28,9 +28,11 @@ from tqdm import tqdm
 from ..errors import BabelflowError
 from ..io import write_text
 from .checkpoint import checkpoint_hash, load_checkpoint, model_state_dict, save_checkpoint, save_model
-from .data import Batch, MergedSchedule, epoch_plan, majority_labels
+from .data import MergedSchedule, epoch_plan, majority_labels
+from .diagnostics import evaluate, recompute_batchnorm_stats
 from .distributed import Dist
-from .feed import HostFeed, ResidentFeed, make_feed
+from .feed import make_feed
+from .loss import step_loss
 from .model import ModelConfig, MultiTaskModel, TaskSpec, check_context, describe
 from .natgrad import NaturalGradient
 from .optim import MaxChange, components, kaldi_init
@@ -40,31 +42,6 @@ from .precision import resolve_precision, step_autocast
 log = logging.getLogger("babelflow")
 
 SYNC_EVERY = 50  # steps between host reads of the per-block statistics (the step log, the progress bar)
-
-
-def _step_loss(model: MultiTaskModel, b: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """(weighted loss for backward, detached [objective sum, correct sum, frames]) of a block.
-
-    The statistics stay on the device: reading them costs a host sync, which the loop does
-    once per :data:`SYNC_EVERY` steps, not per block."""
-    if b.frame_weight is not None:
-        logp = model(b.x, b.task, b.ivector)  # (B, n, C)
-        tgt = b.target.clamp_min(0)
-        lp = logp.gather(-1, tgt[..., None])[..., 0]
-        fw = b.frame_weight
-        frames = fw.sum()
-        obj = (fw * lp).sum()
-        correct = (fw * (logp.argmax(-1) == tgt).float()).sum()
-    else:
-        mask = torch.arange(b.x.shape[1] - model.left_context - model.right_context,
-                            device=b.x.device)[None, :] < b.lengths[:, None]
-        logp = model(b.x, b.task, b.ivector, mask)  # (B, C)
-        lp = logp.gather(-1, b.target[:, None])[:, 0]
-        frames = torch.full((), float(len(lp)), device=lp.device)  # a fill, not a host copy (no sync)
-        obj = lp.sum()
-        correct = (logp.argmax(-1) == b.target).float().sum()
-    loss = -b.weight * obj / frames.clamp_min(1e-8)
-    return loss, torch.stack([obj.detach().float(), correct.float(), frames.float()])
 
 
 def _config_hash(model_cfg: ModelConfig, tasks: list[TaskSpec], opts: TrainOptions, schedule: MergedSchedule,
@@ -93,78 +70,6 @@ def _data_fingerprint(schedule: MergedSchedule) -> str:
                 st = p.stat()
                 h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
     return h.hexdigest()
-
-
-def recompute_batchnorm_stats(model: MultiTaskModel, schedule: MergedSchedule, device,
-                              part: str = "train_diagnostic", feed: HostFeed | ResidentFeed | None = None,
-                              tasks: set[int] | None = None, keep_trunk: bool = False) -> int:
-    """Batch-norm test statistics as Kaldi's final combination recomputes them: the plain
-    average over the ``part`` blocks with the current weights (not a running average
-    over training), so they do not depend on the batch order or on the number of ranks.
-
-    Utterance heads' batch norms come second, from the trunk as it runs at test time: they
-    normalise pooled statistics, which vary little from one utterance to the next, so the
-    small difference between a block's trunk statistics and the test ones would come out
-    amplified (on the demo, voice's valid accuracy halved).
-
-    ``tasks``: the tasks whose blocks to average over (default all): those trained, so that a run
-    on some tasks (``train.tasks``) takes no statistics from data it never trained on;
-    ``keep_trunk``: a frozen trunk keeps the statistics it came with."""
-    tasks = set(range(len(model.tasks))) if tasks is None else tasks
-    # the trunk's (unless frozen) and the heads' of ``tasks``: another head's statistics stay as they came
-    owners = ([] if keep_trunk else [model.trunk]) + [model.heads[model.head_names[i]] for i in sorted(tasks)]
-    bns = [m for o in owners for m in o.modules() if isinstance(m, torch.nn.BatchNorm1d)]
-    if not bns:
-        return 0
-    utt_heads = [i for i, t in enumerate(model.tasks) if t.kind == "utterance" and i in tasks]
-    head_bns = [m for i in utt_heads for m in model.heads[model.head_names[i]].modules()
-                if isinstance(m, torch.nn.BatchNorm1d)]
-    saved = [(m.momentum, m.training) for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average
-    feed = feed or HostFeed(schedule, device)
-    n = 0
-    for second in (False, True) if head_bns else (False,):
-        model.eval()
-        for m in head_bns if second else bns:
-            m.train()
-            m.reset_running_stats()
-        with torch.no_grad():
-            blocks = [b for bs in schedule.blocks(part) for b in bs
-                      if b.task in (utt_heads if second else tasks)]
-            for _, batch in feed.iterate(blocks, part):
-                _step_loss(model, batch)
-                n += not second
-    for m, (momentum, training) in zip(bns, saved):
-        m.momentum = momentum
-        m.train(training)
-    return n
-
-
-def evaluate(model: MultiTaskModel, schedule: MergedSchedule, part: str, device, majority: list[int] | None = None,
-             feed: HostFeed | ResidentFeed | None = None, tasks: set[int] | None = None) -> dict[int, dict[str, float]]:
-    """Per task (of ``tasks``, default all): objective and accuracy per frame (Kaldi compute_prob),
-    and the majority baseline."""
-    tasks = set(range(len(schedule.egs))) if tasks is None else tasks
-    model.eval()
-    feed = feed or HostFeed(schedule, device)
-    acc = torch.zeros(len(schedule.egs), 4, dtype=torch.float64, device=device)  # obj, correct, frames, baseline hits
-    with torch.no_grad():
-        for _, b in feed.iterate([b for bs in schedule.blocks(part) for b in bs if b.task in tasks], part):
-            b.weight = 1.0
-            acc[b.task, :3] += _step_loss(model, b)[1]
-            if majority is not None:
-                hit = (b.target == majority[b.task]).float()
-                acc[b.task, 3] += (hit * b.frame_weight).sum() if b.frame_weight is not None else hit.sum()
-    res = {}
-    for t, (obj, correct, frames, hits) in enumerate(acc.tolist()):
-        if t not in tasks:
-            continue
-        res[t] = {"objective": obj / frames if frames else float("nan"),
-                  "accuracy": correct / frames if frames else float("nan"), "frames": frames,
-                  "baseline_accuracy": hits / frames if frames else float("nan")}
-    return res
 
 
 def train(merged_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig, opts: TrainOptions,
@@ -247,7 +152,7 @@ def train(merged_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig, o
             for _ in range(len(steps[k][d.rank::d.world])):
                 _, b = next(batches)
                 with step_autocast(precision, device):
-                    loss, stats = _step_loss(model, b)
+                    loss, stats = step_loss(model, b)
                 (loss / len(steps[k])).backward()
                 name = schedule.names[b.task]
                 pending.append((name, f"{state['global_step']}\t{epoch + 1}\t{name}\toutput-{b.task}", b.weight, lr,
