@@ -5,7 +5,8 @@ Model: the recipe's TDNN at 512 wide (6 relu-renorm layers, splices {-2..2},{0},
 one-language egs (2000 utts, 8 frames/eg, float16; reused from bench/out/egs/large/egs_float16, else
 built the same way under ``--workdir``), merged by ``merge_egs`` into 256-example blocks. In one run:
 
-1. loader: training steps (forward + backward + clip + AdamW, ``step_loss`` as ``train`` runs it)
+1. loader: training steps (forward + backward + clip + AdamW, ``step_loss`` as ``train`` runs it, in fp32 on a
+   CPU as ``train.precision: fp32`` runs them; bf16 autocast on a GPU)
    fed by ``MergedSchedule.load`` over an ``epoch_plan`` vs the same model fed pre-generated random
    tensors of the same shapes (no loading): output frames/s and the ratio (target >= 0.9 on CPU);
 2. vs Kaldi: the recipe TDNN (100 outputs) in frames/s against ``nnet3-train`` on this machine kind

@@ -36,3 +36,23 @@ def test_step_autocast_computes_products_in_bf16_and_fp32_leaves_them():
     with step_autocast("fp32", torch.device("cpu")):
         assert lin(x).dtype == torch.float32
     assert lin.weight.dtype == torch.float32  # the weights stay float32 either way
+
+
+@pytest.mark.parametrize("pooling", ["stats", "attentive"])
+def test_bf16_steps_keep_log_softmax_and_pooling_in_float32(pooling):
+    """As CUDA autocast does: log-posteriors and the pooled sums over frames in float32 (CPU autocast would
+    leave them in bf16, where a count of 477 frames reads 476)."""
+    from babelflow.nnet.model import ModelConfig, MultiTaskModel, TaskSpec
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_dict({"layers": [{"dim": 16, "splice": [-1, 0, 1]}], "frame_head": {"hidden": [8]},
+                                 "utterance_head": {"hidden": [8], "pooling": pooling, "attention_dim": 4},
+                                 "norm": "batchnorm"})
+    model = MultiTaskModel(cfg, 5, [TaskSpec("en", "frame", 3), TaskSpec("lang", "utterance", 2)]).train()
+    x, mask = torch.randn(2, 479, 5), torch.ones(2, 477, dtype=torch.bool)
+    with step_autocast("bf16", torch.device("cpu")):
+        assert model(x[:, :10], 0).dtype == torch.float32
+        assert model(x, 1, mask=mask).dtype == torch.float32
+        head = model.heads["output-1"]
+        stats = head.pool(model.embed(x, mask=mask), mask)
+    assert stats.dtype == torch.float32

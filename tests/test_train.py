@@ -250,3 +250,17 @@ def test_bf16_steps_learn_as_fp32_steps_do_and_are_not_resumed_as_fp32(merged, t
     with pytest.raises(BabelflowError, match="checkpoint from a different model/task/training config"):
         train(merged / "merged", tmp_path / "bf16", cfg, TrainOptions(num_epochs=6, lr_initial=4e-3, lr_final=1e-3,
               checkpoint_every=5, precision="fp32"), progress=False)
+
+
+def test_config_hash_takes_the_resolved_precision_only_where_it_is_new(merged):
+    """Checkpoints from before train.precision (fp32 on a CPU, bf16 on CUDA) keep their hash and resume."""
+    from babelflow.nnet.data import MergedSchedule
+    from babelflow.nnet.train import _config_hash
+
+    s, cfg, cpu, cuda = MergedSchedule(merged / "merged"), ModelConfig.from_dict(SMALL), torch.device("cpu"), \
+        torch.device("cuda")
+    h = {(p, r, d.type): _config_hash(cfg, [], TrainOptions(precision=p), s, r, d)
+         for p, r, d in [("auto", "fp32", cpu), ("fp32", "fp32", cpu), ("bf16", "bf16", cpu), ("auto", "bf16", cuda),
+                         ("fp32", "fp32", cuda)]}
+    assert h["auto", "fp32", "cpu"] == h["fp32", "fp32", "cpu"] != h["bf16", "bf16", "cpu"]
+    assert h["auto", "bf16", "cuda"] == h["auto", "fp32", "cpu"] != h["fp32", "fp32", "cuda"]

@@ -14,7 +14,7 @@ import torch
 from .batching import BATCH_FRAMES, length_batches
 from .data import Batch, MergedSchedule
 from .feed import HostFeed, ResidentFeed
-from .loss import step_loss
+from .loss import step_loss, valid_mask
 from .model import MultiTaskModel
 
 
@@ -27,9 +27,11 @@ def utterance_logp(model: MultiTaskModel, b: Batch, batch_frames: int = BATCH_FR
         raise RuntimeError("utterance_logp needs the trunk in test mode (its batch statistics span the block)")
     ctx = model.left_context + model.right_context
     lengths = b.lengths.cpu().numpy()
+    if len(lengths) == 0:
+        return model(b.x, b.task, b.ivector, valid_mask(model, b))
     rows, parts = [], []
     for idx in length_batches(lengths, ctx, batch_frames):
-        n = int(lengths[idx].max())
+        n = max(int(lengths[idx].max()), 1)
         sel = torch.from_numpy(idx).to(b.x.device)
         mask = torch.arange(n, device=b.x.device)[None, :] < b.lengths[sel][:, None]
         iv = b.ivector[sel] if b.ivector is not None else None

@@ -101,7 +101,8 @@ class FrameHead(nn.Module):
         nn.init.zeros_(self.output.bias)
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return torch.log_softmax(self.output(self.hidden(h)), dim=-1)
+        # float32 as CUDA autocast makes it (CPU autocast would keep bf16); a no-op in float32
+        return torch.log_softmax(self.output(self.hidden(h)).float(), dim=-1)
 
 
 def _masked_stats(h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -121,7 +122,8 @@ class AttentivePooling(nn.Module):
         self.attention = nn.Sequential(nn.Linear(in_dim, attention_dim), nn.Tanh(), nn.Linear(attention_dim, in_dim))
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        scores = self.attention(h).masked_fill(~mask[..., None], torch.finfo(h.dtype).min)
+        h = h.float()  # weights and sums over hundreds of frames in float32 under bf16 autocast too
+        scores = self.attention(h).float().masked_fill(~mask[..., None], torch.finfo(torch.float32).min)
         return _masked_stats(h, torch.softmax(scores, dim=1))
 
 
@@ -166,7 +168,8 @@ class UtteranceHead(nn.Module):
         mask = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device) if mask is None else mask.bool()
         if self.pooling is not None:
             return self.pooling(h, mask)
-        # as before these options existed, to the last bit
+        # as before these options existed, to the last bit (float32: frame counts and sums)
+        h = h.float()
         m = mask.to(h.dtype)[..., None]
         n = m.sum(dim=1).clamp_min(1.0)
         mean = (h * m).sum(dim=1) / n
@@ -177,7 +180,7 @@ class UtteranceHead(nn.Module):
         """Log-posteriors from pooled statistics (batch norms in training mode normalise over the rows)."""
         if self.stats_norm is not None:
             stats = self.stats_norm(stats)
-        return torch.log_softmax(self.output(self.hidden(stats)), dim=-1)
+        return torch.log_softmax(self.output(self.hidden(stats)).float(), dim=-1)
 
 
 @dataclass

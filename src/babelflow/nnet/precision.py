@@ -37,9 +37,15 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         raise ValueError(f"precision '{precision}' (use {', '.join(PRECISIONS)})")
     if precision != "auto":
         return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cuda":  # Ampere and later; torch's default would count emulation (V100, T4) too
+        with torch.cuda.device(device):
+            return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"
     return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+
+
+def legacy_precision(device: torch.device) -> str:
+    """What training steps ran in before ``train.precision`` existed: bf16 on CUDA, fp32 elsewhere."""
+    return "bf16" if device.type == "cuda" else "fp32"
 
 
 def step_autocast(precision: str, device: torch.device) -> AbstractContextManager:

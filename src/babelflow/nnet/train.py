@@ -37,7 +37,7 @@ from .model import ModelConfig, MultiTaskModel, TaskSpec, check_context, describ
 from .natgrad import NaturalGradient
 from .optim import MaxChange, components, kaldi_init
 from .options import TrainOptions
-from .precision import resolve_precision, step_autocast
+from .precision import legacy_precision, resolve_precision, step_autocast
 
 log = logging.getLogger("babelflow")
 
@@ -45,14 +45,18 @@ SYNC_EVERY = 50  # steps between host reads of the per-block statistics (the ste
 
 
 def _config_hash(model_cfg: ModelConfig, tasks: list[TaskSpec], opts: TrainOptions, schedule: MergedSchedule,
-                 precision: str) -> str:
+                 precision: str, device: torch.device) -> str:
     """What a checkpoint must share with this run to be resumed: everything that shapes the
     result (not checkpoint_every/threads), and the data, so that a changed weight or egs
     seed starts over instead of resuming a finished run on other data. ``precision``: the
-    resolved one (``auto`` means another thing on another machine)."""
-    skip = {"checkpoint_every", "threads", "loader"}
-    key = {"model": model_cfg.to_dict(), "tasks": [asdict(t) for t in tasks],
-           "opt": {k: v for k, v in asdict(opts).items() if k not in skip} | {"precision": precision},
+    resolved one (``auto`` means another thing on another machine), hashed only where it is not
+    what training did before the option existed (bf16 on CUDA, fp32 on a CPU), so that those
+    checkpoints still resume."""
+    skip = {"checkpoint_every", "threads", "loader", "precision"}
+    opt = {k: v for k, v in asdict(opts).items() if k not in skip}
+    if precision != legacy_precision(device):
+        opt["precision"] = precision
+    key = {"model": model_cfg.to_dict(), "tasks": [asdict(t) for t in tasks], "opt": opt,
            "data": _data_fingerprint(schedule)}
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -100,7 +104,7 @@ def train(merged_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig, o
     max_change = MaxChange(components(model, opts.max_change, opts.max_change_output), opts.max_param_change)
     natgrad = NaturalGradient(model) if opts.natural_gradient else None
     precision = resolve_precision(opts.precision, device)
-    chash = _config_hash(model_cfg, specs, opts, schedule, precision)
+    chash = _config_hash(model_cfg, specs, opts, schedule, precision, device)
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "frames": 0.0, "history": []}
     ckpt = out / "checkpoint.pt"
     stale = ckpt.exists() and fresh_on_config_change and checkpoint_hash(ckpt) != chash
