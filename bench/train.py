@@ -55,6 +55,7 @@ from babelflow.nnet.data import Batch, MergedSchedule, epoch_plan  # noqa: E402
 from babelflow.nnet.feed import HostFeed, ResidentFeed  # noqa: E402
 from babelflow.nnet.loss import step_loss  # noqa: E402
 from babelflow.nnet.model import ModelConfig, MultiTaskModel, TaskSpec  # noqa: E402
+from babelflow.nnet.precision import legacy_precision, step_autocast  # noqa: E402
 
 SPLICES = [[-2, -1, 0, 1, 2], [0], [-1, 2], [-3, 3], [-3, 3], [-7, 2]]
 RECIPE = {"layers": [{"dim": 512, "splice": s} for s in SPLICES], "norm": "renorm"}
@@ -136,7 +137,7 @@ def train_fps(feeds: dict, steps: int, device, warmup: int = 2) -> dict:
             b = get(k)
             tl = time.perf_counter()
             optim.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            with step_autocast(legacy_precision(device), device):
                 loss, *_ = step_loss(model, b)  # forward + loss, as train() runs it
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 2.0)
@@ -216,7 +217,7 @@ def timed_steps(get, num_outputs: int, steps: int, device, warmup: int = 3) -> f
             t0 = time.perf_counter()
         b = get(k)
         optim.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with step_autocast(legacy_precision(device), device):
             loss, _ = step_loss(model, b)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 2.0)
@@ -237,7 +238,7 @@ def step_flops(batch: Batch, num_outputs: int, device) -> int:
 
     model = MultiTaskModel(CFG, 40, [TaskSpec("t", "frame", num_outputs)]).to(device).train()
     with FlopCounterMode(display=False) as fc:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with step_autocast(legacy_precision(device), device):
             loss, _ = step_loss(model, batch)
         loss.backward()
     return fc.get_total_flops()
