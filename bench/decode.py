@@ -7,7 +7,11 @@ runs it (a ``babelflow`` subprocess, start-up included). Measured:
 * ``babelflow mkgraph`` wall time, at self-loop scale 1.0 (the GMM decoder's graph) and 0.1 (the matrix one's);
 * ``babelflow decode`` with the GMM end to end (features, likelihoods, search, LMWT/WIP sweep and scoring);
 * ``babelflow decode --loglikes ark:...`` on the same GMM's per-frame log-likelihoods written as a Kaldi ark,
-  the path a network's ``babelflow compute`` output takes, with and without ``--skip-scoring``.
+  the path a network's ``babelflow compute`` output takes, with and without ``--skip-scoring``;
+* in process, on those matrices, utterance by utterance and interleaved: the decode as it is (one search whose
+  raw lattice gives the best path and the LMWT/WIP sweep) against the two searches it replaced (the best-path
+  search of kaldi-hmm-gmm's LatticeFasterDecoder on top), and the lattice's forward/backward costs a frame at
+  a time against the general topological pass (the fallback), with their outputs compared.
 
 The figure is the real-time factor *per core*: wall x cores used / seconds of audio (a decoder uses one
 worker process per job: ``--nj``, at most the test set's speakers). The decode dirs' own metrics.json
@@ -30,6 +34,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -63,6 +69,57 @@ def write_gmm_loglikes(model_dir: Path, data: Path, ark: Path) -> float:
         for key, feats in sorted(job_features(spec, data).items()):
             w[key] = gmm_loglikes(am, feats)
     return time.perf_counter() - t
+
+
+def search_ratios(graph: Path, model: Path, ark: Path, rounds: int = 2) -> dict:
+    """Seconds per variant, summed over the utterances of ``ark`` (best of ``rounds``, variants interleaved):
+    the decode (one search + sweep), the best-path search it no longer runs, and the sweep with the lattice
+    costs forced frame-wise / forced through the general pass, on the matrices as they are and flattened
+    (x 0.1: a weak model's bushier lattices)."""
+    from babelflow.decode import lattice
+    from babelflow.decode.decode_cli import read_graph
+    from babelflow.decode.decoder import DecodeConfig, Decoder
+    from babelflow.kaldi.transition_model import read_transition_model
+    from babelflow.tables import read_matrices
+
+    fst, tm = read_graph(graph / "HCLG.fst"), read_transition_model(model / "final.mdl")
+    sweep, best_only = Decoder(fst, tm, DecodeConfig()), Decoder(fst, tm, DecodeConfig(lmwts=(), wips=()))
+    sharp = dict(read_matrices(f"ark:{ark}"))
+    flat = {k: m * np.float32(0.1) for k, m in sharp.items()}
+    frames, threshold = lattice._frames, lattice.ARCS_PER_FRAME
+    layouts = {"frame-wise": (frames, 0), "general": (lambda *a: None, threshold)}
+    out: dict = {}
+    for _ in range(rounds):
+        for mname, mats in (("as is", sharp), ("flattened", flat)):
+            runs = [("one search + sweep", sweep, "auto"), ("best-path search", best_only, "auto"),
+                    ("sweep, frame-wise", sweep, "frame-wise"), ("sweep, general", sweep, "general")]
+            got = {}
+            for name, dec, how in runs:
+                lattice._frames, lattice.ARCS_PER_FRAME = layouts.get(how, (frames, threshold))
+                t = time.perf_counter()
+                got[name] = {k: dec.decode(k, m) for k, m in mats.items()}
+                key = f"{mname}: {name}"
+                out[key] = min(out.get(key, float("inf")), time.perf_counter() - t)
+            lattice._frames, lattice.ARCS_PER_FRAME = frames, threshold
+            a, b = got["sweep, frame-wise"], got["sweep, general"]
+            out[f"{mname}: sweeps equal"] = all(
+                (a[k] is None) == (b[k] is None) and (a[k] is None or a[k].sweep == b[k].sweep) for k in a)
+            out[f"{mname}: lattice arcs per frame"] = _arcs_per_frame(sweep, mats)
+    return out
+
+
+def _arcs_per_frame(dec, mats: dict) -> float:
+    import kaldi_decoder
+
+    from babelflow.decode.lattice import lattice_arrays
+
+    arcs = frames = 0
+    for m in mats.values():
+        scaled = np.ascontiguousarray(m[:, dec.tid2pdf] * np.float32(dec.config.acoustic_scale))
+        dec._simple.decode(kaldi_decoder.DecodableCtc(scaled))
+        arcs += len(lattice_arrays(dec._simple.get_raw_lattice()[1])[3])
+        frames += len(m)
+    return arcs / max(frames, 1)
 
 
 def build(work: Path, a: argparse.Namespace) -> tuple[Path, Path, Path, Path, Path]:
@@ -129,6 +186,7 @@ def main() -> None:
         times[name] = babelflow("decode", "--nj", a.nj, *extra, graph, tri, test, out)
         metrics[name] = json.loads((out / "metrics.json").read_text())
     base = times["mfcc (baseline)"] / audio
+    stages = search_ratios(graphs["mat"], tri, ark)
     startup = babelflow("--help")
     print(f"# decoding: {a.lang}, {a.test_utts} test utts = {audio / 60:.1f} min of audio, nj={a.nj} ({cores} cores); "
           f"tri {a.num_leaves} leaves / {a.totgauss} Gaussians, bigram LM of {a.utts} training utts\n")
@@ -145,9 +203,17 @@ def main() -> None:
         print(f"| {name} | {t:.2f} | {rtf:.3f} | {rtf / base:.1f}x | {cols} |")
     print(f"\nwall times include each command's start-up: `babelflow --help` takes {startup:.2f} s here; WER is the "
           "best of the LMWT/WIP sweep (score.sh) on the test set's own words.")
+    print("\nin process, one core, the same matrices (seconds over the test set, best of 2):")
+    for m in ("as is", "flattened"):
+        one, best_path = stages[f"{m}: one search + sweep"], stages[f"{m}: best-path search"]
+        fw, gen = stages[f"{m}: sweep, frame-wise"], stages[f"{m}: sweep, general"]
+        print(f"- {m} ({stages[f'{m}: lattice arcs per frame']:.0f} lattice arcs per frame): one search + sweep "
+              f"{one:.2f} vs the two searches it replaced {one + best_path:.2f} = {one / (one + best_path):.2f}x; "
+              f"lattice costs frame-wise vs the general pass {fw:.2f} vs {gen:.2f} = {fw / gen:.2f}x "
+              f"(sweeps equal: {stages[f'{m}: sweeps equal']})")
     if a.json:
         a.json.write_text(json.dumps({"audio_seconds": audio, "nj": a.nj, "cores": cores, "startup": startup,
-                                      "times": times, "metrics": metrics}, indent=2))
+                                      "times": times, "metrics": metrics, "in_process": stages}, indent=2))
 
 
 if __name__ == "__main__":

@@ -11,9 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from babelflow.decode import lattice
 from babelflow.decode.decode_cli import decode_dir, read_words, register, score_decode_dir
-from babelflow.decode.decoder import DecodeConfig, Decoder, best_paths, gmm_loglikes, khg_transition_model
+from babelflow.decode.decoder import DecodeConfig, Decoder, gmm_loglikes, khg_transition_model
 from babelflow.decode.fstio import fst_to_arrays, read_fst
+from babelflow.decode.lattice import best_paths
 from babelflow.decode.score import format_lattice, parse_lattices
 from babelflow.errors import BabelflowError
 from babelflow.kaldi.transition_model import read_transition_model
@@ -299,3 +301,98 @@ def test_cli_registers_decode_and_score(fx, tmp_path):
     with pytest.raises(BabelflowError, match="LM weight range"):
         p.parse_args(["score", "--min-lmwt", "5", "--max-lmwt", "4", "a", "b", "c"]).func(
             p.parse_args(["score", "--min-lmwt", "5", "--max-lmwt", "4", "a", "b", "c"]))
+
+
+# ----------------------------------------------------------------------------- the raw lattice's two passes
+def raw_lattice(fx, utt: str, flatten: float):
+    """The sweep decoder's raw lattice of ``utt`` with its log-likelihoods scaled by ``flatten`` (a weaker model:
+    a bushier lattice)."""
+    import kaldi_decoder
+
+    dec = Decoder(fx["graph"], fx["tm"], DecodeConfig())
+    m = np.ascontiguousarray(fx["mats"][utt][:, dec.tid2pdf] * np.float32(0.1 * flatten))
+    dec._simple.decode(kaldi_decoder.DecodableCtc(m))
+    return dec._simple.get_raw_lattice()[1]
+
+
+def test_lattice_arrays_read_every_arc(fx):
+    """Against OpenFst's own text form of the lattice (fstprint: arcs "src dst in out g,a", finals "s g,a")."""
+    lat = raw_lattice(fx, "en2", 0.3)
+    start, finals, off, arcs = lattice.lattice_arrays(lat)
+    want_arcs, want_finals = [], {}
+    for line in lat.to_str().splitlines():
+        f = line.split()
+        if len(f) == 5:
+            want_arcs.append((int(f[0]), int(f[2]), int(f[3]), *map(float, f[4].split(",")), int(f[1])))
+        else:
+            want_finals[int(f[0])] = [float(x) for x in f[1].split(",")]
+    src = np.repeat(np.arange(len(off) - 1), np.diff(off))
+    got = [(s, *a) for s, a in zip(src.tolist(), arcs.tolist())]
+    assert start == lat.start and len(off) - 1 == lat.num_states and len(got) == len(want_arcs) > 100
+    want_arcs.sort(key=lambda a: a[0])  # fstprint prints the start state first; arcs keep their order (stable)
+    np.testing.assert_allclose(got, want_arcs, atol=1e-4)  # the text form prints 6 significant digits
+    final = np.flatnonzero(np.isfinite(finals[:, 0])).tolist()
+    assert final == sorted(want_finals)
+    np.testing.assert_allclose(finals[final], [want_finals[s] for s in final], atol=1e-4)
+
+
+@pytest.mark.parametrize("utt", ["en1", "en2"])
+def test_frame_wise_costs_give_the_general_pass_word_lattice(fx, monkeypatch, utt):
+    """The decoder's layout is recognised; forced frame-wise, forced through the general pass, and on the same
+    lattice with its states shuffled (no layout: the general pass), the word lattices agree."""
+    arrays = lattice.lattice_arrays(raw_lattice(fx, utt, 0.3))
+    start, finals, off, arcs = arrays
+    n = len(off) - 1
+    src = np.repeat(np.arange(n), np.diff(off))
+    assert lattice._frames(src, arcs["next"].astype(np.int64), arcs["ilabel"] != 0, n) is not None
+    perm = np.random.default_rng(0).permutation(n)  # old state -> new
+    order = np.argsort(perm[src], kind="stable")
+    moved = arcs[order].copy()
+    moved["next"] = perm[arcs["next"][order]]
+    shuffled = (int(perm[start]), finals[np.argsort(perm)], np.concatenate([[0], np.cumsum(np.bincount(
+        perm[src], minlength=n))]), moved)
+    assert lattice._frames(np.sort(perm[src]), moved["next"].astype(np.int64), moved["ilabel"] != 0, n) is None
+    got = {}
+    for name, arrs, per_frame in (("frame-wise", arrays, 0), ("general", arrays, 10**9), ("shuffled", shuffled, 0)):
+        monkeypatch.setattr(lattice, "lattice_arrays", lambda lat, a=arrs: a)
+        monkeypatch.setattr(lattice, "ARCS_PER_FRAME", per_frame)
+        got[name] = lattice.word_lattice(None, 0.1, 8.0)
+    sweeps = {k: best_paths(w, LMWTS, ("0.0", "1.0")) for k, w in got.items()}
+    for k in ("general", "shuffled"):
+        assert {c: h.words for c, h in sweeps[k].items()} == {c: h.words for c, h in sweeps["frame-wise"].items()}
+        for c, h in sweeps[k].items():
+            assert [h.graph_cost, h.acoustic_cost] == pytest.approx(
+                [sweeps["frame-wise"][c].graph_cost, sweeps["frame-wise"][c].acoustic_cost], abs=1e-9)
+        assert sorted(a[0] for s in got[k].arcs for a in s) == sorted(a[0] for s in got["frame-wise"].arcs for a in s)
+    assert len(got["frame-wise"].arcs) > 3  # a lattice worth determinizing
+
+
+def test_frame_wise_distances_with_epsilon_chains():
+    """A synthetic lattice in a decoder's layout whose frames have chains of epsilon arcs (the demo's lattices have
+    none): frames are recognised, and forward/backward costs equal the general pass's exactly."""
+    rng = np.random.default_rng(3)
+    width, num_frames = 6, 40
+    arcs: list[tuple[int, int, int, float]] = []  # (src, next, ilabel, cost)
+    for f in range(num_frames):
+        base = f * width
+        for k in range(1, width):  # chains: each state but the frame's first may have an epsilon arc down
+            if rng.random() < 0.7:
+                arcs.append((base + k, base + int(rng.integers(k)), 0, float(rng.normal())))
+        if f + 1 < num_frames:
+            for k in range(width):  # every state of the next frame is entered by an emitting arc
+                arcs.append((base + int(rng.integers(width)), base + width + k, 1 + k, float(rng.normal())))
+    arcs.sort(key=lambda a: a[0])
+    src, nxt, ilabel, cost = (np.array(c) for c in zip(*arcs))
+    n = num_frames * width
+    fcost = np.full(n, np.inf)
+    fcost[-width:] = rng.normal(size=width)
+    frame = lattice._frames(src, nxt, ilabel != 0, n)
+    assert frame is not None and frame.tolist() == (np.arange(n) // width).tolist()
+    start = width - 1  # the highest state of frame 0: its epsilon arcs reach the others
+    got = lattice._distances(start, src, nxt, cost, fcost, frame)
+    off = np.searchsorted(src, np.arange(n + 1))
+    want = lattice._distances_by_order(start, off, nxt, cost, fcost, lattice.topological_order(off.tolist(),
+                                                                                              nxt.tolist()))
+    assert np.isfinite(got[0]).sum() > n // 2
+    for g, w in zip(got, want):
+        assert np.array_equal(g, w)

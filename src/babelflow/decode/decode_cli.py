@@ -263,7 +263,7 @@ def score_decode_dir(data_dir: str, graph_dir: str, decode: str, lmwts: tuple[in
     """score.sh on an existing decode dir: its lat.*.gz rescored per (LMWT, WIP), or, without lattices, the
     hypotheses of an earlier scoring rescored against the data dir's text."""
     from ..data.datadir import DataDir
-    from .decoder import best_paths
+    from .lattice import best_paths
     from .score import read_lattices, read_scored_hyps
 
     data = DataDir.load(data_dir, check_audio=False)

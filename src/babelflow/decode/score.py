@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import BabelflowError
 from ..io import atomic_open, write_text
-from .decoder import WordLattice
+from .lattice import WordLattice
 
 EPS = "***"  # score_kaldi.sh's --special-symbol for align-text and the details scripts
 
