@@ -65,24 +65,32 @@ class TaskSource:
         """Archive numbers 1..nj (one Snakemake job each)."""
         return list(range(1, self.nj + 1))
 
+    @property
+    def seed_name(self) -> str:
+        """What seeds the task's draws (held-out lists, archives, chunks, order): for an utterance task, the names
+        of its data sets, so that utterance tasks over the same utterances draw the very same examples, with a
+        feature store or without (over one store, training runs the trunk once for all of them:
+        :mod:`babelflow.nnet.twins`); for a frame task, its name."""
+        return "+".join(sorted(name for name, _, _ in self.sets)) if self.kind == "utterance" else self.task
 
-def archive_of_utterances(utts: list[str], nj: int, opts: EgsOptions, task: str) -> dict[str, int]:
+
+def archive_of_utterances(utts: list[str], nj: int, opts: EgsOptions, seed_name: str) -> dict[str, int]:
     """Utterance -> archive (1..nj), dealt round-robin over a seeded shuffle of all the task's
     utterances. Kaldi sends every eg to a random archive; dealing utterances this way gives
     each archive every data set and speaker (a data split is by speaker, so archives made
     one per split would each hold one gender or one language)."""
-    rng = np.random.default_rng([opts.seed, zlib.crc32(task.encode()), 1])
+    rng = np.random.default_rng([opts.seed, zlib.crc32(seed_name.encode()), 1])
     return {utts[i]: 1 + k % nj for k, i in enumerate(rng.permutation(len(utts)).tolist())}
 
 
-def held_out_lists(utts: list[str], opts: EgsOptions, task: str,
-                   utt2spk: dict[str, str] | None = None) -> tuple[set[str], set[str]]:
+def held_out_lists(utts: list[str], opts: EgsOptions, task: str, utt2spk: dict[str, str] | None = None,
+                   seed_name: str | None = None) -> tuple[set[str], set[str]]:
     """(valid, train_subset) utterance sets, as get_egs.sh draws them (seeded here). With
     ``egs.valid_by: speaker`` (and ``utt2spk``) the valid set is whole speakers, drawn in a seeded order
     until they hold the wanted number of utterances: none of them is seen in training (Kaldi's default,
     utterances, lets the valid set share speakers with training, which flatters a system)."""
     n = len(utts)
-    rng = np.random.default_rng([opts.seed, zlib.crc32(task.encode())])
+    rng = np.random.default_rng([opts.seed, zlib.crc32((seed_name or task).encode())])
 
     def size(wanted: int) -> int:
         return wanted if n >= 4 * wanted else max(1, int(round(opts.valid_fraction * n)))
@@ -165,8 +173,9 @@ def egs_job(src: TaskSource, archive: int, out_dir: str | os.PathLike, opts: Egs
     out_dir = Path(out_dir)
     feats_dirs = [FeatsDir(f) for _, _, f in src.sets]
     utts = task_utterances(src, feats_dirs)
-    valid, subset = held_out_lists(utts, opts, src.task, task_utt2spk(src) if opts.valid_by == "speaker" else None)
-    mine = {u for u, a in archive_of_utterances(utts, src.nj, opts, src.task).items() if a == archive}
+    valid, subset = held_out_lists(utts, opts, src.task, task_utt2spk(src) if opts.valid_by == "speaker" else None,
+                                   src.seed_name)
+    mine = {u for u, a in archive_of_utterances(utts, src.nj, opts, src.seed_name).items() if a == archive}
     frame = src.kind == "frame"
     feat_dim = feats_dirs[0].feat_dim
     store = _store(src, feat_dim, opts.dtype, _cmvn_opts(feats_dirs[0]))
@@ -176,7 +185,7 @@ def egs_job(src: TaskSource, archive: int, out_dir: str | os.PathLike, opts: Egs
         num_pdfs = int(read_scalar(out_dir / "num_pdfs"))
     else:
         classes = {c: i for i, c in enumerate(class_map(src))}
-    rng = np.random.default_rng([opts.seed, zlib.crc32(src.task.encode()), archive])
+    rng = np.random.default_rng([opts.seed, zlib.crc32(src.seed_name.encode()), archive])
     ivec_dim = IvectorSource.open(next(iter(src.ivectors.values()))).dim if src.ivectors else 0
     counts = _Counts()
     writers = {part: ArchiveWriter(out_dir / f"{prefix}.{archive}", feat_dim, opts.dtype, frame, ivec_dim,
@@ -322,7 +331,7 @@ def finalize_egs_dir(src: TaskSource, out_dir: str | os.PathLike, opts: EgsOptio
     write_skipped(out_dir / "skipped.tsv", [tuple(k) for r in reports for k in r.get("skipped_keys", [])])
     utts = task_utterances(src)
     utt2spk = task_utt2spk(src) if opts.valid_by == "speaker" else None
-    valid, subset = held_out_lists(utts, opts, src.task, utt2spk)
+    valid, subset = held_out_lists(utts, opts, src.task, utt2spk, src.seed_name)
     write_table(out_dir / "valid_uttlist", [(u,) for u in sorted(valid)])
     write_table(out_dir / "train_subset_uttlist", [(u,) for u in sorted(subset)])
     feats, *others = [FeatsDir(f) for _, _, f in src.sets]

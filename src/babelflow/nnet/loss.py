@@ -34,6 +34,19 @@ def step_loss(model: MultiTaskModel, b: Batch, logp: torch.Tensor | None = None)
     return loss, torch.stack([obj.detach().float(), correct.float(), frames.float()])
 
 
+def minibatch_loss(model: MultiTaskModel, batches: list[Batch]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(summed weighted loss, each block's statistics) of a minibatch: one block, or twin blocks (:mod:`.twins`:
+    the same inputs, an utterance task each) over one trunk pass, as Kaldi sums the objectives of an eg's outputs."""
+    if len(batches) == 1:
+        loss, stats = step_loss(model, batches[0])
+        return loss, [stats]
+    first = batches[0]
+    mask = valid_mask(model, first)
+    logps = model.forward_tasks(first.x, [b.task for b in batches], first.ivector, mask)
+    losses, stats = zip(*(step_loss(model, b, lp) for b, lp in zip(batches, logps)))
+    return torch.stack(losses).sum(), list(stats)
+
+
 def valid_mask(model: MultiTaskModel, b: Batch) -> torch.Tensor:
     """(B, padded output frames): an utterance block's valid output frames, a prefix of each row."""
     width = b.x.shape[1] - model.left_context - model.right_context

@@ -259,6 +259,12 @@ class MultiTaskModel(nn.Module):
             return head(self.embed_layers(x, ivector, mask), mask)
         return head(self.embed(x, ivector, mask), mask)
 
+    def forward_tasks(self, x: torch.Tensor, tasks: list[int], ivector: torch.Tensor | None = None,
+                      mask: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Utterance tasks' log-posteriors of the same inputs over one trunk pass (:mod:`.twins`)."""
+        layers = self.embed_layers(x, ivector, mask)
+        return [self.heads[self.head_names[t]](layers, mask) for t in tasks]
+
     def pool(self, x: torch.Tensor, task: int, ivector: torch.Tensor | None = None,
              mask: torch.Tensor | None = None) -> torch.Tensor:
         """An utterance task's pooled statistics (``forward`` = its head's ``classify`` of these)."""

@@ -37,6 +37,9 @@ class TrainOptions(StepOptions):
     blocks_per_step: int = 1
     batching: str = option("schedule", choices=("schedule", "mixed"),
                            help="schedule: one task per minibatch; mixed: every task in each step")
+    shared_forward: bool = option(True, help="blocks of utterance tasks over the same examples (tasks over one "
+                                               "feature store) train as one minibatch: one trunk pass, an output "
+                                               "per task, their objectives summed (a multi-output Kaldi eg)")
     checkpoint_every: int = option(200, help="steps")
     shuffle_window: int = option(20, help="blocks")
     freeze_trunk: bool = False

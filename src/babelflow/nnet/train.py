@@ -32,12 +32,13 @@ from .data import MergedSchedule, epoch_plan, majority_labels
 from .diagnostics import evaluate, recompute_batchnorm_stats
 from .distributed import Dist
 from .feed import make_feed
-from .loss import step_loss
+from .loss import minibatch_loss
 from .model import ModelConfig, MultiTaskModel, TaskSpec, check_context, describe
 from .natgrad import NaturalGradient
 from .optim import MaxChange, components, kaldi_init
 from .options import TrainOptions
 from .precision import legacy_precision, resolve_precision, step_autocast
+from .twins import minibatches, twin_groups
 
 log = logging.getLogger("babelflow")
 
@@ -45,19 +46,22 @@ SYNC_EVERY = 50  # steps between host reads of the per-block statistics (the ste
 
 
 def _config_hash(model_cfg: ModelConfig, tasks: list[TaskSpec], opts: TrainOptions, schedule: MergedSchedule,
-                 precision: str, device: torch.device) -> str:
+                 precision: str, device: torch.device, twins: list[tuple[int, ...]] = ()) -> str:
     """What a checkpoint must share with this run to be resumed: everything that shapes the
     result (not checkpoint_every/threads), and the data, so that a changed weight or egs
     seed starts over instead of resuming a finished run on other data. ``precision``: the
     resolved one (``auto`` means another thing on another machine), hashed only where it is not
     what training did before the option existed (bf16 on CUDA, fp32 on a CPU), so that those
-    checkpoints still resume."""
-    skip = {"checkpoint_every", "threads", "loader", "precision"}
+    checkpoints still resume. ``twins``: the tasks trained on one trunk pass (:mod:`.twins`), likewise hashed
+    only where there are any."""
+    skip = {"checkpoint_every", "threads", "loader", "precision", "shared_forward"}
     opt = {k: v for k, v in asdict(opts).items() if k not in skip}
     if precision != legacy_precision(device):
         opt["precision"] = precision
     key = {"model": model_cfg.to_dict(), "tasks": [asdict(t) for t in tasks], "opt": opt,
            "data": _data_fingerprint(schedule)}
+    if twins:  # what shared_forward changes, where it changes anything
+        key["twins"] = [list(g) for g in twins]
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -104,7 +108,8 @@ def train(merged_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig, o
     max_change = MaxChange(components(model, opts.max_change, opts.max_change_output), opts.max_param_change)
     natgrad = NaturalGradient(model) if opts.natural_gradient else None
     precision = resolve_precision(opts.precision, device)
-    chash = _config_hash(model_cfg, specs, opts, schedule, precision, device)
+    twins = twin_groups(schedule) if opts.shared_forward and opts.batching == "schedule" else []
+    chash = _config_hash(model_cfg, specs, opts, schedule, precision, device, twins)
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "frames": 0.0, "history": []}
     ckpt = out / "checkpoint.pt"
     stale = ckpt.exists() and fresh_on_config_change and checkpoint_hash(ckpt) != chash
@@ -123,7 +128,10 @@ def train(merged_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig, o
         outputs = ", ".join(f"output-{i}={t.name} ({t.kind}, {t.num_outputs})" for i, t in enumerate(specs))
         log.info("%s; %d task(s): %s; device %s, %d process(es)", describe(model), len(specs), outputs, device, d.world)
     archives = [[b for b in blocks if b.task in trainable] for blocks in schedule.blocks("train")]
-    steps_per_epoch = len(_steps(epoch_plan(archives, 0, opts.seed, opts.shuffle_window), opts, d.world, len(specs)))
+    if twins and d.rank == 0:
+        log.info("one trunk pass for the blocks of %s", "; ".join(" + ".join(schedule.names[t] for t in g)
+                                                                for g in twins))
+    steps_per_epoch = len(_steps(epoch_plan(archives, 0, opts.seed, opts.shuffle_window), opts, d.world, twins))
     total_steps = max(1, steps_per_epoch * opts.num_epochs)
     majority = majority_labels(schedule)
     # The step log goes with the checkpoint (train_log.tsv is an output, which Snakemake deletes
@@ -137,14 +145,14 @@ def train(merged_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig, o
         log.info("loader: %s; training steps in %s", type(feed).__name__, precision)
     t_start = time.time()
     for epoch in range(state["epoch"], opts.num_epochs):
-        steps = _steps(epoch_plan(archives, epoch, opts.seed, opts.shuffle_window), opts, d.world, len(specs))
+        steps = _steps(epoch_plan(archives, epoch, opts.seed, opts.shuffle_window), opts, d.world, twins)
         running: dict[str, float] = {}
         bar = tqdm(total=len(steps), initial=state["step_in_epoch"], desc=f"epoch {epoch + 1}/{opts.num_epochs}",
                    disable=not progress or d.rank != 0, unit="step", mininterval=2.0)
         rows: list[str] = []
         pending: list[tuple[str, str, float, float, torch.Tensor]] = []  # (task, row head, weight, lr, stats)
         first = state["step_in_epoch"]
-        batches = feed.iterate(blk for step in steps[first:] for blk in step[d.rank::d.world])
+        batches = feed.iterate(blk for step in steps[first:] for mb in step[d.rank::d.world] for blk in mb)
         for k in range(first, len(steps)):
             decay = math.log(opts.lr_final / opts.lr_initial)
             lr = opts.lr_initial * math.exp(state["global_step"] / total_steps * decay)
@@ -153,14 +161,15 @@ def train(merged_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig, o
             optim.zero_grad(set_to_none=True)  # heads not in this step stay untouched
             if natgrad:
                 natgrad.begin()
-            for _ in range(len(steps[k][d.rank::d.world])):
-                _, b = next(batches)
+            for mb in steps[k][d.rank::d.world]:
+                bs = [next(batches)[1] for _ in mb]
                 with step_autocast(precision, device):
-                    loss, stats = step_loss(model, b)
+                    loss, stats = minibatch_loss(model, bs)
                 (loss / len(steps[k])).backward()
-                name = schedule.names[b.task]
-                pending.append((name, f"{state['global_step']}\t{epoch + 1}\t{name}\toutput-{b.task}", b.weight, lr,
-                                stats))
+                for b, st in zip(bs, stats):
+                    name = schedule.names[b.task]
+                    pending.append((name, f"{state['global_step']}\t{epoch + 1}\t{name}\toutput-{b.task}", b.weight,
+                                    lr, st))
             if natgrad:  # each rank preconditions its own blocks, as each Kaldi job does
                 natgrad.finish()
             d.sum_gradients(model)
@@ -214,22 +223,24 @@ def _select_tasks(schedule: MergedSchedule, opts: TrainOptions) -> set[int]:
     return {i for i, n in enumerate(schedule.names) if not opts.tasks or n in opts.tasks}
 
 
-def _steps(plan, opts: TrainOptions, world: int, num_tasks: int) -> list[list]:
-    """Group the epoch's blocks into optimizer steps (a multiple of the world size each)."""
+def _steps(plan, opts: TrainOptions, world: int, twins: list[tuple[int, ...]]) -> list[list[list]]:
+    """Group the epoch's blocks into optimizer steps (a multiple of the world size of minibatches each); a
+    minibatch is one block, or twin blocks (:mod:`.twins`)."""
     if opts.batching == "mixed":  # one block of every task that still has blocks, per step
         queues = {}
         for b in plan:
             queues.setdefault(b.task, []).append(b)
         steps = []
         while any(queues.values()):
-            steps.append([q.pop(0) for q in queues.values() if q])
+            steps.append([[q.pop(0)] for q in queues.values() if q])
         per = max(world, 1)
         return [s for s in steps if len(s) >= per]
     n = max(opts.blocks_per_step, world)
     if n % world:
         raise BabelflowError(f"train.blocks_per_step ({opts.blocks_per_step}) must be a multiple of the "
                              f"number of processes ({world})")
-    return [plan[i:i + n] for i in range(0, len(plan) - n + 1, n)]
+    mbs = minibatches(plan, twins)
+    return [mbs[i:i + n] for i in range(0, len(mbs) - n + 1, n)]
 
 
 def _init_from(model: MultiTaskModel, path: str) -> None:
