@@ -84,3 +84,26 @@ def test_shared_forward_trains_fewer_steps_on_the_same_blocks(merged, tmp_path):
     twins = on[on["task"].isin(["lang", "gender"])].groupby("step")["task"].apply(sorted)
     assert (twins.map(tuple) == ("gender", "lang")).all()  # lang and gender blocks share their steps
     assert on["step"].nunique() == off["step"].nunique() - len(twins)
+
+
+def test_diagnostics_of_twins_from_one_trunk_pass_are_the_same(merged):  # noqa: F811
+    from babelflow.nnet.diagnostics import evaluate, recompute_batchnorm_stats
+
+    s = MergedSchedule(merged)
+    specs = [TaskSpec(n, e.kind, e.num_outputs) for n, e in zip(s.names, s.egs)]
+    torch.manual_seed(1)
+    model = MultiTaskModel(ModelConfig.from_dict(SMALL), s.feat_dim, specs)
+    for head in model.heads.values():
+        torch.nn.init.normal_(head.output.weight)
+    got = {}
+    for name, twins in (("separate", []), ("shared", twin_groups(s))):
+        recompute_batchnorm_stats(model, s, "cpu", twins=twins)
+        stats = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+        got[name] = stats, {p: evaluate(model, s, p, "cpu", twins=twins) for p in ("valid", "train_diagnostic")}
+    (a_stats, a), (b_stats, b) = got["separate"], got["shared"]
+    assert any(k.startswith("heads.output-1") for k in a_stats)  # the utterance heads' statistics are there
+    for k in a_stats:
+        torch.testing.assert_close(a_stats[k], b_stats[k], rtol=1e-5, atol=1e-6)
+    for p in a:
+        for t in a[p]:
+            assert b[p][t] == pytest.approx(a[p][t], rel=1e-5), (p, t)

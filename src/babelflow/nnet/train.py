@@ -194,8 +194,8 @@ def train(merged_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig, o
         if d.rank == 0:
             # the trained tasks only: another head's figures would be those of its initial weights
             recompute_batchnorm_stats(model, schedule, device, feed=feed, tasks=trainable,
-                                      keep_trunk=opts.freeze_trunk)
-            diag = {part: evaluate(model, schedule, part, device, majority, feed, trainable)
+                                      keep_trunk=opts.freeze_trunk, twins=twins)
+            diag = {part: evaluate(model, schedule, part, device, majority, feed, trainable, twins)
                     for part in ("train_diagnostic", "valid")}
             state["history"].append({"epoch": epoch + 1, "diagnostics": {
                 schedule.names[t]: {p: diag[p][t] for p in diag} for t in sorted(trainable)}})
