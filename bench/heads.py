@@ -24,7 +24,12 @@ with one utterance head (``MultiTaskModel(cfg, 40, [TaskSpec("voice", "utterance
 4. diagnostics: the default model in test mode over the egs' ``valid`` + ``train_diagnostic`` blocks (not
    sorted by length: what ``evaluate`` and the batch-norm recompute run each epoch), one forward per block
    vs ``nnet/diagnostics.utterance_logp`` (trunk and pooling over sub-blocks of similar length, the
-   classifier over the block): seconds per pass, the ratio, and the largest difference of the outputs.
+   classifier over the block): seconds per pass, the ratio, and the largest difference of the outputs;
+5. twin blocks: the demo's four utterance tasks (lang 4, voice 8, gender 2, rate 3 classes: four heads of
+   the default model) on the same blocks, as tasks over one feature store get them (``nnet/twins.py``):
+   four minibatches (a step each, as ``train.shared_forward: false`` trains them) vs one minibatch with an
+   output per task (one trunk pass, ``loss.minibatch_loss``, one step): seconds per block of the four
+   tasks and the ratio (labels: voice's, folded into each task's classes; the step is what is timed).
 
 Blocks are loaded before timing (the step alone is timed). Each model starts from ``torch.manual_seed(0)``
 and takes ``--warmup`` untimed steps; within a run the compared models' steps alternate (AB BA ...), so
@@ -36,6 +41,7 @@ Run:  .venv/bin/python bench/heads.py [--workdir bench/out/heads] [--repeats 3] 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import sys
@@ -54,11 +60,12 @@ from babelflow.egs.store import write_store  # noqa: E402
 from babelflow.merge import MergeOptions, MergeTask, merge_egs  # noqa: E402
 from babelflow.nnet.data import Batch, MergedSchedule, epoch_plan  # noqa: E402
 from babelflow.nnet.diagnostics import utterance_logp  # noqa: E402
-from babelflow.nnet.loss import step_loss, valid_mask  # noqa: E402
+from babelflow.nnet.loss import minibatch_loss, step_loss, valid_mask  # noqa: E402
 from babelflow.nnet.model import ModelConfig, MultiTaskModel, TaskSpec  # noqa: E402
 from babelflow.nnet.precision import cpu_has_native_bf16, step_autocast  # noqa: E402
 
 TASK, BLOCK, WINDOWS, PROJECT = "voice", 64, (0, 512), (0, 256)
+TWIN_TASKS = {"lang": 4, "voice": 8, "gender": 2, "rate": 3}  # the demo's utterance tasks and their classes
 ROOT = Path(__file__).resolve().parent.parent
 REUSE = ROOT / "bench" / "out" / "egs" / "utt"  # bench/egs.py section 5's corpus, data and features
 CPU = torch.device("cpu")
@@ -146,6 +153,32 @@ def diagnostics_seconds(model: MultiTaskModel, batches: list[Batch], repeats: in
                     ways[w](b)
                 got[w].append(time.perf_counter() - t0)
     return {w: min(v) for w, v in got.items()} | {"max_abs_diff": diff}
+
+
+def twin_seconds(cfg: ModelConfig, batches: list[Batch], steps: int, warmup: int, repeats: int) -> dict:
+    """Least seconds per block of the four utterance tasks over ``repeats`` interleaved runs: a step per task
+    (``separate``) vs one step of one minibatch with an output per task (``shared``)."""
+    tasks = [TaskSpec(n, "utterance", c) for n, c in TWIN_TASKS.items()]
+    blocks = [[dataclasses.replace(b, task=t, target=b.target % c.num_outputs) for t, c in enumerate(tasks)]
+              for b in batches]
+    got: dict[str, list[float]] = {"separate": [], "shared": []}
+    for r in range(repeats):
+        for way in (list(got) if r % 2 == 0 else list(got)[::-1]):
+            torch.manual_seed(0)
+            model = MultiTaskModel(cfg, 40, tasks).train()
+            optim = torch.optim.AdamW(model.parameters(), lr=1e-3)
+            units = [[bs] for bs in blocks] if way == "shared" else [[[b] for b in bs] for bs in blocks]
+            t0 = 0.0
+            for k in range(warmup + steps):
+                if k == warmup:
+                    t0 = time.perf_counter()
+                for mb in units[k % len(units)]:
+                    optim.zero_grad(set_to_none=True)
+                    loss, _ = minibatch_loss(model, mb)
+                    loss.backward()
+                    optim.step()
+            got[way].append((time.perf_counter() - t0) / steps)
+    return {w: min(v) for w, v in got.items()} | {f"{w}_all": v for w, v in got.items()}
 
 
 def padding(batches: list[Batch], context: int) -> dict:
@@ -240,6 +273,17 @@ def main() -> None:
     table.append((f"diagnostics pass, {TASK} valid + train_diagnostic blocks (valid share {share:.2f}): sub-blocks "
                   "by length vs one forward per block", f"{t['sub_blocks']:.3f} vs {t['one_forward']:.3f} s",
                   f"{ratio:.2f}x", "< 1, outputs within 1e-5"))
+
+    # 5. twin blocks: the demo's four utterance tasks on the same blocks, one trunk pass vs four
+    n = min(S, 12)
+    t = res["twins_s"] = twin_seconds(default, batches[srt], n, args.warmup, R)
+    ratio = t["shared"] / t["separate"]
+    print(f"\n5. twin blocks, the demo's {len(TWIN_TASKS)} utterance tasks ({', '.join(TWIN_TASKS)}) on the same "
+          f"{n} sorted blocks: a minibatch (and step) per task {t['separate']:.3f} s per block, one minibatch "
+          f"with an output per task {t['shared']:.3f} s -> {ratio:.2f}x")
+    table.append((f"the demo's {len(TWIN_TASKS)} utterance tasks on the same block: one minibatch with an output per "
+                  "task (one trunk pass) vs a minibatch per task", f"{t['shared']:.3f} vs {t['separate']:.3f} s",
+                  f"{ratio:.2f}x", "< 1"))
 
     res["loadavg"] = load = (load0, os.getloadavg()[0])
     busy = max(load) > os.cpu_count() + 0.5
