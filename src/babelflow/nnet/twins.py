@@ -5,8 +5,9 @@ with the store's name), so their egs differ in the labels alone, and Kaldi's all
 k-th block of each of them the same examples (the same pieces). Such twin blocks form one
 minibatch with an output per task, as one Kaldi eg may carry several outputs (chain egs:
 ``output`` and ``output-xent``): the trunk runs once, each head on its output, and the objectives
-are summed. The demo's four utterance tasks spend 0.6x the time of four minibatches this way
-(``bench/heads.py``); each head still sees every one of its examples once an epoch.
+are summed. The demo's four utterance tasks spend 0.65x the time of four minibatches this way
+(``bench/heads.py`` section 5); each head still sees every one of its examples once an epoch, and the
+diagnostics (:mod:`.diagnostics`) run the trunk once for twins too, with the same numbers.
 """
 
 from __future__ import annotations
