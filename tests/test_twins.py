@@ -12,7 +12,7 @@ from babelflow.nnet.data import MergedSchedule, epoch_plan
 from babelflow.nnet.loss import minibatch_loss, step_loss
 from babelflow.nnet.model import ModelConfig, MultiTaskModel, TaskSpec
 from babelflow.nnet.options import TrainOptions
-from babelflow.nnet.train import train
+from babelflow.nnet.train import train, trained_twins
 from babelflow.nnet.twins import minibatches, twin_groups
 from tests.test_feed import SMALL, merged  # noqa: F401 (the fixture: en frames + lang, gender over one store)
 
@@ -107,3 +107,11 @@ def test_diagnostics_of_twins_from_one_trunk_pass_are_the_same(merged):  # noqa:
     for p in a:
         for t in a[p]:
             assert b[p][t] == pytest.approx(a[p][t], rel=1e-5), (p, t)
+
+
+def test_twins_among_the_trained_tasks_only(merged):  # noqa: F811
+    s = MergedSchedule(merged)
+    assert trained_twins(s, TrainOptions(), {0, 1, 2}) == [(1, 2)]
+    assert trained_twins(s, TrainOptions(), {0, 1}) == []  # gender not trained: lang alone
+    assert trained_twins(s, TrainOptions(shared_forward=False), {0, 1, 2}) == []
+    assert trained_twins(s, TrainOptions(batching="mixed"), {0, 1, 2}) == []

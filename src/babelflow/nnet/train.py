@@ -108,7 +108,7 @@ def train(merged_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig, o
     max_change = MaxChange(components(model, opts.max_change, opts.max_change_output), opts.max_param_change)
     natgrad = NaturalGradient(model) if opts.natural_gradient else None
     precision = resolve_precision(opts.precision, device)
-    twins = twin_groups(schedule) if opts.shared_forward and opts.batching == "schedule" else []
+    twins = trained_twins(schedule, opts, trainable)
     chash = _config_hash(model_cfg, specs, opts, schedule, precision, device, twins)
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "frames": 0.0, "history": []}
     ckpt = out / "checkpoint.pt"
@@ -214,6 +214,14 @@ def _train_mode(model: MultiTaskModel, opts: TrainOptions) -> None:
     model.train()
     if opts.freeze_trunk:
         model.trunk.eval()
+
+
+def trained_twins(schedule: MergedSchedule, opts: TrainOptions, trainable: set[int]) -> list[tuple[int, ...]]:
+    """The twin groups (:mod:`.twins`) among the trained tasks, where training runs them as one minibatch."""
+    if not opts.shared_forward or opts.batching != "schedule":
+        return []
+    groups = [tuple(t for t in g if t in trainable) for g in twin_groups(schedule)]
+    return [g for g in groups if len(g) > 1]
 
 
 def _select_tasks(schedule: MergedSchedule, opts: TrainOptions) -> set[int]:
