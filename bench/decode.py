@@ -86,8 +86,8 @@ def search_ratios(graph: Path, model: Path, ark: Path, rounds: int = 2) -> dict:
     sweep, best_only = Decoder(fst, tm, DecodeConfig()), Decoder(fst, tm, DecodeConfig(lmwts=(), wips=()))
     sharp = dict(read_matrices(f"ark:{ark}"))
     flat = {k: m * np.float32(0.1) for k, m in sharp.items()}
-    frames, threshold = lattice._frames, lattice.ARCS_PER_FRAME
-    layouts = {"frame-wise": (frames, 0), "general": (lambda *a: None, threshold)}
+    layout, threshold = lattice._layout, lattice.ARCS_PER_FRAME
+    layouts = {"frame-wise": (layout, 0), "general": (lambda *a: None, threshold)}
     out: dict = {}
     for _ in range(rounds):
         for mname, mats in (("as is", sharp), ("flattened", flat)):
@@ -95,12 +95,12 @@ def search_ratios(graph: Path, model: Path, ark: Path, rounds: int = 2) -> dict:
                     ("sweep, frame-wise", sweep, "frame-wise"), ("sweep, general", sweep, "general")]
             got = {}
             for name, dec, how in runs:
-                lattice._frames, lattice.ARCS_PER_FRAME = layouts.get(how, (frames, threshold))
+                lattice._layout, lattice.ARCS_PER_FRAME = layouts.get(how, (layout, threshold))
                 t = time.perf_counter()
                 got[name] = {k: dec.decode(k, m) for k, m in mats.items()}
                 key = f"{mname}: {name}"
                 out[key] = min(out.get(key, float("inf")), time.perf_counter() - t)
-            lattice._frames, lattice.ARCS_PER_FRAME = frames, threshold
+            lattice._layout, lattice.ARCS_PER_FRAME = layout, threshold
             a, b = got["sweep, frame-wise"], got["sweep, general"]
             out[f"{mname}: sweeps equal"] = all(
                 (a[k] is None) == (b[k] is None) and (a[k] is None or a[k].sweep == b[k].sweep) for k in a)

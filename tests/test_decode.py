@@ -344,14 +344,14 @@ def test_frame_wise_costs_give_the_general_pass_word_lattice(fx, monkeypatch, ut
     start, finals, off, arcs = arrays
     n = len(off) - 1
     src = np.repeat(np.arange(n), np.diff(off))
-    assert lattice._frames(src, arcs["next"].astype(np.int64), arcs["ilabel"] != 0, n) is not None
+    assert lattice._layout(src, arcs["next"].astype(np.int64), arcs["ilabel"] != 0, n) is not None
     perm = np.random.default_rng(0).permutation(n)  # old state -> new
     order = np.argsort(perm[src], kind="stable")
     moved = arcs[order].copy()
     moved["next"] = perm[arcs["next"][order]]
     shuffled = (int(perm[start]), finals[np.argsort(perm)], np.concatenate([[0], np.cumsum(np.bincount(
         perm[src], minlength=n))]), moved)
-    assert lattice._frames(np.sort(perm[src]), moved["next"].astype(np.int64), moved["ilabel"] != 0, n) is None
+    assert lattice._layout(np.sort(perm[src]), moved["next"].astype(np.int64), moved["ilabel"] != 0, n) is None
     got = {}
     for name, arrs, per_frame in (("frame-wise", arrays, 0), ("general", arrays, 10**9), ("shuffled", shuffled, 0)):
         monkeypatch.setattr(lattice, "lattice_arrays", lambda lat, a=arrs: a)
@@ -367,17 +367,25 @@ def test_frame_wise_costs_give_the_general_pass_word_lattice(fx, monkeypatch, ut
     assert len(got["frame-wise"].arcs) > 3  # a lattice worth determinizing
 
 
-def test_frame_wise_distances_with_epsilon_chains():
+@pytest.mark.parametrize("direction", ["down", "any"])
+def test_frame_wise_distances_with_epsilon_chains(direction):
     """A synthetic lattice in a decoder's layout whose frames have chains of epsilon arcs (the demo's lattices have
-    none): frames are recognised, and forward/backward costs equal the general pass's exactly."""
+    none), linked to lower states only (``down``, as Kaldi mostly links them) or either way (``any``, along a
+    random order of the frame): frames are recognised, the (frame, depth) order is topological, and the
+    forward/backward costs equal the general pass's exactly. A cycle of epsilon arcs is no layout."""
     rng = np.random.default_rng(3)
     width, num_frames = 6, 40
     arcs: list[tuple[int, int, int, float]] = []  # (src, next, ilabel, cost)
+    start = 0
     for f in range(num_frames):
         base = f * width
-        for k in range(1, width):  # chains: each state but the frame's first may have an epsilon arc down
-            if rng.random() < 0.7:
-                arcs.append((base + k, base + int(rng.integers(k)), 0, float(rng.normal())))
+        rank = np.arange(width) if direction == "down" else rng.permutation(width)  # arcs go to a lower rank
+        if f == 0:
+            start = int(np.argmax(rank))  # its epsilon arcs reach the others of frame 0
+        for k in range(width):
+            lower = [j for j in range(width) if rank[j] < rank[k]]
+            if lower and rng.random() < 0.7:
+                arcs.append((base + k, base + int(rng.choice(lower)), 0, float(rng.normal())))
         if f + 1 < num_frames:
             for k in range(width):  # every state of the next frame is entered by an emitting arc
                 arcs.append((base + int(rng.integers(width)), base + width + k, 1 + k, float(rng.normal())))
@@ -386,13 +394,21 @@ def test_frame_wise_distances_with_epsilon_chains():
     n = num_frames * width
     fcost = np.full(n, np.inf)
     fcost[-width:] = rng.normal(size=width)
-    frame = lattice._frames(src, nxt, ilabel != 0, n)
-    assert frame is not None and frame.tolist() == (np.arange(n) // width).tolist()
-    start = width - 1  # the highest state of frame 0: its epsilon arcs reach the others
-    got = lattice._distances(start, src, nxt, cost, fcost, frame)
+    layout = lattice._layout(src, nxt, ilabel != 0, n)
+    assert layout is not None and layout[0].tolist() == (np.arange(n) // width).tolist()
+    frame, depth = layout
+    assert depth.max() >= 2  # chains
+    pos = np.empty(n, dtype=np.int64)
+    pos[np.lexsort((depth, frame))] = np.arange(n)
+    assert (pos[nxt] > pos[src]).all()
     off = np.searchsorted(src, np.arange(n + 1))
-    want = lattice._distances_by_order(start, off, nxt, cost, fcost, lattice.topological_order(off.tolist(),
-                                                                                              nxt.tolist()))
+    order = lattice.topological_order(off.tolist(), nxt.tolist())
+    got = lattice._distances(start, src, nxt, cost, fcost, frame, depth)
+    want = lattice._distances_by_order(start, off, nxt, cost, fcost, order)
     assert np.isfinite(got[0]).sum() > n // 2
     for g, w in zip(got, want):
         assert np.array_equal(g, w)
+    loop = [(s, t) for s, t, i in zip(src.tolist(), nxt.tolist(), ilabel.tolist()) if i == 0][0]
+    cyclic = np.concatenate([src, [loop[1]]]), np.concatenate([nxt, [loop[0]]]), np.concatenate([ilabel, [0]])
+    by_src = np.argsort(cyclic[0], kind="stable")
+    assert lattice._layout(*(c[by_src] for c in cyclic[:2]), cyclic[2][by_src] != 0, n) is None

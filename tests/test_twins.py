@@ -115,3 +115,18 @@ def test_twins_among_the_trained_tasks_only(merged):  # noqa: F811
     assert trained_twins(s, TrainOptions(), {0, 1}) == []  # gender not trained: lang alone
     assert trained_twins(s, TrainOptions(shared_forward=False), {0, 1, 2}) == []
     assert trained_twins(s, TrainOptions(batching="mixed"), {0, 1, 2}) == []
+
+
+def test_repeated_pieces_pair_in_order():
+    """A resampling sampler may give a task the same pieces twice in an epoch: the n-th pairs with the n-th."""
+    from babelflow.egs.merged import Piece
+    from babelflow.nnet.data import Block
+
+    def blk(task, first):
+        return Block(task, f"output-{task}", 1.0, (Piece(1, first, 4),))
+
+    plan = [blk(1, 0), blk(0, 0), blk(2, 0), blk(1, 0), blk(2, 4), blk(2, 0), blk(1, 4)]
+    mbs = minibatches(plan, [(1, 2)])
+    assert [[(b.task, b.pieces[0].first) for b in mb] for mb in mbs] == [
+        [(1, 0), (2, 0)], [(0, 0)], [(1, 0), (2, 0)], [(2, 4), (1, 4)]]
+    assert [id(b) for b in mbs[0]] == [id(plan[0]), id(plan[2])] and mbs[2][1] is plan[5]

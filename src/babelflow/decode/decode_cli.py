@@ -216,8 +216,9 @@ def _write_decode_dir(d: Path, outs: list[dict], words: dict[int, str], data: An
     write_text(d / "num_jobs", f"{len(outs)}\n")
     c = config
     for job, o in enumerate(outs, 1):
-        lines = [f"# babelflow decode: --acoustic-scale={c.acoustic_scale} --beam={c.beam} "
-                 f"--lattice-beam={c.lattice_beam} --max-active={c.max_active}"]
+        lines = [f"# babelflow decode: --acoustic-scale={c.acoustic_scale} --beam={c.beam} --lattice-beam="
+                 f"{c.lattice_beam} " + (f"--max-active={c.max_active}" if not (c.lmwts and c.wips) else
+                                          "(LatticeSimpleDecoder: no max-active)")]
         for r in o["results"]:
             b, n = r.best, r.num_frames
             lines += [f"{r.key} {text(b.words)}",

@@ -120,9 +120,9 @@ class Decoder:
         self.tid2pdf = tm.transition_id_to_pdf()[1:].astype(np.int64)
         self._ktm = khg_transition_model(tm)
         c = config
-        self._faster = khg.LatticeFasterDecoder(graph, khg.LatticeFasterDecoderConfig(
+        self._faster = None if c.lmwts and c.wips else khg.LatticeFasterDecoder(graph, khg.LatticeFasterDecoderConfig(
             beam=c.beam, max_active=c.max_active, min_active=c.min_active, lattice_beam=c.lattice_beam,
-            determinize_lattice=False))
+            determinize_lattice=False))  # the best path alone (no sweep): with max-active, as latgen-faster
         simple = kaldi_decoder.LatticeSimpleDecoderConfig()
         simple.beam, simple.lattice_beam = c.beam, c.lattice_beam
         self._simple = kaldi_decoder.LatticeSimpleDecoder(graph, simple)

@@ -2,10 +2,10 @@
 on words (what score.sh rescales), and one best path per (LMWT, WIP) of the result.
 
 A raw lattice as Kaldi's decoders write it numbers its states frame by frame; an emitting arc
-(input label: a transition-id) goes to the next frame, an epsilon arc to a lower-numbered state of
-the same frame. Forward and backward costs are then computed a frame at a time, the emitting arcs
-of a frame in one numpy call; a lattice laid out otherwise (checked, not assumed), or too sparse for
-that to pay, gets the same costs from a plain topological pass.
+(input label: a transition-id) goes to the next frame, an epsilon arc to a state of the same frame.
+Forward and backward costs are then computed a frame at a time, the emitting arcs of a frame in
+one numpy call, the few epsilon arcs in their order; a lattice laid out otherwise (checked, not
+assumed), or too sparse for that to pay, gets the same costs from a plain topological pass.
 """
 
 from __future__ import annotations
@@ -78,14 +78,18 @@ def lattice_arrays(lat: Any) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
     finals = buf[head[:, None] + np.arange(8)].copy().view("<f4")
     offsets = np.concatenate([[0], np.cumsum(count)])
     first = np.repeat(head + 16 - 20 * offsets[:-1], count) + 20 * np.arange(offsets[-1])
-    arcs = buf[first[:, None] + np.arange(20)].copy().view(_ARC)[:, 0]
+    arcs = np.empty(len(first), dtype=_ARC)
+    raw = arcs.view(np.uint8).reshape(-1, 20)
+    for a in range(0, len(first), 1 << 16):  # in chunks: the byte index is 160 B an arc
+        raw[a:a + (1 << 16)] = buf[first[a:a + (1 << 16), None] + np.arange(20)]
     return int(start), finals.reshape(nstates, 2), offsets, arcs
 
 
-def _frames(src: np.ndarray, nxt: np.ndarray, emitting: np.ndarray, n: int) -> np.ndarray | None:
-    """Frame of each state when the lattice has a decoder's layout (see the module's docstring), else None.
-    The first state of frame k + 1 is the lowest target of an emitting arc leaving a state >= frame k's
-    first, or lower still, the lowest target of epsilon arcs leaving states >= that one."""
+def _layout(src: np.ndarray, nxt: np.ndarray, emitting: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(frame, epsilon depth) of each state when the lattice has a decoder's layout (see the module's docstring),
+    else None. The first state of frame k + 1 is the lowest target of an emitting arc leaving a state >= frame
+    k's first, or lower still, the lowest target of epsilon arcs leaving states >= that one. Sorted by (frame,
+    depth) the states are in topological order."""
     es, et, ps, pt = src[emitting], nxt[emitting], src[~emitting], nxt[~emitting]
     if not len(es):
         return None
@@ -100,8 +104,35 @@ def _frames(src: np.ndarray, nxt: np.ndarray, emitting: np.ndarray, n: int) -> n
             return None
         bounds.append(b)
     frame = np.searchsorted(np.asarray(bounds), np.arange(n), side="right") - 1
-    ok = (frame[nxt] == frame[src] + emitting).all() and (nxt[~emitting] < src[~emitting]).all()
-    return frame if ok else None
+    if not (frame[nxt] == frame[src] + emitting).all():
+        return None
+    depth = _epsilon_depth(n, ps.tolist(), pt.tolist())
+    return None if depth is None else (frame, depth)
+
+
+def _epsilon_depth(n: int, src: list[int], nxt: list[int]) -> np.ndarray | None:
+    """Per state, the most epsilon arcs on a path of them that ends there (Kaldi usually links a frame's tokens
+    from the newer to the older, but not always); None on a cycle. Only the states on epsilon arcs are visited."""
+    depth = np.zeros(n, dtype=np.int64)
+    out: dict[int, list[int]] = {}
+    indeg: dict[int, int] = {}
+    for s, t in zip(src, nxt):
+        out.setdefault(s, []).append(t)
+        indeg[t] = indeg.get(t, 0) + 1
+    stack, d, done = [s for s in out if s not in indeg], {}, 0
+    while stack:
+        s = stack.pop()
+        done += 1
+        for t in out.get(s, ()):
+            d[t] = max(d.get(t, 0), d.get(s, 0) + 1)
+            indeg[t] -= 1
+            if not indeg[t]:
+                stack.append(t)
+    if done != len(out.keys() | indeg.keys()):
+        return None
+    if d:
+        depth[list(d)] = list(d.values())
+    return depth
 
 
 def topological_order(off: Sequence[int], nxt: Sequence[int]) -> list[int]:
@@ -126,22 +157,25 @@ def topological_order(off: Sequence[int], nxt: Sequence[int]) -> list[int]:
 
 
 def _distances(start: int, src: np.ndarray, nxt: np.ndarray, cost: np.ndarray, fcost: np.ndarray,
-               frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+               frame: np.ndarray, depth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(alpha, beta): best cost from the start to each state, and from each state to the end, a frame at a time.
-    Within a frame the epsilon arcs are relaxed one by one in topological order (highest state first), the
-    emitting arcs to the next frame at once."""
+    Within a frame the epsilon arcs are relaxed one by one in topological order (by their source's epsilon
+    depth), the emitting arcs to the next frame at once."""
     inf, n = np.inf, len(fcost)
     emitting = frame[nxt] != frame[src]
     e_src, e_nxt, e_cost = src[emitting], nxt[emitting], cost[emitting]
     e_cut = np.searchsorted(frame[e_src], np.arange(frame[-1] + 2))
     eps = [[] for _ in range(frame[-1] + 1)]
-    for s, t, c, f in zip(src[~emitting].tolist(), nxt[~emitting].tolist(), cost[~emitting].tolist(),
-                          frame[src[~emitting]].tolist()):
-        eps[f].append((s, t, c))
+    p_src = src[~emitting]
+    for d, s, t, c, f in zip(depth[p_src].tolist(), p_src.tolist(), nxt[~emitting].tolist(),
+                             cost[~emitting].tolist(), frame[p_src].tolist()):
+        eps[f].append((d, s, t, c))
+    for arcs in eps:
+        arcs.sort()
     alpha = np.full(n, inf)
     alpha[start] = 0.0
     for f, arcs in enumerate(eps):
-        for s, t, c in sorted(arcs, key=lambda a: -a[0]):
+        for _, s, t, c in arcs:
             if alpha[s] + c < alpha[t]:
                 alpha[t] = alpha[s] + c
         a, b = e_cut[f], e_cut[f + 1]
@@ -150,7 +184,7 @@ def _distances(start: int, src: np.ndarray, nxt: np.ndarray, cost: np.ndarray, f
     for f in range(len(eps) - 1, -1, -1):
         a, b = e_cut[f], e_cut[f + 1]
         np.minimum.at(beta, e_src[a:b], e_cost[a:b] + beta[e_nxt[a:b]])
-        for s, t, c in sorted(eps[f]):
+        for _, s, t, c in reversed(eps[f]):
             if c + beta[t] < beta[s]:
                 beta[s] = c + beta[t]
     return alpha, beta
@@ -183,10 +217,11 @@ def word_lattice(lat: Any, acoustic_scale: float, beam: float, max_states: int =
     nxt = arcs["next"].astype(np.int64)
     cost = arcs["g"].astype(np.float64) + arcs["a"]
     fcost = finals.astype(np.float64).sum(axis=1)
-    frame = _frames(src, nxt, arcs["ilabel"] != 0, n)
-    if frame is not None and len(arcs) >= ARCS_PER_FRAME * (frame[-1] + 1):
-        alpha, beta = _distances(start, src, nxt, cost, fcost, frame)
-        order = np.lexsort((-np.arange(n), frame))  # frame by frame, highest state first
+    layout = _layout(src, nxt, arcs["ilabel"] != 0, n)
+    if layout is not None and len(arcs) >= ARCS_PER_FRAME * (layout[0][-1] + 1):
+        frame, depth = layout
+        alpha, beta = _distances(start, src, nxt, cost, fcost, frame, depth)
+        order = np.lexsort((depth, frame))  # frame by frame, each by epsilon depth
     else:
         order = np.asarray(topological_order(off.tolist(), nxt.tolist()), dtype=np.int64)
         alpha, beta = _distances_by_order(start, off, nxt, cost, fcost, order.tolist())

@@ -1,7 +1,8 @@
 """Multi-task training (Kaldi ``train_raw_dnn.py`` with multilingual egs) in PyTorch.
 
-Each step trains on ``blocks_per_step`` blocks; a block is one task's minibatch, as
-Kaldi's merged egs are monolingual. With ``batching: mixed`` a step instead holds one
+Each step trains on ``blocks_per_step`` minibatches; a minibatch is one task's block, as
+Kaldi's merged egs are monolingual, or the blocks of twin utterance tasks over the same examples,
+one output each (:mod:`.twins`). With ``batching: mixed`` a step instead holds one
 block of every task (the second seed note's approach 1: one update, rows routed to their
 heads). A block's loss is its per-frame cross-entropy times the task's supervision
 weight (Kaldi's ScaleSupervisionWeight), so the weight scales that task's gradient;

@@ -1,13 +1,14 @@
 """Utterance tasks that read the very same examples train on one trunk pass (``train.shared_forward``).
 
-Tasks over one feature store draw the same utterances, chunks and order (the egs step seeds them
-with the store's name), so their egs differ in the labels alone, and Kaldi's allocation gives the
-k-th block of each of them the same examples (the same pieces). Such twin blocks form one
-minibatch with an output per task, as one Kaldi eg may carry several outputs (chain egs:
-``output`` and ``output-xent``): the trunk runs once, each head on its output, and the objectives
-are summed. The demo's four utterance tasks spend 0.65x the time of four minibatches this way
-(``bench/heads.py`` section 5); each head still sees every one of its examples once an epoch, and the
-diagnostics (:mod:`.diagnostics`) run the trunk once for twins too, with the same numbers.
+Utterance tasks over the same data sets draw the same utterances, chunks and order (the egs step
+seeds them with the data sets' names); over one feature store their egs then differ in the labels
+alone, and Kaldi's allocation gives the k-th block of each of them the same examples (the same
+pieces). Such twin blocks form one minibatch with an output per task, as one Kaldi eg may carry
+several outputs (chain egs: ``output`` and ``output-xent``): the trunk runs once, each head on its
+output, and the objectives are summed. The demo's four utterance tasks spend 0.65x the time of
+four minibatches this way (``bench/heads.py`` section 5); each head still sees each of its
+examples as often as before, and the diagnostics (:mod:`.diagnostics`) run the trunk once for
+twins too, with the same numbers.
 """
 
 from __future__ import annotations
@@ -45,13 +46,17 @@ def minibatches(plan: Sequence[Block], groups: Sequence[tuple[int, ...]]) -> lis
     own place, its twins' blocks of the same pieces, wherever the plan has them; every block once."""
     group_of = {t: g for g, ts in enumerate(groups) for t in ts}
     twins: dict[tuple, list[Block]] = {}
-    for b in plan:
+    key: dict[int, tuple] = {}
+    seen: dict[tuple, int] = {}
+    for b in plan:  # the n-th block of a task with these pieces pairs with its twins' n-th (resampling repeats)
         if b.task in group_of:
-            twins.setdefault((group_of[b.task], b.pieces), []).append(b)
+            n = seen[b.task, b.pieces] = seen.get((b.task, b.pieces), -1) + 1
+            key[id(b)] = (group_of[b.task], b.pieces, n)
+            twins.setdefault(key[id(b)], []).append(b)
     out, taken = [], set()
     for b in plan:
         if id(b) not in taken:
-            mb = twins[group_of[b.task], b.pieces] if b.task in group_of else [b]
+            mb = twins[key[id(b)]] if id(b) in key else [b]
             taken.update(id(x) for x in mb)
             out.append(mb)
     return out
