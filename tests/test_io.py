@@ -66,3 +66,40 @@ def test_what_a_killed_writer_left_is_cleared_by_the_next(tmp_path):
     with atomic_dir(tmp_path / "graph"):
         pass
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.pt.abc.tmp", "graph", "model.pt"]
+
+
+@pytest.mark.parametrize("how", ["atomic_open", "ark", "ark,scp"])
+def test_pipes_and_devices_are_written_in_place(tmp_path, how):
+    """`ark:/dev/null` (or a FIFO) must stay what it is: a rename of the temp file over it would put a plain
+    file there (as root, in place of /dev/null). Tested on FIFOs, which fail the same way."""
+    import stat
+    import threading
+
+    import numpy as np
+
+    from babelflow.tables import open_matrix_writer
+
+    fifos = [tmp_path / "out.ark"] + ([tmp_path / "out.scp"] if how == "ark,scp" else [])
+    got = {}
+
+    def drain(p):
+        with open(p, "rb") as f:
+            got[p.name] = f.read()
+    for p in fifos:
+        os.mkfifo(p)
+    readers = [threading.Thread(target=drain, args=(p,)) for p in fifos]
+    for r in readers:
+        r.start()
+    if how == "atomic_open":
+        with atomic_open(fifos[0], "wb") as f:
+            f.write(b"through the pipe")
+    else:
+        with open_matrix_writer(f"{how}:" + ",".join(map(str, fifos))) as w:
+            w["utt1"] = np.ones((2, 3), dtype=np.float32)
+    for r in readers:
+        r.join(timeout=30)
+    assert all(stat.S_ISFIFO(os.stat(p).st_mode) for p in fifos)
+    assert not list(tmp_path.glob(".*.tmp"))
+    assert got["out.ark"] == b"through the pipe" if how == "atomic_open" else got["out.ark"].startswith(b"utt1 ")
+    if how == "ark,scp":
+        assert got["out.scp"].decode().startswith("utt1 ")

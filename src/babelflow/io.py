@@ -4,7 +4,9 @@ Every artifact is written under a temporary name in the same directory and renam
 into place, so an interrupted job never leaves a half-written file behind that a
 later step (or Snakemake) could mistake for a finished one. The temporary names come
 from ``tempfile`` (0600 files, 0700 dirs); they get the mode the user's umask gives
-before the rename, so colleagues on a shared file system can read the models.
+before the rename, so colleagues on a shared file system can read the models. A target
+that is a device, pipe or socket (Kaldi's ``ark:/dev/null``, a FIFO) is written in place:
+a rename would put a plain file where it was (as root, in place of /dev/null).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import contextlib
 import glob
 import os
 import shutil
+import stat
 import tempfile
 import threading
 from collections.abc import Iterable, Iterator, Mapping
@@ -51,10 +54,23 @@ def mkstemp_for(path: Path) -> tuple[int, str]:
     return fd, tmp
 
 
+def is_special_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` exists and is no regular file or directory (a device, pipe or socket): written in place."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
-    """Open ``path`` for writing through a temp file that is renamed on success."""
+    """Open ``path`` for writing through a temp file that is renamed on success (a device or pipe: directly)."""
     path = Path(path)
+    if is_special_file(path):
+        with open(path, mode) as f:
+            yield f
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = mkstemp_for(path)
     try:

@@ -9,6 +9,7 @@ only when every entry is written.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ import kaldiio
 import numpy as np
 
 from .errors import BabelflowError
-from .io import clear_stale_temps
+from .io import clear_stale_temps, is_special_file
 from .kaldi.table import parse_wspecifier as parse_kaldi_wspecifier
 
 
@@ -27,36 +28,45 @@ class AtomicArkScpWriter:
     def __init__(self, ark: str | os.PathLike, scp: str | os.PathLike | None = None,
                  compression_method: int | None = None):
         self.ark, self.scp = Path(ark), Path(scp) if scp else None
+        self._in_place = {f for f in (self.ark, self.scp) if f is not None and is_special_file(f)}  # ark:/dev/null
         self.ark.parent.mkdir(parents=True, exist_ok=True)
         for f in (self.ark, self.scp):
-            if f is not None:
+            if f is not None and f not in self._in_place:
                 clear_stale_temps(f)
-        self._tmp_ark = self.ark.with_name(f".{self.ark.name}.{os.getpid()}.tmp")
+        self._tmp_ark = self._temp(self.ark)
         self._f = open(self._tmp_ark, "wb")
         self._scp_lines: list[str] = []
         self._compression = compression_method
+        self._pos = 0  # bytes written (a pipe cannot tell())
 
     def __setitem__(self, key: str, value: np.ndarray) -> None:
         if not key or any(c.isspace() for c in key):
             raise BabelflowError(f"{self.ark}: invalid key {key!r} (Kaldi keys are non-empty, without spaces)")
-        offset = self._f.tell() + len(key.encode()) + 1  # scp points at the "\0B" after "key "
-        kaldiio.save_ark(self._f, {key: value}, compression_method=self._compression)
+        offset = self._pos + len(key.encode()) + 1  # scp points at the "\0B" after "key "
+        buf = io.BytesIO()
+        kaldiio.save_ark(buf, {key: value}, compression_method=self._compression)
+        self._pos += self._f.write(buf.getbuffer())
         self._scp_lines.append(f"{key} {self.ark}:{offset}\n")
+
+    def _temp(self, path: Path) -> Path:
+        return path if path in self._in_place else path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
     def close(self) -> None:
         self._f.close()
+        done = [(self._tmp_ark, self.ark)]
         if self.scp is not None:
-            tmp_scp = self.scp.with_name(f".{self.scp.name}.{os.getpid()}.tmp")
+            tmp_scp = self._temp(self.scp)
             tmp_scp.write_text("".join(self._scp_lines))
-            os.replace(self._tmp_ark, self.ark)
-            os.replace(tmp_scp, self.scp)
-        else:
-            os.replace(self._tmp_ark, self.ark)
+            done.append((tmp_scp, self.scp))
+        for tmp, path in done:
+            if tmp != path:
+                os.replace(tmp, path)
 
     def abort(self) -> None:
         self._f.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._tmp_ark)
+        if self._tmp_ark != self.ark:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._tmp_ark)
 
     def __enter__(self) -> AtomicArkScpWriter:
         return self

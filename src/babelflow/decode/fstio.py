@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BabelflowError
-from ..io import mkstemp_for
+from ..io import is_special_file, mkstemp_for
 
 __all__ = ["FstArrays", "read_fst", "write_fst", "fst_to_arrays", "arrays_to_fst", "isomorphism_mismatch"]
 
@@ -161,8 +161,13 @@ def read_fst(path: str | os.PathLike):
 
 
 def write_fst(fst, path: str | os.PathLike) -> None:
-    """Write ``fst`` (vector format) atomically: a temp file in the same folder, renamed on success."""
+    """Write ``fst`` (vector format) atomically: a temp file in the same folder, renamed on success (a device
+    or pipe, e.g. /dev/null: directly)."""
     path = Path(path)
+    if is_special_file(path):
+        if not fst.write(str(path)):
+            raise BabelflowError(f"{path}: could not write the FST")
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = mkstemp_for(path)
     os.close(fd)
