@@ -9,7 +9,6 @@ only when every entry is written.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,15 +36,14 @@ class AtomicArkScpWriter:
         self._f = open(self._tmp_ark, "wb")
         self._scp_lines: list[str] = []
         self._compression = compression_method
-        self._pos = 0  # bytes written (a pipe cannot tell())
+        self._seekable = self._f.seekable()  # a FIFO is not: its scp offsets (into nothing kept) stay 0
 
     def __setitem__(self, key: str, value: np.ndarray) -> None:
         if not key or any(c.isspace() for c in key):
             raise BabelflowError(f"{self.ark}: invalid key {key!r} (Kaldi keys are non-empty, without spaces)")
-        offset = self._pos + len(key.encode()) + 1  # scp points at the "\0B" after "key "
-        buf = io.BytesIO()
-        kaldiio.save_ark(buf, {key: value}, compression_method=self._compression)
-        self._pos += self._f.write(buf.getbuffer())
+        # scp points at the "\0B" after "key "
+        offset = (self._f.tell() if self._seekable else 0) + len(key.encode()) + 1
+        kaldiio.save_ark(self._f, {key: value}, compression_method=self._compression)
         self._scp_lines.append(f"{key} {self.ark}:{offset}\n")
 
     def _temp(self, path: Path) -> Path:

@@ -229,11 +229,11 @@ def word_lattice(lat: Any, acoustic_scale: float, beam: float, max_states: int =
     # states renumbered in topological order: a state's number is its rank, which _determinize expands by
     rank = np.empty(n, dtype=np.int64)
     rank[order] = np.arange(n)
-    keep = alpha[src] + cost + beta[nxt] <= limit
-    by_rank = np.argsort(rank[src[keep]], kind="stable")
-    k_src, k_nxt, k_word = rank[src[keep]][by_rank], rank[nxt[keep]][by_rank], arcs["olabel"][keep][by_rank]
-    k_cost, k_g = cost[keep][by_rank], arcs["g"][keep][by_rank]
-    k_cb = k_cost + beta[nxt[keep]][by_rank]
+    kept = np.flatnonzero(alpha[src] + cost + beta[nxt] <= limit)
+    kept = kept[np.argsort(rank[src[kept]], kind="stable")]  # the kept arcs, by their source's rank
+    k_src, k_nxt, k_word = rank[src[kept]], rank[nxt[kept]], arcs["olabel"][kept]
+    k_cost, k_g = cost[kept], arcs["g"][kept]
+    k_cb = k_cost + beta[nxt[kept]]
     eps = _per_state(n, k_src, k_word == 0, k_nxt, k_cost, k_g, k_cb)
     wrd = _per_state(n, k_src, k_word != 0, k_word, k_nxt, k_cost, k_g, k_cb)
     final_ok = (alpha + fcost <= limit)[order].tolist()

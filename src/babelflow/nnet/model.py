@@ -265,13 +265,6 @@ class MultiTaskModel(nn.Module):
         layers = self.embed_layers(x, ivector, mask)
         return [self.heads[self.head_names[t]](layers, mask) for t in tasks]
 
-    def pool(self, x: torch.Tensor, task: int, ivector: torch.Tensor | None = None,
-             mask: torch.Tensor | None = None) -> torch.Tensor:
-        """An utterance task's pooled statistics (``forward`` = its head's ``classify`` of these)."""
-        head = self.heads[self.head_names[task]]
-        return head.pool(self.embed_layers(x, ivector, mask) if head.uses_layers else self.embed(x, ivector, mask),
-                         mask)
-
     def split(self, task: int) -> MultiTaskModel:
         """The trunk plus one head renamed ``output`` (Kaldi: rename-node output-<i> -> output)."""
         single = MultiTaskModel(self.config, self.input_dim, [self.tasks[task]], self.ivector_dim, ["output"])
